@@ -1,0 +1,524 @@
+//! The Tidings wire protocol: the one definition of every type that crosses the network,
+//! used by the server to encode and by the browser app to decode.
+//!
+//! This module depends on serde only (no Leptos, no axum), so any Rust client can use it.
+//! `docs/protocol.md` documents the same shapes for clients in other languages.
+//!
+//! Publishing is validated here too ([`parse_publish`]) so the HTTP endpoint, the
+//! WebSocket `publish` frame and the app's composer all apply exactly the same rules.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Largest publish request accepted (HTTP body or WebSocket frame), in bytes.
+pub const MAX_PUBLISH_BYTES: usize = 16 * 1024;
+/// Limits on user-supplied text, counted in Unicode scalar values (what a person sees as
+/// characters), not bytes, so the limits are the same for every script.
+pub const MAX_AUTHOR_CHARS: usize = 40;
+pub const MAX_CHAT_BODY_CHARS: usize = 2000;
+pub const MAX_FEED_TITLE_CHARS: usize = 140;
+pub const MAX_FEED_BODY_CHARS: usize = 4000;
+pub const MAX_SYMBOL_CHARS: usize = 12;
+
+/// One of the live streams a client can subscribe to.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Feed,
+    Chat,
+    Ticker,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 3] = [Stream::Feed, Stream::Chat, Stream::Ticker];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Feed => "feed",
+            Stream::Chat => "chat",
+            Stream::Ticker => "ticker",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Stream> {
+        Stream::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+impl fmt::Display for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of streams, as given by `?streams=feed,chat`. A bit set: it is checked once per
+/// event per connection on the delivery path, so it must be a copy type with no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct StreamSet(u8);
+
+impl StreamSet {
+    pub const ALL: StreamSet = StreamSet(0b111);
+
+    pub fn contains(self, s: Stream) -> bool {
+        self.0 & s.bit() != 0
+    }
+
+    pub fn insert(&mut self, s: Stream) {
+        self.0 |= s.bit();
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Parses a comma-separated list. An absent or empty list means every stream;
+    /// an unknown name is an error (a typo should not silently subscribe to nothing).
+    pub fn parse(list: Option<&str>) -> Result<StreamSet, String> {
+        let list = match list.map(str::trim) {
+            None | Some("") => return Ok(StreamSet::ALL),
+            Some(l) => l,
+        };
+        let mut set = StreamSet::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match Stream::parse(name) {
+                Some(s) => set.insert(s),
+                None => return Err(unknown_stream_message(name)),
+            }
+        }
+        if set.is_empty() {
+            return Ok(StreamSet::ALL);
+        }
+        Ok(set)
+    }
+
+    /// The canonical `feed,chat,ticker` form, for building URLs.
+    pub fn to_query(self) -> String {
+        Stream::ALL
+            .into_iter()
+            .filter(|s| self.contains(*s))
+            .map(Stream::as_str)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn unknown_stream_message(name: &str) -> String {
+    format!("unknown stream '{name}' (expected one of: feed, chat, ticker)")
+}
+
+/// A news feed item.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FeedItem {
+    pub title: String,
+    pub body: String,
+    pub author: String,
+}
+
+/// A chat message.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    pub author: String,
+    pub body: String,
+}
+
+/// A stock ticker move.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Tick {
+    pub symbol: String,
+    pub price: f64,
+    pub change: f64,
+}
+
+/// What was published: the stream and its typed data. Serialises as
+/// `{"stream": "chat", "data": {...}}`, which is exactly the publish request body.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(tag = "stream", content = "data", rename_all = "lowercase")]
+pub enum Payload {
+    Feed(FeedItem),
+    Chat(ChatMessage),
+    Ticker(Tick),
+}
+
+impl Payload {
+    pub fn stream(&self) -> Stream {
+        match self {
+            Payload::Feed(_) => Stream::Feed,
+            Payload::Chat(_) => Stream::Chat,
+            Payload::Ticker(_) => Stream::Ticker,
+        }
+    }
+}
+
+/// A stored event: `{"id": 42, "stream": "chat", "ts": 1764375000123, "data": {...}}`.
+///
+/// `id` is > 0, strictly increasing in delivery order across all streams and never reused;
+/// it is the cursor every transport resumes from. `ts` is the server's publish time in
+/// milliseconds since the Unix epoch (clients compute latency as receive time minus `ts`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Event {
+    pub id: u64,
+    pub ts: u64,
+    #[serde(flatten)]
+    pub payload: Payload,
+}
+
+/// Frames the server sends on a WebSocket (JSON text frames).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// A live or resumed event.
+    Event { event: Event },
+    /// A `publish` frame was stored as event `id`.
+    Ack {
+        #[serde(rename = "ref")]
+        reference: String,
+        id: u64,
+    },
+    /// A client frame was rejected; the socket stays usable. `ref` echoes the frame's
+    /// `ref` when it could be read.
+    Error {
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        error: String,
+    },
+    /// The requested cursor is outside the retention window (too old, or ahead of the
+    /// latest id, e.g. after the store was wiped): events may have been missed. Delivery
+    /// continues live from `cursor`; the client should reload what it shows (history).
+    Reset { cursor: u64 },
+    /// Sent on heartbeats when the connection's cursor moved past events of streams the
+    /// client did not subscribe to, so a client that resumes later does not fall out of
+    /// retention because its own streams were quiet.
+    Cursor { cursor: u64 },
+}
+
+/// Frames a client sends on a WebSocket.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    Publish {
+        #[serde(rename = "ref")]
+        reference: String,
+        #[serde(flatten)]
+        payload: Payload,
+    },
+}
+
+/// `GET /api/poll` answer.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct PollResponse {
+    pub events: Vec<Event>,
+    /// Pass this as `since` on the next poll.
+    pub cursor: u64,
+    /// More events are ready right away (the answer was cut at `limit`).
+    pub more: bool,
+    /// The `since` cursor was outside the retention window; see [`ServerFrame::Reset`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reset: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `GET /api/history` answer.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct HistoryResponse {
+    pub events: Vec<Event>,
+}
+
+/// The body of every error answer: `{"error": "..."}`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What the server says about itself (the `server_info` server function).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct ServerInfo {
+    pub version: String,
+    /// Latest event id (0 when there is none).
+    pub latest_id: u64,
+    /// Oldest event id still in the resume window (0 when empty).
+    pub oldest_id: u64,
+    /// How many events are kept for resume.
+    pub retention: usize,
+    /// Whether the demo newsroom and ticker are running.
+    pub demo: bool,
+    /// Whether publishing to feed/ticker needs the admin token.
+    pub admin_protected: bool,
+}
+
+/// Why a publish was refused. The kind maps to an HTTP status (400 / 422 / 413) and the
+/// message is shown to the client verbatim, so it names the field and the rule.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum PublishError {
+    /// Not JSON, or not the `{"stream", "data"}` shape, or `data` lacks a field. (400)
+    Malformed(String),
+    /// `stream` names no stream. (400)
+    UnknownStream(String),
+    /// Well-formed but a field breaks a rule. (422)
+    Invalid(String),
+    /// Larger than [`MAX_PUBLISH_BYTES`]. (413)
+    TooLarge,
+}
+
+impl PublishError {
+    pub fn message(&self) -> String {
+        match self {
+            PublishError::Malformed(m) | PublishError::UnknownStream(m) | PublishError::Invalid(m) => m.clone(),
+            PublishError::TooLarge => format!("request body is larger than {MAX_PUBLISH_BYTES} bytes"),
+        }
+    }
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+/// Parses and validates a publish request body (`{"stream": ..., "data": {...}}`).
+/// The single entry point for every publish path, so the rules cannot drift apart.
+pub fn parse_publish(body: &[u8]) -> Result<Payload, PublishError> {
+    if body.len() > MAX_PUBLISH_BYTES {
+        return Err(PublishError::TooLarge);
+    }
+    let raw: RawPublish = serde_json::from_slice(body)
+        .map_err(|e| PublishError::Malformed(format!("malformed JSON: {e}")))?;
+    payload_from_raw(raw)
+}
+
+/// Parses a WebSocket client frame. On error, also returns the frame's `ref` when it could
+/// be read, so the error frame can be matched to the request.
+pub fn parse_client_frame(text: &str) -> Result<(String, Payload), (Option<String>, PublishError)> {
+    if text.len() > MAX_PUBLISH_BYTES {
+        return Err((None, PublishError::TooLarge));
+    }
+    let raw: RawFrame = serde_json::from_str(text)
+        .map_err(|e| (None, PublishError::Malformed(format!("malformed JSON: {e}"))))?;
+    let reference = raw.reference.clone();
+    match raw.kind.as_deref() {
+        Some("publish") => {}
+        Some(other) => {
+            return Err((
+                reference,
+                PublishError::Malformed(format!("unknown frame type '{other}' (expected 'publish')")),
+            ))
+        }
+        None => return Err((reference, PublishError::Malformed("missing field `type`".into()))),
+    }
+    let Some(r) = reference.clone() else {
+        return Err((None, PublishError::Malformed("missing field `ref`".into())));
+    };
+    if r.len() > 64 {
+        return Err((None, PublishError::Malformed("`ref` is longer than 64 bytes".into())));
+    }
+    let payload = payload_from_raw(RawPublish { stream: raw.stream, data: raw.data })
+        .map_err(|e| (reference, e))?;
+    Ok((r, payload))
+}
+
+/// Parsing in two steps gives each mistake its own message and status: first the outer
+/// shape, then the stream name, then the stream's typed data, then the field rules.
+#[derive(Deserialize)]
+struct RawPublish {
+    stream: Option<String>,
+    data: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    stream: Option<String>,
+    data: Option<serde_json::Value>,
+}
+
+fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
+    let name = raw
+        .stream
+        .ok_or_else(|| PublishError::Malformed("missing field `stream`".into()))?;
+    let stream = Stream::parse(&name).ok_or_else(|| PublishError::UnknownStream(unknown_stream_message(&name)))?;
+    let data = raw
+        .data
+        .ok_or_else(|| PublishError::Malformed("missing field `data`".into()))?;
+    let bad = |e: serde_json::Error| PublishError::Malformed(format!("invalid data for stream {stream}: {e}"));
+    let payload = match stream {
+        Stream::Feed => Payload::Feed(serde_json::from_value(data).map_err(bad)?),
+        Stream::Chat => Payload::Chat(serde_json::from_value(data).map_err(bad)?),
+        Stream::Ticker => Payload::Ticker(serde_json::from_value(data).map_err(bad)?),
+    };
+    validate(payload).map_err(PublishError::Invalid)
+}
+
+/// Applies the field rules and normalises text (surrounding whitespace is trimmed, so what
+/// is stored is what was checked).
+pub fn validate(payload: Payload) -> Result<Payload, String> {
+    Ok(match payload {
+        Payload::Feed(f) => Payload::Feed(FeedItem {
+            title: text_field("title", &f.title, MAX_FEED_TITLE_CHARS, false)?,
+            body: text_field("body", &f.body, MAX_FEED_BODY_CHARS, true)?,
+            author: text_field("author", &f.author, MAX_AUTHOR_CHARS, false)?,
+        }),
+        Payload::Chat(c) => Payload::Chat(ChatMessage {
+            author: text_field("author", &c.author, MAX_AUTHOR_CHARS, false)?,
+            body: text_field("body", &c.body, MAX_CHAT_BODY_CHARS, true)?,
+        }),
+        Payload::Ticker(t) => {
+            let symbol = text_field("symbol", &t.symbol, MAX_SYMBOL_CHARS, false)?;
+            if !symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+                return Err("symbol may only contain ASCII letters, digits, '.' and '-'".into());
+            }
+            if !t.price.is_finite() || t.price <= 0.0 {
+                return Err("price must be a finite number greater than 0".into());
+            }
+            if !t.change.is_finite() {
+                return Err("change must be a finite number".into());
+            }
+            Payload::Ticker(Tick { symbol, price: t.price, change: t.change })
+        }
+    })
+}
+
+/// Multi-line fields (bodies) may contain newlines and tabs; every other control character
+/// is refused, because it can corrupt terminals, logs and line-based protocols (SSE).
+fn text_field(name: &str, value: &str, max_chars: usize, multiline: bool) -> Result<String, String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(format!("{name} must not be empty"));
+    }
+    let n = v.chars().count();
+    if n > max_chars {
+        return Err(format!("{name} is {n} characters long; the limit is {max_chars}"));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| c.is_control() && !(multiline && (*c == '\n' || *c == '\t')))
+    {
+        return Err(format!("{name} contains a control character (U+{:04X})", c as u32));
+    }
+    Ok(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_shape_is_the_documented_one() {
+        let e = Event {
+            id: 42,
+            ts: 1764375000123,
+            payload: Payload::Chat(ChatMessage { author: "ann".into(), body: "hi".into() }),
+        };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"id": 42, "ts": 1764375000123u64, "stream": "chat", "data": {"author": "ann", "body": "hi"}})
+        );
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let frames = [
+            (ServerFrame::Ack { reference: "r1".into(), id: 7 }, r#"{"type":"ack","ref":"r1","id":7}"#),
+            (ServerFrame::Reset { cursor: 9 }, r#"{"type":"reset","cursor":9}"#),
+            (
+                ServerFrame::Error { reference: None, error: "x".into() },
+                r#"{"type":"error","error":"x"}"#,
+            ),
+        ];
+        for (frame, text) in frames {
+            assert_eq!(serde_json::to_string(&frame).unwrap(), text);
+            assert_eq!(serde_json::from_str::<ServerFrame>(text).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn client_frame_parses_and_keeps_ref_on_error() {
+        let (r, p) = parse_client_frame(
+            r#"{"type":"publish","ref":"r1","stream":"chat","data":{"author":" ann ","body":"hi"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r, "r1");
+        assert_eq!(p, Payload::Chat(ChatMessage { author: "ann".into(), body: "hi".into() }));
+
+        let (r, e) = parse_client_frame(r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#).unwrap_err();
+        assert_eq!(r.as_deref(), Some("r2"));
+        assert!(matches!(e, PublishError::UnknownStream(_)));
+
+        let (r, e) = parse_client_frame("not json").unwrap_err();
+        assert_eq!(r, None);
+        assert!(matches!(e, PublishError::Malformed(_)));
+
+        let (_, e) = parse_client_frame(r#"{"type":"subscribe","ref":"r3"}"#).unwrap_err();
+        assert!(e.message().contains("unknown frame type"));
+    }
+
+    #[test]
+    fn publish_errors_have_the_right_kind() {
+        use PublishError::*;
+        let cases: &[(&str, fn(&PublishError) -> bool)] = &[
+            ("{", |e| matches!(e, Malformed(_))),
+            (r#"{"stream":"chat"}"#, |e| matches!(e, Malformed(_))),
+            (r#"{"stream":"weather","data":{}}"#, |e| matches!(e, UnknownStream(_))),
+            (r#"{"stream":"chat","data":{"author":"a"}}"#, |e| matches!(e, Malformed(_))),
+            (r#"{"stream":"chat","data":{"author":"a","body":"b","x":1}}"#, |e| matches!(e, Malformed(_))),
+            (r#"{"stream":"chat","data":{"author":"   ","body":"b"}}"#, |e| matches!(e, Invalid(_))),
+            (r#"{"stream":"chat","data":{"author":"a","body":"b\u0007"}}"#, |e| matches!(e, Invalid(_))),
+            (r#"{"stream":"ticker","data":{"symbol":"AB","price":-1,"change":0}}"#, |e| matches!(e, Invalid(_))),
+        ];
+        for (body, ok) in cases {
+            let e = parse_publish(body.as_bytes()).unwrap_err();
+            assert!(ok(&e), "{body} gave {e:?}");
+        }
+        let big = vec![b' '; MAX_PUBLISH_BYTES + 1];
+        assert_eq!(parse_publish(&big).unwrap_err(), TooLarge);
+    }
+
+    #[test]
+    fn length_limits_count_characters_at_the_boundary() {
+        let author = "é".repeat(MAX_AUTHOR_CHARS);
+        let ok = validate(Payload::Chat(ChatMessage { author: author.clone(), body: "b".into() }));
+        assert!(ok.is_ok());
+        let too_long = validate(Payload::Chat(ChatMessage { author: format!("{author}x"), body: "b".into() }));
+        assert!(too_long.unwrap_err().contains("limit is 40"));
+        let body = "x".repeat(MAX_CHAT_BODY_CHARS + 1);
+        assert!(validate(Payload::Chat(ChatMessage { author: "a".into(), body })).is_err());
+        let title = "t".repeat(MAX_FEED_TITLE_CHARS + 1);
+        let feed = FeedItem { title, body: "b".into(), author: "a".into() };
+        assert!(validate(Payload::Feed(feed)).unwrap_err().contains("title"));
+    }
+
+    #[test]
+    fn bodies_keep_newlines_but_names_do_not() {
+        assert!(validate(Payload::Chat(ChatMessage { author: "a".into(), body: "line1\nline2".into() })).is_ok());
+        assert!(validate(Payload::Chat(ChatMessage { author: "a\nb".into(), body: "x".into() })).is_err());
+    }
+
+    #[test]
+    fn stream_sets_parse() {
+        assert_eq!(StreamSet::parse(None).unwrap(), StreamSet::ALL);
+        let s = StreamSet::parse(Some("chat, feed")).unwrap();
+        assert!(s.contains(Stream::Chat) && s.contains(Stream::Feed) && !s.contains(Stream::Ticker));
+        assert_eq!(s.to_query(), "feed,chat");
+        assert!(StreamSet::parse(Some("chat,bogus")).unwrap_err().contains("bogus"));
+    }
+
+    #[test]
+    fn poll_response_omits_reset_when_false() {
+        let r = PollResponse { events: vec![], cursor: 3, more: false, reset: false };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"events":[],"cursor":3,"more":false}"#);
+    }
+}

@@ -1,0 +1,57 @@
+//! Command-line flags, each with a `TIDINGS_*` environment equivalent.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug, Clone)]
+#[command(name = "tidings", version, about = "Live feed, chat and ticker over polling, SSE and WebSocket")]
+pub struct Config {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "TIDINGS_BIND", default_value = "127.0.0.1:3000")]
+    pub bind: SocketAddr,
+
+    /// Where the SQLite database lives.
+    #[arg(long, env = "TIDINGS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// The built browser app (trunk's output), served at `/`.
+    #[arg(long, env = "TIDINGS_STATIC_DIR", default_value = "app/dist")]
+    pub static_dir: PathBuf,
+
+    /// An origin allowed to use the API cross-origin (CORS and WebSocket upgrades),
+    /// e.g. `https://app.example.com`. Repeatable; comma-separated in the env variable.
+    #[arg(long = "allow-origin", env = "TIDINGS_ALLOW_ORIGIN", value_delimiter = ',')]
+    pub allow_origins: Vec<String>,
+
+    /// When set, publishing to `feed` and `ticker` needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "TIDINGS_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
+    /// Do not run the simulated newsroom and ticker.
+    #[arg(long, env = "TIDINGS_NO_DEMO")]
+    pub no_demo: bool,
+
+    /// Events kept in memory for resume (`since`, `Last-Event-ID`). All events stay in
+    /// the store for history either way.
+    #[arg(long, env = "TIDINGS_RETENTION", default_value_t = 10_000)]
+    pub retention: usize,
+
+    /// Seconds between SSE heartbeats and WebSocket pings.
+    #[arg(long, env = "TIDINGS_HEARTBEAT_SECS", default_value_t = 15, hide = true)]
+    pub heartbeat_secs: u64,
+
+    /// A WebSocket peer silent for this long (no frame, no pong) is dropped.
+    #[arg(long, env = "TIDINGS_WS_IDLE_TIMEOUT_SECS", default_value_t = 45, hide = true)]
+    pub ws_idle_timeout_secs: u64,
+}
+
+impl Config {
+    /// Defaults for tests and embedding: a free port, the given data dir, no demo.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        let mut c = Config::parse_from(["tidings", "--no-demo"]);
+        c.bind = "127.0.0.1:0".parse().expect("valid address");
+        c.data_dir = data_dir;
+        c
+    }
+}

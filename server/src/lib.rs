@@ -1,0 +1,130 @@
+//! Tidings server: one event log, fanned out to browsers over polling, Server-Sent Events
+//! and WebSockets.
+//!
+//! How one message travels, one module per step:
+//!
+//! ```text
+//!  POST /api/publish ─┐                         ┌─> transport::poll  (JSON answer)
+//!  WS publish frame ──┼─> app::protocol   ──>   publish (writer task: id, SQLite
+//!  demo simulators ───┘   (parse+validate)      group commit) ──> log (window +
+//!                                               watch wake-up) ─┼─> transport::sse   (SSE frames)
+//!                                                               └─> transport::ws    (WS frames)
+//! ```
+//!
+//! - [`config`]: flags and `TIDINGS_*` environment variables.
+//! - [`store`]: SQLite (sqlx, WAL): durable events, the window reloaded on start, history.
+//! - [`publish`]: the single writer that assigns ids and commits batches before anyone sees them.
+//! - [`log`]: the in-memory resume window and [`log::Subscription`], the one place where
+//!   cursors, resume, retention and resets are decided for every transport.
+//! - [`transport`]: three thin adapters that only encode what a subscription yields.
+//! - [`api`]: publish, history, health, the Leptos server function and origin rules.
+//! - [`demo`]: the simulated newsroom and stock ticker.
+//! - [`error`]: the JSON error answers.
+
+pub mod api;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod log;
+pub mod publish;
+pub mod store;
+pub mod transport;
+
+use axum::routing::{get, post};
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::services::{ServeDir, ServeFile};
+
+pub use config::Config;
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    /// The resume window and wake-ups; read by every transport.
+    pub log: Arc<log::EventLog>,
+    /// Handle to the writer task; the only way events enter the log.
+    pub publisher: publish::Publisher,
+    /// For history and health checks (the writer has its own handle).
+    pub store: store::Store,
+    pub config: Config,
+    /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
+    /// with 1001, simulators stop.
+    pub shutdown: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The router: every route and layer, given the shared state (tests drive it with
+/// `oneshot` or a real listener).
+pub fn app(state: AppState) -> Router {
+    let static_dir = state.config.static_dir.clone();
+    let cors = api::cors_layer(&state.config.allow_origins);
+    let router = Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/api/publish", post(api::publish))
+        .route("/api/history", get(api::history))
+        .route("/api/poll", get(transport::poll::handler))
+        .route("/api/sse", get(transport::sse::handler))
+        .route("/api/ws", get(transport::ws::handler))
+        // Leptos server functions (static routes above win over the wildcard).
+        .route("/api/{*fn_name}", post(api::server_fn))
+        .fallback_service(
+            ServeDir::new(&static_dir).fallback(ServeFile::new(static_dir.join("index.html"))),
+        )
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Opens the store, starts the writer (and the simulators unless `--no-demo`), and serves
+/// on `listener` until `shutdown` resolves. Then it stops accepting, ends every stream,
+/// writes what was queued and closes the store before returning.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let store = store::Store::open(&config.data_dir).await?;
+    let latest = store.max_id().await?;
+    let recent = store.recent(config.retention).await?;
+    tracing::info!(latest, loaded = recent.len(), "store opened");
+    let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
+    let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
+    let token = CancellationToken::new();
+    let state = AppState(Arc::new(Shared { log, publisher, store: store.clone(), config, shutdown: token.clone() }));
+    if !state.config.no_demo {
+        demo::spawn(state.clone());
+    }
+
+    let stop = token.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = shutdown => {}
+                _ = stop.cancelled() => {}
+            }
+            stop.cancel();
+        })
+        .await?;
+    token.cancel();
+    // Every Publisher clone is gone once connections and simulators have ended; the
+    // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.
+    if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+        tracing::warn!("writer did not finish within 10 s");
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! The event log: the in-memory resume window every transport reads from, and the
+//! cursor logic (resume, retention, reset) that all three transports share.
+//!
+//! Fan-out is *pull*, not push: a publish appends to the window and bumps a `watch`
+//! channel; each connection wakes up and reads what lies after its own cursor. There is no
+//! per-client queue at all, so the slow-consumer policy falls out of the design: a client
+//! that lags simply reads a larger batch from the window when it next gets to write, and
+//! only when its cursor has fallen out of retention does it get an explicit reset. Memory
+//! is bounded by the window (`retention` events), whatever the number of clients.
+
+use app::protocol::{Event, Stream, StreamSet};
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+/// An event as stored in the window, with its wire encodings made once at publish time
+/// and shared (reference-counted) by every connection that delivers it.
+#[derive(Debug)]
+pub struct StoredEvent {
+    pub id: u64,
+    pub stream: Stream,
+    /// The event JSON (`{"id":..,"ts":..,"stream":..,"data":..}`): poll and history bodies.
+    pub json: Bytes,
+    /// The SSE message: `id: <id>\ndata: <json>\n\n`.
+    pub sse: Bytes,
+    /// The WebSocket text frame: `{"type":"event","event":<json>}` (already UTF-8-checked,
+    /// so sending it to each socket is a reference-count bump).
+    pub ws: Utf8Bytes,
+}
+
+impl StoredEvent {
+    pub fn new(event: &Event) -> StoredEvent {
+        let json = serde_json::to_string(event).expect("an Event always serialises");
+        StoredEvent::from_json(event.id, event.payload.stream(), json)
+    }
+
+    /// Builds the encodings from JSON already produced (by [`StoredEvent::new`] earlier,
+    /// possibly before a restart, when it is read back from the store).
+    pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
+        let sse = format!("id: {id}\ndata: {json}\n\n");
+        let ws = format!("{{\"type\":\"event\",\"event\":{json}}}");
+        StoredEvent { id, stream, json: Bytes::from(json), sse: Bytes::from(sse), ws: Utf8Bytes::from(ws) }
+    }
+}
+
+/// What reading from a cursor gives.
+#[derive(Debug)]
+pub enum Read {
+    /// Events after the cursor that match the filter (maybe none). `cursor` is where the
+    /// next read starts: the last event looked at, matching or not.
+    Events { events: Vec<Arc<StoredEvent>>, cursor: u64, more: bool },
+    /// The cursor was older than the window or ahead of the latest id: events may have
+    /// been missed, so the reader must be told. Reading continues from `cursor` (the latest).
+    Reset { cursor: u64 },
+}
+
+/// The shared log. Readers vastly outnumber the single writer (every connection reads on
+/// every publish), hence a `RwLock`. It is a std lock, never held across an `.await`: each
+/// critical section is a binary search plus cloning a few `Arc`s.
+pub struct EventLog {
+    /// The resume window, oldest first, at most `retention` events; ids strictly increasing.
+    window: RwLock<VecDeque<Arc<StoredEvent>>>,
+    /// Latest id published (0 = none yet). Doubles as the wake-up signal for readers; it is
+    /// only sent after the window holds that event, so a woken reader always finds it.
+    latest: watch::Sender<u64>,
+    /// How many events the window keeps.
+    retention: usize,
+}
+
+impl EventLog {
+    /// `recent` are the newest events from the store, oldest first; `latest` is the highest
+    /// id ever stored (which the window may not hold if `recent` is empty).
+    pub fn new(retention: usize, recent: Vec<Arc<StoredEvent>>, latest: u64) -> EventLog {
+        let retention = retention.max(1);
+        let mut window: VecDeque<_> = recent.into();
+        while window.len() > retention {
+            window.pop_front();
+        }
+        EventLog { window: RwLock::new(window), latest: watch::Sender::new(latest), retention }
+    }
+
+    pub fn latest(&self) -> u64 {
+        *self.latest.borrow()
+    }
+
+    pub fn retention(&self) -> usize {
+        self.retention
+    }
+
+    /// Oldest id still in the window (0 when empty).
+    pub fn oldest(&self) -> u64 {
+        self.window.read().expect("log lock poisoned").front().map_or(0, |e| e.id)
+    }
+
+    /// Appends events that are already durable. Called by the single writer task only, with
+    /// ids above everything in the window.
+    pub fn append(&self, events: &[Arc<StoredEvent>]) {
+        let Some(last) = events.last() else { return };
+        {
+            let mut w = self.window.write().expect("log lock poisoned");
+            for e in events {
+                debug_assert!(w.back().is_none_or(|b| b.id < e.id));
+                w.push_back(e.clone());
+            }
+            let excess = w.len().saturating_sub(self.retention);
+            w.drain(..excess);
+        }
+        self.latest.send_replace(last.id);
+    }
+
+    /// Reads at most `limit` matching events after `after`.
+    ///
+    /// `after == 0` means "from the start of the window". A cursor is valid when the window
+    /// still holds the event right after it (or it is the latest id); anything else is a
+    /// [`Read::Reset`], never a silent skip.
+    pub fn read(&self, after: u64, filter: StreamSet, limit: usize) -> Read {
+        let latest = self.latest();
+        if after == latest {
+            // The common case for a caught-up client: no lock, no scan.
+            return Read::Events { events: Vec::new(), cursor: latest, more: false };
+        }
+        if after > latest {
+            return Read::Reset { cursor: latest };
+        }
+        let w = self.window.read().expect("log lock poisoned");
+        let oldest = w.front().map_or(latest + 1, |e| e.id);
+        if after != 0 && after + 1 < oldest {
+            return Read::Reset { cursor: latest };
+        }
+        let start = w.partition_point(|e| e.id <= after);
+        let mut events = Vec::new();
+        let mut cursor = after;
+        for e in w.range(start..) {
+            if events.len() == limit {
+                return Read::Events { events, cursor, more: true };
+            }
+            cursor = e.id;
+            if filter.contains(e.stream) {
+                events.push(e.clone());
+            }
+        }
+        // The window may end below `latest` only transiently; report what was scanned.
+        Read::Events { events, cursor, more: false }
+    }
+
+    pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
+        Subscription { log: self.clone(), rx: self.latest.subscribe(), filter, cursor }
+    }
+}
+
+/// One reader's position in the log: the state behind an SSE stream, a WebSocket or a
+/// long poll. Transports call [`Subscription::next`] and encode what it returns.
+pub struct Subscription {
+    log: Arc<EventLog>,
+    rx: watch::Receiver<u64>,
+    filter: StreamSet,
+    /// Everything up to here has been delivered (or skipped by the filter).
+    cursor: u64,
+}
+
+/// What a subscription yields.
+#[derive(Debug)]
+pub enum Delivery {
+    Events(Vec<Arc<StoredEvent>>),
+    Reset { cursor: u64 },
+}
+
+/// Events handed to a connection per wake-up. Bounds one write while a lagging client
+/// catches up, without bounding how far behind it may be (that is the window's job).
+pub const BATCH: usize = 512;
+
+impl Subscription {
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    /// Reads what is available now without waiting; `None` when nothing is.
+    pub fn try_next(&mut self, limit: usize) -> Option<Delivery> {
+        // Mark the current version seen *before* reading, so a publish that lands after
+        // the read still wakes `next`.
+        self.rx.borrow_and_update();
+        match self.log.read(self.cursor, self.filter, limit) {
+            Read::Reset { cursor } => {
+                self.cursor = cursor;
+                Some(Delivery::Reset { cursor })
+            }
+            Read::Events { events, cursor, .. } => {
+                self.cursor = cursor;
+                (!events.is_empty()).then_some(Delivery::Events(events))
+            }
+        }
+    }
+
+    /// Waits for the next events (or a reset). Cancel-safe: dropping the future loses
+    /// nothing, because the position only moves when a delivery is returned.
+    pub async fn next(&mut self, limit: usize) -> Delivery {
+        loop {
+            if let Some(d) = self.try_next(limit) {
+                return d;
+            }
+            if self.rx.changed().await.is_err() {
+                // The log is gone (server shutting down): nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::protocol::{ChatMessage, Payload, Tick};
+
+    fn ev(id: u64, stream: Stream) -> Arc<StoredEvent> {
+        let payload = match stream {
+            Stream::Ticker => Payload::Ticker(Tick { symbol: "X".into(), price: 1.0, change: 0.0 }),
+            _ => Payload::Chat(ChatMessage { author: "a".into(), body: format!("{id}") }),
+        };
+        let mut e = StoredEvent::new(&Event { id, ts: 1, payload });
+        e.stream = stream;
+        Arc::new(e)
+    }
+
+    fn ids(r: &Read) -> (Vec<u64>, u64, bool) {
+        match r {
+            Read::Events { events, cursor, more } => (events.iter().map(|e| e.id).collect(), *cursor, *more),
+            Read::Reset { .. } => panic!("unexpected reset"),
+        }
+    }
+
+    fn log_with(n: u64, retention: usize) -> Arc<EventLog> {
+        let log = Arc::new(EventLog::new(retention, vec![], 0));
+        let events: Vec<_> = (1..=n).map(|i| ev(i, if i % 2 == 0 { Stream::Ticker } else { Stream::Chat })).collect();
+        log.append(&events);
+        log
+    }
+
+    #[test]
+    fn reads_after_cursor_with_filter_and_limit() {
+        let log = log_with(10, 100);
+        let chat = StreamSet::parse(Some("chat")).unwrap();
+        assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)), ((1..=10).collect(), 10, false));
+        assert_eq!(ids(&log.read(4, chat, 100)), (vec![5, 7, 9], 10, false));
+        assert_eq!(ids(&log.read(4, chat, 2)), (vec![5, 7], 8, true));
+        assert_eq!(ids(&log.read(10, chat, 2)), (vec![], 10, false));
+    }
+
+    #[test]
+    fn cursor_out_of_retention_or_ahead_resets() {
+        let log = log_with(10, 4); // window holds 7..=10
+        assert_eq!(log.oldest(), 7);
+        assert!(matches!(log.read(5, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+        assert_eq!(ids(&log.read(6, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
+        // since=0 means "from the start of the window", not "I missed everything".
+        assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
+        assert!(matches!(log.read(11, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+    }
+
+    #[test]
+    fn window_is_rebuilt_from_store_and_trimmed() {
+        let recent: Vec<_> = (1..=5).map(|i| ev(i, Stream::Chat)).collect();
+        let log = EventLog::new(3, recent, 5);
+        assert_eq!(log.oldest(), 3);
+        assert_eq!(log.latest(), 5);
+    }
+
+    #[tokio::test]
+    async fn subscription_wakes_on_append_and_never_repeats() {
+        let log = log_with(2, 100);
+        let mut sub = log.subscribe(StreamSet::ALL, 2);
+        assert!(sub.try_next(BATCH).is_none());
+        let waiter = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                log.append(&[ev(3, Stream::Chat), ev(4, Stream::Feed)]);
+            })
+        };
+        match sub.next(BATCH).await {
+            Delivery::Events(e) => assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]),
+            d => panic!("{d:?}"),
+        }
+        waiter.await.unwrap();
+        assert_eq!(sub.cursor(), 4);
+        assert!(sub.try_next(BATCH).is_none());
+    }
+
+    #[test]
+    fn encodings_are_the_wire_formats() {
+        let e = ev(7, Stream::Chat);
+        let json = std::str::from_utf8(&e.json).unwrap();
+        assert_eq!(e.sse, format!("id: 7\ndata: {json}\n\n"));
+        let frame: app::protocol::ServerFrame = serde_json::from_str(e.ws.as_str()).unwrap();
+        assert!(matches!(frame, app::protocol::ServerFrame::Event { event } if event.id == 7));
+    }
+}

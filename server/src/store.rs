@@ -1,0 +1,101 @@
+//! Durable storage: every event in one SQLite table (WAL mode), written in batches by the
+//! writer task and read back on start (the resume window) and by `/api/history`.
+
+use crate::log::StoredEvent;
+use app::protocol::{Event, Stream};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/tidings.db` and applies migrations.
+    pub async fn open(data_dir: &Path) -> Result<Store, sqlx::Error> {
+        std::fs::create_dir_all(data_dir)?;
+        let opts = SqliteConnectOptions::new()
+            .filename(data_dir.join("tidings.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL in WAL mode: a commit survives a process crash; only an OS crash or
+            // power loss can lose the last commits. FULL would fsync on every batch.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        // One writer (the writer task) plus a few readers for history; SQLite serialises
+        // writers anyway, so a big pool would only add lock waits.
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+    }
+
+    /// Highest id ever stored (0 when empty): the id sequence continues after it.
+    pub async fn max_id(&self) -> Result<u64, sqlx::Error> {
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(&self.pool).await?;
+        Ok(row.get::<i64, _>(0) as u64)
+    }
+
+    /// Writes a batch in one transaction: all of it is durable, or none of it is.
+    pub async fn insert(&self, events: &[(Arc<StoredEvent>, u64)]) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for (e, ts) in events {
+            sqlx::query("INSERT INTO events (id, stream, ts, json) VALUES (?, ?, ?, ?)")
+                .bind(e.id as i64)
+                .bind(e.stream.as_str())
+                .bind(*ts as i64)
+                .bind(std::str::from_utf8(&e.json).expect("event JSON is UTF-8"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+
+    /// The newest `n` events, oldest first: the resume window after a restart.
+    pub async fn recent(&self, n: usize) -> Result<Vec<Arc<StoredEvent>>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, stream, json FROM events ORDER BY id DESC LIMIT ?")
+            .bind(n as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().rev() {
+            let stream: String = row.get(1);
+            let Some(stream) = Stream::parse(&stream) else {
+                tracing::warn!(stream, "skipping stored event of an unknown stream");
+                continue;
+            };
+            out.push(Arc::new(StoredEvent::from_json(row.get::<i64, _>(0) as u64, stream, row.get(2))));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` events of `stream` with id < `before`, oldest first.
+    pub async fn history(&self, stream: Stream, before: u64, limit: usize) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query("SELECT json FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?")
+            .bind(stream.as_str())
+            .bind(before.min(i64::MAX as u64) as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().rev() {
+            let json: String = row.get(0);
+            match serde_json::from_str(&json) {
+                Ok(e) => out.push(e),
+                Err(err) => tracing::warn!(%err, "skipping an unreadable stored event"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,97 @@
+//! `GET /api/poll?streams=..&since=ID[&wait=S][&limit=N]`: short and long polling.
+
+use crate::api::query;
+use crate::error::ApiError;
+use crate::log::Read;
+use crate::AppState;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::time::Duration;
+
+pub const MAX_WAIT_SECS: u64 = 30;
+pub const DEFAULT_LIMIT: usize = 500;
+pub const MAX_LIMIT: usize = 1000;
+
+#[derive(Deserialize)]
+pub struct PollParams {
+    streams: Option<String>,
+    since: Option<u64>,
+    wait: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn handler(
+    State(state): State<AppState>,
+    q: Result<Query<PollParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = query(q)?;
+    let filter = super::streams(p.streams.as_deref())?;
+    let wait = p.wait.unwrap_or(0);
+    if wait > MAX_WAIT_SECS {
+        return Err(ApiError::BadRequest(format!("wait must be between 0 and {MAX_WAIT_SECS} seconds")));
+    }
+    let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+    }
+    // No cursor: the client starts from "now" and gets no backlog.
+    let Some(since) = p.since else {
+        return Ok(json(encode(&Read::Events { events: vec![], cursor: state.log.latest(), more: false })));
+    };
+
+    // Answered from the in-memory window only: an empty poll never touches the store.
+    let mut read = state.log.read(since, filter, limit);
+    if let Read::Events { events, cursor, .. } = &read {
+        if events.is_empty() && wait > 0 {
+            let mut sub = state.log.subscribe(filter, *cursor);
+            tokio::select! {
+                _ = sub.next(limit) => {}
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                _ = state.shutdown.cancelled() => {}
+            }
+            read = state.log.read(*cursor, filter, limit);
+        }
+    }
+    Ok(json(encode(&read)))
+}
+
+fn json(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Builds the body from the events' pre-encoded JSON (no per-poll serialisation).
+fn encode(read: &Read) -> String {
+    match read {
+        Read::Reset { cursor } => format!(r#"{{"events":[],"cursor":{cursor},"more":false,"reset":true}}"#),
+        Read::Events { events, cursor, more } => {
+            let mut out = String::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+            out.push_str(r#"{"events":["#);
+            for (i, e) in events.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(std::str::from_utf8(&e.json).expect("event JSON is UTF-8"));
+            }
+            out.push_str(&format!(r#"],"cursor":{cursor},"more":{more}}}"#));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::protocol::PollResponse;
+
+    #[test]
+    fn encoded_bodies_parse_as_poll_responses() {
+        let r: PollResponse = serde_json::from_str(&encode(&Read::Reset { cursor: 5 })).unwrap();
+        assert_eq!((r.reset, r.cursor, r.events.len()), (true, 5, 0));
+        let r: PollResponse =
+            serde_json::from_str(&encode(&Read::Events { events: vec![], cursor: 9, more: true })).unwrap();
+        assert_eq!((r.reset, r.cursor, r.more), (false, 9, true));
+    }
+}

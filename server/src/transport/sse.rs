@@ -1,0 +1,121 @@
+//! `GET /api/sse?streams=..[&since=ID]`: Server-Sent Events.
+//!
+//! The body is written by hand rather than with axum's `Sse` so that each event's frame is
+//! encoded once (at publish) and shared by every connection, and so a batch goes out as
+//! one write.
+
+use super::SubscribeParams;
+use crate::api::query;
+use crate::error::ApiError;
+use crate::log::{Delivery, Subscription, BATCH};
+use crate::AppState;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use std::time::Duration;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// How long the browser waits before reconnecting after the stream ends (ms).
+const RETRY_MS: u32 = 1000;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<SubscribeParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let p = query(q)?;
+    let filter = super::streams(p.streams.as_deref())?;
+    // The browser's automatic reconnect sends Last-Event-ID; it wins over the `since` that
+    // is still in the URL from the first connect.
+    let last_event_id = match headers.get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id (a number)".into()))?,
+        ),
+    };
+    let cursor = last_event_id.or(p.since).unwrap_or_else(|| state.log.latest());
+    let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
+    let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let conn = Conn {
+        sub: state.log.subscribe(filter, cursor),
+        ticks,
+        shutdown: state.shutdown.clone(),
+        id_sent: cursor,
+        started: false,
+    };
+    let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {
+        c.next_chunk().await.map(|b| (Ok::<_, std::convert::Infallible>(b), c))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            // nginx buffers proxied responses unless told not to.
+            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+struct Conn {
+    sub: Subscription,
+    ticks: Interval,
+    shutdown: CancellationToken,
+    /// The last `id:` the browser has seen; heartbeats move it up to the cursor.
+    id_sent: u64,
+    started: bool,
+}
+
+impl Conn {
+    /// The next bytes to write, or `None` to end the response (shutdown).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.started {
+            self.started = true;
+            return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
+        }
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            d = self.sub.next(BATCH) => Some(self.encode(d)),
+            _ = self.ticks.tick() => {
+                // A bare `id:` line updates the browser's Last-Event-ID without firing an
+                // event: a client of quiet streams then resumes from near the head, not
+                // from a cursor that fell out of retention while other streams were busy.
+                let cursor = self.sub.cursor();
+                if cursor > self.id_sent {
+                    self.id_sent = cursor;
+                    Some(Bytes::from(format!(": heartbeat\nid: {cursor}\n\n")))
+                } else {
+                    Some(Bytes::from_static(b": heartbeat\n\n"))
+                }
+            }
+        }
+    }
+
+    fn encode(&mut self, d: Delivery) -> Bytes {
+        match d {
+            Delivery::Reset { cursor } => {
+                self.id_sent = cursor;
+                Bytes::from(format!("event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"))
+            }
+            Delivery::Events(events) => {
+                self.id_sent = events.last().map_or(self.id_sent, |e| e.id);
+                if let [one] = events.as_slice() {
+                    return one.sse.clone();
+                }
+                let mut out = Vec::with_capacity(events.iter().map(|e| e.sse.len()).sum());
+                for e in &events {
+                    out.extend_from_slice(&e.sse);
+                }
+                Bytes::from(out)
+            }
+        }
+    }
+}

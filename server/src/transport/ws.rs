@@ -1,0 +1,161 @@
+//! `GET /api/ws?streams=..[&since=ID][&token=T]`: WebSocket.
+//!
+//! One task per socket, one `select!` loop over: the subscription (events out), the socket
+//! (publish frames in), publishes in flight (acks out), a heartbeat timer and shutdown.
+//! When any of them ends the connection, the loop exits and everything it owns is dropped.
+//! [`serve_socket`] is generic over `Sink`/`Stream`, so it runs without a real socket too.
+
+use super::SubscribeParams;
+use crate::api::{bearer, query};
+use crate::error::ApiError;
+use crate::log::{Delivery, Subscription, BATCH};
+use crate::AppState;
+use app::protocol::{parse_client_frame, PublishError, ServerFrame, MAX_PUBLISH_BYTES};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::time::Duration;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+
+/// Publishes one socket may have waiting for the store; past this the socket is not read
+/// until some complete (backpressure instead of an unbounded queue).
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Frames above [`MAX_PUBLISH_BYTES`] close the socket with 1009. The transport limit is set
+/// higher so such frames are still read and answered with a proper close frame.
+const TRANSPORT_LIMIT: usize = 4 * MAX_PUBLISH_BYTES;
+
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<SubscribeParams>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // Browsers send cookies and credentials with cross-site WebSocket upgrades and no CORS
+    // applies to them, so the Origin check is the only guard against cross-site hijacking.
+    if !state.origin_allowed(&headers) {
+        return Err(ApiError::Forbidden("this origin is not allowed to open a WebSocket here".into()));
+    }
+    let p = query(q)?;
+    let upgrade = upgrade.map_err(|e| ApiError::BadRequest(format!("a WebSocket upgrade is required: {}", e.body_text())))?;
+    let filter = super::streams(p.streams.as_deref())?;
+    let admin = state.is_admin(bearer(&headers).or(p.token.as_deref()));
+    let sub = state.log.subscribe(filter, p.since.unwrap_or_else(|| state.log.latest()));
+    Ok(upgrade
+        .max_message_size(TRANSPORT_LIMIT)
+        .max_frame_size(TRANSPORT_LIMIT)
+        .on_upgrade(move |socket| serve_socket(socket, state, sub, admin)))
+}
+
+fn frame(f: &ServerFrame) -> Message {
+    Message::Text(Utf8Bytes::from(serde_json::to_string(f).expect("frames serialise")))
+}
+
+fn close(code: u16, reason: &'static str) -> Option<Message> {
+    Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
+}
+
+pub async fn serve_socket<S, E>(socket: S, state: AppState, mut sub: Subscription, admin: bool)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
+    E: std::fmt::Display,
+{
+    let (mut tx, mut rx) = socket.split();
+    let mut in_flight = FuturesUnordered::new();
+    let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
+    let idle_timeout = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
+    let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut cursor_sent = sub.cursor();
+
+    // Each arm yields what to send, or ends the loop with the close frame to send (if any).
+    let last: Option<Message> = loop {
+        let out: Vec<Message> = tokio::select! {
+            _ = state.shutdown.cancelled() => break close(1001, "server shutting down"),
+
+            d = sub.next(BATCH) => match d {
+                Delivery::Reset { cursor } => {
+                    cursor_sent = cursor;
+                    vec![frame(&ServerFrame::Reset { cursor })]
+                }
+                Delivery::Events(events) => {
+                    cursor_sent = events.last().map_or(cursor_sent, |e| e.id);
+                    events.iter().map(|e| Message::Text(e.ws.clone())).collect()
+                }
+            },
+
+            msg = rx.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+                last_heard = Instant::now();
+                match msg {
+                    None | Some(Ok(Message::Close(_))) => break None,
+                    Some(Err(e)) => {
+                        // Reading fails for an oversized frame or a broken connection; a
+                        // close frame is the best answer to the first and harmless to the second.
+                        tracing::debug!(error = %e, "websocket read failed");
+                        break close(1009, "frame too large");
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if text.len() > MAX_PUBLISH_BYTES {
+                            break close(1009, "frame larger than 16384 bytes");
+                        }
+                        match parse_client_frame(&text) {
+                            Ok((reference, payload)) => {
+                                let state = state.clone();
+                                in_flight.push(async move { (reference, state.publish(payload, admin).await) });
+                                vec![]
+                            }
+                            Err((reference, e)) => vec![error_frame(reference, &e)],
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => vec![frame(&ServerFrame::Error {
+                        reference: None,
+                        error: "binary frames are not supported; send JSON text frames".into(),
+                    })],
+                    Some(Ok(_)) => vec![], // ping (answered by the library) or pong
+                }
+            },
+
+            Some((reference, result)) = in_flight.next(), if !in_flight.is_empty() => vec![match result {
+                Ok(event) => frame(&ServerFrame::Ack { reference, id: event.id }),
+                Err(e) => frame(&ServerFrame::Error { reference: Some(reference), error: e.message() }),
+            }],
+
+            _ = ticks.tick() => {
+                if last_heard.elapsed() > idle_timeout {
+                    tracing::debug!("dropping a silent websocket peer");
+                    break close(1001, "idle timeout");
+                }
+                let mut out = vec![Message::Ping(Default::default())];
+                if sub.cursor() > cursor_sent {
+                    cursor_sent = sub.cursor();
+                    out.push(frame(&ServerFrame::Cursor { cursor: cursor_sent }));
+                }
+                out
+            }
+        };
+        // Queue the whole batch, then one flush: many events, one write.
+        let mut ok = true;
+        for m in out {
+            if tx.feed(m).await.is_err() {
+                ok = false;
+                break;
+            }
+        }
+        if !ok || tx.flush().await.is_err() {
+            break None;
+        }
+    };
+    if let Some(m) = last {
+        let _ = tx.send(m).await;
+    }
+    let _ = tx.close().await;
+}
+
+fn error_frame(reference: Option<String>, e: &PublishError) -> Message {
+    frame(&ServerFrame::Error { reference, error: e.message() })
+}
