@@ -243,7 +243,7 @@ mod tests {
         let chat = StreamSet::parse(Some("chat")).unwrap();
         assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)), ((1..=10).collect(), 10, false));
         assert_eq!(ids(&log.read(4, chat, 100)), (vec![5, 7, 9], 10, false));
-        assert_eq!(ids(&log.read(4, chat, 2)), (vec![5, 7], 8, true));
+        assert_eq!(ids(&log.read(4, chat, 2)), (vec![5, 7], 7, true));
         assert_eq!(ids(&log.read(10, chat, 2)), (vec![], 10, false));
     }
 

@@ -1,0 +1,105 @@
+//! Where the API lives and plain HTTP calls to it (browser `fetch` via gloo-net).
+//!
+//! The API base defaults to the page's own origin. A static copy of the app on another
+//! origin is pointed at a server with `?api=https://tidings.example.com` once; the choice
+//! is kept in localStorage.
+
+use crate::protocol::{ErrorBody, Event, HistoryResponse, PollResponse, Stream};
+use gloo_net::http::Request;
+
+const API_KEY: &str = "tidings.api";
+
+pub fn local_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.local_storage().ok().flatten()
+}
+
+/// The API base URL without a trailing slash; "" means same origin.
+pub fn base() -> String {
+    thread_local! {
+        static BASE: String = compute_base();
+    }
+    BASE.with(Clone::clone)
+}
+
+fn compute_base() -> String {
+    let from_query = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .and_then(|s| web_sys::UrlSearchParams::new_with_str(&s).ok())
+        .and_then(|p| p.get("api"));
+    let storage = local_storage();
+    if let Some(api) = from_query {
+        if let Some(s) = &storage {
+            let _ = s.set_item(API_KEY, &api);
+        }
+        return api.trim_end_matches('/').to_string();
+    }
+    storage
+        .and_then(|s| s.get_item(API_KEY).ok().flatten())
+        .map(|a| a.trim_end_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+/// `ws://` or `wss://` URL of the same API base.
+pub fn ws_base() -> String {
+    let b = base();
+    if let Some(rest) = b.strip_prefix("https://") {
+        return format!("wss://{rest}");
+    }
+    if let Some(rest) = b.strip_prefix("http://") {
+        return format!("ws://{rest}");
+    }
+    let loc = web_sys::window().map(|w| w.location());
+    let host = loc.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
+    let secure = loc.and_then(|l| l.protocol().ok()).is_some_and(|p| p == "https:");
+    format!("{}://{host}", if secure { "wss" } else { "ws" })
+}
+
+/// A failed call: a message fit to show a person.
+pub type ApiResult<T> = Result<T, String>;
+
+/// GET returning the body text and its length (for the bytes-received statistic).
+pub async fn get_text(path: &str) -> ApiResult<(String, usize)> {
+    let resp = Request::get(&format!("{}{path}", base()))
+        .send()
+        .await
+        .map_err(|e| format!("network error: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| format!("network error: {e}"))?;
+    if !(200..300).contains(&status) {
+        return Err(error_message(status, &text));
+    }
+    let n = text.len();
+    Ok((text, n))
+}
+
+pub fn error_message(status: u16, body: &str) -> String {
+    serde_json::from_str::<ErrorBody>(body).map_or_else(|_| format!("HTTP {status}"), |e| e.error)
+}
+
+/// `GET /api/poll` without `since`: the latest id, where a fresh client starts.
+pub async fn latest_cursor() -> ApiResult<u64> {
+    let (text, _) = get_text("/api/poll").await?;
+    serde_json::from_str::<PollResponse>(&text).map(|r| r.cursor).map_err(|e| e.to_string())
+}
+
+pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec<Event>> {
+    let (text, _) = get_text(&format!("/api/history?stream={stream}&before={before}&limit={limit}")).await?;
+    serde_json::from_str::<HistoryResponse>(&text).map(|r| r.events).map_err(|e| e.to_string())
+}
+
+/// `POST /api/publish`; the stored event on success.
+pub async fn publish(body: String) -> ApiResult<Event> {
+    let resp = Request::post(&format!("{}/api/publish", base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| e.to_string())?
+        .send()
+        .await
+        .map_err(|e| format!("network error: {e}"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if status != 201 {
+        return Err(error_message(status, &text));
+    }
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}

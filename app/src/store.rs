@@ -1,0 +1,271 @@
+//! The one client-side store of live state. Whichever transport is active feeds it through
+//! [`LiveStore::ingest`]; components only read it. Because every transport resumes from
+//! the store's `cursor` and `ingest` drops anything at or below it, switching transports
+//! (or reconnecting) can neither lose nor repeat an event.
+
+use crate::protocol::{ChatMessage, Event, FeedItem, Payload, Tick};
+use leptos::prelude::*;
+use std::collections::VecDeque;
+
+/// Feed items kept on screen.
+const FEED_KEEP: usize = 50;
+/// Chat messages kept on screen.
+const CHAT_KEEP: usize = 200;
+/// Latency samples kept for the median.
+const LATENCY_SAMPLES: usize = 101;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConnState {
+    Connecting,
+    Live,
+    Reconnecting,
+    Offline,
+}
+
+impl ConnState {
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnState::Connecting => "connecting",
+            ConnState::Live => "live",
+            ConnState::Reconnecting => "reconnecting",
+            ConnState::Offline => "offline",
+        }
+    }
+}
+
+/// Figures for the active transport (reset when the transport changes).
+#[derive(Clone, Default, Debug)]
+pub struct Stats {
+    pub events: u64,
+    pub requests: u64,
+    pub bytes: u64,
+    pub reconnects: u64,
+    pub last_latency_ms: Option<f64>,
+    pub latencies: VecDeque<f64>,
+}
+
+impl Stats {
+    pub fn median_latency_ms(&self) -> Option<f64> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let mut v: Vec<f64> = self.latencies.iter().copied().collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        Some(v[v.len() / 2])
+    }
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct FeedEntry {
+    pub id: u64,
+    pub ts: u64,
+    pub item: FeedItem,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct ChatEntry {
+    pub id: u64,
+    pub ts: u64,
+    pub msg: ChatMessage,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub struct TickerEntry {
+    pub tick: Tick,
+    /// +1 up, -1 down, 0 unchanged since the previous tick (for the flash colour).
+    pub moved: i8,
+}
+
+/// A chat message this page sent, until the stream delivers it.
+#[derive(Clone, PartialEq, Debug)]
+pub struct Outgoing {
+    pub reference: String,
+    pub msg: ChatMessage,
+    pub status: OutStatus,
+}
+
+#[derive(Clone, PartialEq, Debug)]
+pub enum OutStatus {
+    Pending,
+    /// Stored as this id; shown until the stream brings it.
+    Acked(u64),
+    Failed(String),
+}
+
+#[derive(Clone, Copy)]
+pub struct LiveStore {
+    /// Newest first.
+    pub feed: RwSignal<Vec<FeedEntry>>,
+    /// Oldest first.
+    pub chat: RwSignal<Vec<ChatEntry>>,
+    /// Sorted by symbol.
+    pub ticker: RwSignal<Vec<TickerEntry>>,
+    pub outbox: RwSignal<Vec<Outgoing>>,
+    /// Highest event id received: every transport resumes after it.
+    pub cursor: RwSignal<u64>,
+    pub conn: RwSignal<ConnState>,
+    pub stats: RwSignal<Stats>,
+    /// Set once history is loaded and the cursor is known.
+    pub ready: RwSignal<bool>,
+    /// A notice to show (e.g. after a reset).
+    pub notice: RwSignal<Option<String>>,
+}
+
+impl LiveStore {
+    pub fn new() -> LiveStore {
+        LiveStore {
+            feed: RwSignal::new(Vec::new()),
+            chat: RwSignal::new(Vec::new()),
+            ticker: RwSignal::new(Vec::new()),
+            outbox: RwSignal::new(Vec::new()),
+            cursor: RwSignal::new(0),
+            conn: RwSignal::new(ConnState::Connecting),
+            stats: RwSignal::new(Stats::default()),
+            ready: RwSignal::new(false),
+            notice: RwSignal::new(None),
+        }
+    }
+
+    /// Takes a batch from any transport. Events at or below the cursor were already shown
+    /// (a resume overlap) and are dropped; `bytes` is what the transport received for them.
+    pub fn ingest(&self, events: Vec<Event>, bytes: usize) {
+        let now = js_sys::Date::now();
+        let mut cursor = self.cursor.get_untracked();
+        let mut feed = Vec::new();
+        let mut chat = Vec::new();
+        let mut ticks = Vec::new();
+        let mut latencies = Vec::new();
+        for e in events {
+            if e.id <= cursor {
+                continue;
+            }
+            cursor = e.id;
+            latencies.push((now - e.ts as f64).max(0.0));
+            match e.payload {
+                Payload::Feed(item) => feed.push(FeedEntry { id: e.id, ts: e.ts, item }),
+                Payload::Chat(msg) => chat.push(ChatEntry { id: e.id, ts: e.ts, msg }),
+                Payload::Ticker(t) => ticks.push(t),
+            }
+        }
+        self.stats.update(|s| {
+            s.bytes += bytes as u64;
+            s.events += latencies.len() as u64;
+            for l in &latencies {
+                s.last_latency_ms = Some(*l);
+                s.latencies.push_back(*l);
+                if s.latencies.len() > LATENCY_SAMPLES {
+                    s.latencies.pop_front();
+                }
+            }
+        });
+        if cursor == self.cursor.get_untracked() {
+            return;
+        }
+        self.cursor.set(cursor);
+        if !feed.is_empty() {
+            self.feed.update(|f| {
+                for item in feed {
+                    f.insert(0, item);
+                }
+                f.truncate(FEED_KEEP);
+            });
+        }
+        if !chat.is_empty() {
+            let delivered: Vec<u64> = chat.iter().map(|c| c.id).collect();
+            self.chat.update(|c| {
+                c.extend(chat);
+                let excess = c.len().saturating_sub(CHAT_KEEP);
+                c.drain(..excess);
+            });
+            self.outbox.update(|o| o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if delivered.contains(&id))));
+        }
+        if !ticks.is_empty() {
+            self.ticker.update(|rows| {
+                for t in ticks {
+                    match rows.iter_mut().find(|r| r.tick.symbol == t.symbol) {
+                        Some(r) => {
+                            r.moved = (t.price - r.tick.price).signum() as i8;
+                            r.tick = t;
+                        }
+                        None => rows.push(TickerEntry { tick: t, moved: 0 }),
+                    }
+                }
+                rows.sort_by(|a, b| a.tick.symbol.cmp(&b.tick.symbol));
+            });
+        }
+    }
+
+    /// Moves the cursor past events of streams this page does not show (never backwards).
+    pub fn advance(&self, cursor: u64) {
+        if cursor > self.cursor.get_untracked() {
+            self.cursor.set(cursor);
+        }
+    }
+
+    /// Shows history up to `upto` (first load, or after a reset), keeping anything newer
+    /// that a transport delivered meanwhile. Does not move the cursor.
+    pub fn load(&self, upto: u64, feed: Vec<Event>, chat: Vec<Event>) {
+        self.feed.update(|f| {
+            let newer: Vec<FeedEntry> = f.drain(..).filter(|e| e.id > upto).collect();
+            let old = feed.into_iter().rev().filter_map(|e| match e.payload {
+                Payload::Feed(item) => Some(FeedEntry { id: e.id, ts: e.ts, item }),
+                _ => None,
+            });
+            *f = newer.into_iter().chain(old).take(FEED_KEEP).collect();
+        });
+        self.chat.update(|c| {
+            let newer: Vec<ChatEntry> = c.drain(..).filter(|e| e.id > upto).collect();
+            *c = chat
+                .into_iter()
+                .filter_map(|e| match e.payload {
+                    Payload::Chat(msg) => Some(ChatEntry { id: e.id, ts: e.ts, msg }),
+                    _ => None,
+                })
+                .chain(newer)
+                .collect();
+        });
+        self.ready.set(true);
+    }
+
+    /// The server could not resume from our cursor (too old, or ahead of a wiped store):
+    /// continue from the cursor it gives, even if that is lower than ours.
+    pub fn reset_to(&self, cursor: u64) {
+        self.cursor.set(cursor);
+        self.notice.set(Some("Some events could not be resumed; reloaded from history.".into()));
+    }
+
+    pub fn ack(&self, reference: &str, id: u64) {
+        let delivered = id <= self.cursor.get_untracked();
+        self.outbox.update(|o| {
+            if delivered {
+                o.retain(|m| m.reference != reference);
+            } else if let Some(m) = o.iter_mut().find(|m| m.reference == reference) {
+                m.status = OutStatus::Acked(id);
+            }
+        });
+    }
+
+    pub fn fail(&self, reference: &str, error: String) {
+        self.outbox.update(|o| {
+            if let Some(m) = o.iter_mut().find(|m| m.reference == reference) {
+                m.status = OutStatus::Failed(error);
+            }
+        });
+    }
+
+    /// Messages sent on a socket that closed before their ack: they may or may not have been
+    /// stored, so they are not resent automatically (that could duplicate them).
+    pub fn fail_pending(&self, why: &str) {
+        self.outbox.update(|o| {
+            for m in o.iter_mut().filter(|m| m.status == OutStatus::Pending) {
+                m.status = OutStatus::Failed(why.to_string());
+            }
+        });
+    }
+}
+
+impl Default for LiveStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
