@@ -1,0 +1,196 @@
+import { test, expect, Page, BrowserContext, Browser } from '@playwright/test';
+import { Server, staticSite } from './server';
+
+type Transport = 'poll-1000' | 'poll-5000' | 'longpoll' | 'sse' | 'ws';
+
+/** Opens the app in a fresh browser context (its own storage) on `transport`, live. */
+async function open(browser: Browser, url: string, transport: Transport, nick: string): Promise<Page> {
+  const ctx: BrowserContext = await browser.newContext();
+  const page = await ctx.newPage();
+  const errors: string[] = [];
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  page.on('pageerror', (e) => errors.push(String(e)));
+  (page as any).consoleErrors = errors;
+  await page.goto(url);
+  await expect(page.getByTestId('conn-state')).toHaveText('live');
+  await page.getByTestId(`transport-${transport}`).click();
+  await expect(page.getByTestId(`transport-${transport}`)).toHaveClass(/active/);
+  await expect(page.getByTestId('conn-state')).toHaveText('live');
+  await page.getByTestId('nick').fill(nick);
+  return page;
+}
+
+async function send(page: Page, text: string) {
+  await page.getByTestId('chat-input').fill(text);
+  await page.getByTestId('chat-send').click();
+}
+
+/** The ids of the chat messages the page shows, in order. */
+async function chatIds(page: Page): Promise<number[]> {
+  return page.getByTestId('chat-message').evaluateAll((els) => els.map((e) => Number(e.getAttribute('data-id'))));
+}
+
+function messages(page: Page) {
+  return page.getByTestId('chat-message').locator('.body');
+}
+
+test('chat crosses transports: WebSocket, SSE and polling each send and receive', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    const ws = await open(browser, server.base, 'ws', 'wendy');
+    const sse = await open(browser, server.base, 'sse', 'sam');
+    const poll = await open(browser, server.base, 'poll-1000', 'pat');
+
+    await send(ws, 'hello from a websocket');
+    await send(sse, 'hello from sse (sent over http)');
+    await send(poll, 'hello from polling');
+    const all = ['hello from a websocket', 'hello from sse (sent over http)', 'hello from polling'];
+    for (const page of [ws, sse, poll]) {
+      await expect(messages(page)).toHaveText(all);
+      // Sent messages leave the outbox once the stream has delivered them.
+      await expect(page.getByTestId('chat-outgoing')).toHaveCount(0);
+      const ids = await chatIds(page);
+      expect(new Set(ids).size).toBe(3);
+    }
+    // The stats strip counts what the active transport received.
+    await expect(ws.getByTestId('stat-events')).not.toHaveText('0');
+    await expect(poll.getByTestId('stat-requests')).not.toHaveText('0');
+    for (const page of [ws, sse, poll]) expect((page as any).consoleErrors).toEqual([]);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('switching transports mid-stream loses and duplicates nothing', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    const page = await open(browser, server.base, 'ws', 'switcher');
+    const published: number[] = [];
+    let stop = false;
+    const publisher = (async () => {
+      for (let i = 0; !stop && i < 400; i++) {
+        published.push((await server.chat('bot', `burst ${i}`)).id);
+        await new Promise((r) => setTimeout(r, 40));
+      }
+    })();
+    for (const t of ['poll-1000', 'sse', 'longpoll', 'ws', 'sse', 'poll-1000', 'ws'] as Transport[]) {
+      await page.getByTestId(`transport-${t}`).click();
+      await expect(page.getByTestId('conn-state')).toHaveText('live');
+      await page.waitForTimeout(700); // let events flow on this transport before switching again
+    }
+    stop = true;
+    await publisher;
+    expect(published.length).toBeGreaterThan(20);
+    // Everything published arrives, once, in order (the page keeps the last 200).
+    const expected = published.slice(-200);
+    await expect.poll(() => chatIds(page), { timeout: 20_000 }).toEqual(expected);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('feed and ticker update live', async ({ browser }) => {
+  const server = await Server.start({ demo: true });
+  try {
+    const page = await open(browser, server.base, 'sse', 'reader');
+    // The simulated ticker moves several times a second.
+    await expect(page.getByTestId('tick').first()).toBeVisible();
+    const price = page.getByTestId('tick').first().locator('.price');
+    const before = await price.textContent();
+    await expect.poll(async () => (await page.getByTestId('tick').count()) > 1 || (await price.textContent()) !== before).toBe(true);
+    // A story published now appears at the top of the feed.
+    const e = await server.publish('feed', { title: 'Breaking: e2e passes', body: 'Film at eleven.', author: 'QA desk' });
+    const top = page.getByTestId('feed-item').first();
+    await expect(top).toHaveAttribute('data-id', String(e.id));
+    await expect(top.locator('h3')).toHaveText('Breaking: e2e passes');
+    // And a ticker move published through the API shows its price and colour.
+    await server.publish('ticker', { symbol: 'ZZZ', price: 12.34, change: -0.56 });
+    const zzz = page.locator('[data-testid=tick][data-symbol=ZZZ]');
+    await expect(zzz.locator('.price')).toHaveText('12.34');
+    await expect(zzz).toHaveClass(/down/);
+  } finally {
+    await server.stop();
+  }
+});
+
+test('an HTML payload in chat is shown literally', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    const page = await open(browser, server.base, 'ws', 'viewer');
+    const evil = '<img src=x onerror="window.__pwned=1"><b>bold?</b><script>window.__pwned=2</script>';
+    await server.chat('<i>mallory</i>', evil);
+    await expect(messages(page)).toHaveText([evil]);
+    await expect(page.getByTestId('chat-message').locator('.author')).toHaveText(['<i>mallory</i>']);
+    expect(await page.locator('[data-testid=chat] img, [data-testid=chat] b, [data-testid=chat] script').count()).toBe(0);
+    expect(await page.evaluate(() => (window as any).__pwned)).toBeUndefined();
+  } finally {
+    await server.stop();
+  }
+});
+
+test('a server restart: reconnecting, then live, then every new message once', async ({ browser }) => {
+  let server = await Server.start();
+  try {
+    const before = [await server.chat('ann', 'before 1'), await server.chat('ann', 'before 2')];
+    const pages: Page[] = [];
+    for (const t of ['sse', 'ws', 'poll-1000'] as Transport[]) pages.push(await open(browser, server.base, t, `p-${t}`));
+    for (const p of pages) await expect(messages(p)).toHaveText(['before 1', 'before 2']);
+
+    await server.stop();
+    for (const p of pages) await expect(p.getByTestId('conn-state')).toHaveText(/reconnecting|offline/);
+
+    server = await server.restart();
+    const after = [await server.chat('bob', 'after 1'), await server.chat('bob', 'after 2'), await server.chat('bob', 'after 3')];
+    expect(after[0].id).toBeGreaterThan(before[1].id);
+    for (const p of pages) {
+      await expect(p.getByTestId('conn-state')).toHaveText('live');
+      await expect(messages(p)).toHaveText(['before 1', 'before 2', 'after 1', 'after 2', 'after 3']);
+      expect(await chatIds(p)).toEqual([...before, ...after].map((e) => e.id));
+      await expect(p.getByTestId('stat-reconnects')).not.toHaveText('0');
+    }
+  } finally {
+    await server.stop();
+  }
+});
+
+test('the app served from one origin talks to the API on another', async ({ browser }) => {
+  const site = await staticSite();
+  const server = await Server.start({ args: ['--allow-origin', site.base] });
+  try {
+    const url = `${site.base}/?api=${encodeURIComponent(server.base)}`;
+    const ws = await open(browser, url, 'ws', 'remote-ws');
+    const sse = await open(browser, url, 'sse', 'remote-sse');
+    await send(sse, 'cross-origin over http');
+    await send(ws, 'cross-origin over a websocket');
+    for (const p of [ws, sse]) {
+      await expect(messages(p)).toHaveText(['cross-origin over http', 'cross-origin over a websocket']);
+    }
+    // The server function answered across origins too.
+    await expect(ws.locator('footer')).toContainText('resume window');
+    await expect(ws.locator('footer')).toContainText(server.base);
+    // And the server really is on another origin than the page.
+    expect(new URL(ws.url()).origin).not.toBe(server.base);
+    for (const p of [ws, sse]) expect((p as any).consoleErrors).toEqual([]);
+  } finally {
+    await server.stop();
+    await site.close();
+  }
+});
+
+test('invalid chat input is refused with a clear message and nothing is sent', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    const page = await open(browser, server.base, 'ws', 'ok');
+    await send(page, '   ');
+    await expect(page.getByTestId('chat-error')).toHaveText('body must not be empty');
+    await expect(page.getByTestId('chat-outgoing')).toHaveCount(0);
+    // The name field cannot hold more than the server accepts.
+    await page.getByTestId('nick').fill('x'.repeat(60));
+    await expect(page.getByTestId('nick')).toHaveValue('x'.repeat(40));
+    await send(page, 'fine');
+    await expect(page.getByTestId('chat-error')).toHaveCount(0);
+    await expect(messages(page)).toHaveText(['fine']);
+  } finally {
+    await server.stop();
+  }
+});

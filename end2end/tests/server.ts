@@ -1,0 +1,90 @@
+// Starts real Tidings servers (the binary cargo built) on free ports, each with its own
+// data dir, and talks to their HTTP API the way any client would.
+import { spawn, ChildProcess } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { createServer, Server as HttpServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import * as path from 'node:path';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+export const BIN = process.env.TIDINGS_BIN ?? path.join(ROOT, 'target', 'debug', 'tidings');
+export const STATIC_DIR = process.env.TIDINGS_STATIC ?? path.join(ROOT, 'app', 'dist');
+
+export interface Event { id: number; ts: number; stream: string; data: any }
+
+export class Server {
+  private constructor(
+    private proc: ChildProcess,
+    public readonly port: number,
+    public readonly dataDir: string,
+    private readonly args: string[],
+  ) {}
+
+  get base() { return `http://127.0.0.1:${this.port}`; }
+
+  /** Starts a server; `port` 0 (default) picks a free one, printed by the server. */
+  static async start(opts: { args?: string[]; dataDir?: string; port?: number; demo?: boolean } = {}): Promise<Server> {
+    const dataDir = opts.dataDir ?? mkdtempSync(path.join(tmpdir(), 'tidings-e2e-'));
+    const args = [...(opts.args ?? [])];
+    if (!opts.demo) args.push('--no-demo');
+    const proc = spawn(BIN, ['--bind', `127.0.0.1:${opts.port ?? 0}`, '--data-dir', dataDir, '--static-dir', STATIC_DIR, ...args], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? 'warn' },
+    });
+    const port = await new Promise<number>((resolve, reject) => {
+      let out = '';
+      const timer = setTimeout(() => reject(new Error(`server did not start: ${out}`)), 20_000);
+      proc.stdout!.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        const m = out.match(/listening on http:\/\/127\.0\.0\.1:(\d+)/);
+        if (m) { clearTimeout(timer); resolve(Number(m[1])); }
+      });
+      proc.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited with ${code}: ${out}`)); });
+    });
+    return new Server(proc, port, dataDir, args);
+  }
+
+  /** Graceful stop (SIGTERM), resolved when the process has exited. */
+  async stop(): Promise<void> {
+    if (this.proc.exitCode !== null) return;
+    const exited = new Promise((r) => this.proc.once('exit', r));
+    this.proc.kill('SIGTERM');
+    await exited;
+  }
+
+  /** The same server again: same port, same data dir. */
+  async restart(): Promise<Server> {
+    await this.stop();
+    return Server.start({ args: this.args.filter((a) => a !== '--no-demo'), dataDir: this.dataDir, port: this.port });
+  }
+
+  async publish(stream: string, data: object, token?: string): Promise<Event> {
+    const headers: Record<string, string> = { 'content-type': 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const r = await fetch(`${this.base}/api/publish`, { method: 'POST', headers, body: JSON.stringify({ stream, data }) });
+    if (r.status !== 201) throw new Error(`publish answered ${r.status}: ${await r.text()}`);
+    return r.json();
+  }
+
+  chat(author: string, body: string) { return this.publish('chat', { author, body }); }
+}
+
+/** A plain static file server for the built app, on another origin than the API. */
+export async function staticSite(): Promise<{ base: string; close: () => Promise<void> }> {
+  const server: HttpServer = createServer(async (req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const file = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+    try {
+      const body = await readFile(path.join(STATIC_DIR, path.normalize(file)));
+      const type = file.endsWith('.wasm') ? 'application/wasm' : file.endsWith('.js') ? 'text/javascript'
+        : file.endsWith('.css') ? 'text/css' : file.endsWith('.svg') ? 'image/svg+xml' : 'text/html';
+      res.writeHead(200, { 'content-type': type }).end(body);
+    } catch {
+      res.writeHead(404).end('not found');
+    }
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as any).port;
+  return { base: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(() => r())) };
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Prints the size of the built browser app (wasm + JS glue, raw and gzip -9) and fails when
+# the gzipped total exceeds the budget. The budget is the size measured when it was set
+# plus a small margin, so growth is a decision, not an accident.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-158000}   # bytes; measured 152,819 on 2026-11-29
+wasm=$(ls app/dist/*_bg.wasm)
+js=$(ls app/dist/app-*.js)
+raw_wasm=$(stat -c %s "$wasm"); raw_js=$(stat -c %s "$js")
+gz_wasm=$(gzip -9 -c "$wasm" | wc -c); gz_js=$(gzip -9 -c "$js" | wc -c)
+total=$((gz_wasm + gz_js))
+printf 'app size: wasm %d B raw / %d B gzip; js %d B raw / %d B gzip; total gzip %d B (%.1f KiB), budget %d B\n' \
+  "$raw_wasm" "$gz_wasm" "$raw_js" "$gz_js" "$total" "$(echo "$total/1024" | bc -l)" "$BUDGET_GZIP"
+if [ "$total" -gt "$BUDGET_GZIP" ]; then
+  echo "app size: over budget by $((total - BUDGET_GZIP)) bytes" >&2
+  exit 1
+fi
