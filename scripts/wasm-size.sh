@@ -11,7 +11,7 @@ raw_wasm=$(stat -c %s "$wasm"); raw_js=$(stat -c %s "$js")
 gz_wasm=$(gzip -9 -c "$wasm" | wc -c); gz_js=$(gzip -9 -c "$js" | wc -c)
 total=$((gz_wasm + gz_js))
 printf 'app size: wasm %d B raw / %d B gzip; js %d B raw / %d B gzip; total gzip %d B (%.1f KiB), budget %d B\n' \
-  "$raw_wasm" "$gz_wasm" "$raw_js" "$gz_js" "$total" "$(echo "$total/1024" | bc -l)" "$BUDGET_GZIP"
+  "$raw_wasm" "$gz_wasm" "$raw_js" "$gz_js" "$total" "$(awk "BEGIN {print $total/1024}")" "$BUDGET_GZIP"
 if [ "$total" -gt "$BUDGET_GZIP" ]; then
   echo "app size: over budget by $((total - BUDGET_GZIP)) bytes" >&2
   exit 1
