@@ -50,7 +50,9 @@ pub fn ws_base() -> String {
     }
     let loc = web_sys::window().map(|w| w.location());
     let host = loc.as_ref().and_then(|l| l.host().ok()).unwrap_or_default();
-    let secure = loc.and_then(|l| l.protocol().ok()).is_some_and(|p| p == "https:");
+    let secure = loc
+        .and_then(|l| l.protocol().ok())
+        .is_some_and(|p| p == "https:");
     format!("{}://{host}", if secure { "wss" } else { "ws" })
 }
 
@@ -64,7 +66,10 @@ pub async fn get_text(path: &str) -> ApiResult<(String, usize)> {
         .await
         .map_err(|e| format!("network error: {e}"))?;
     let status = resp.status();
-    let text = resp.text().await.map_err(|e| format!("network error: {e}"))?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("network error: {e}"))?;
     if !(200..300).contains(&status) {
         return Err(error_message(status, &text));
     }
@@ -79,12 +84,19 @@ pub fn error_message(status: u16, body: &str) -> String {
 /// `GET /api/poll` without `since`: the latest id, where a fresh client starts.
 pub async fn latest_cursor() -> ApiResult<u64> {
     let (text, _) = get_text("/api/poll").await?;
-    serde_json::from_str::<PollResponse>(&text).map(|r| r.cursor).map_err(|e| e.to_string())
+    serde_json::from_str::<PollResponse>(&text)
+        .map(|r| r.cursor)
+        .map_err(|e| e.to_string())
 }
 
 pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec<Event>> {
-    let (text, _) = get_text(&format!("/api/history?stream={stream}&before={before}&limit={limit}")).await?;
-    serde_json::from_str::<HistoryResponse>(&text).map(|r| r.events).map_err(|e| e.to_string())
+    let (text, _) = get_text(&format!(
+        "/api/history?stream={stream}&before={before}&limit={limit}"
+    ))
+    .await?;
+    serde_json::from_str::<HistoryResponse>(&text)
+        .map(|r| r.events)
+        .map_err(|e| e.to_string())
 }
 
 /// `POST /api/publish`; the stored event on success.

@@ -12,6 +12,7 @@ pub struct InfoSource(pub std::sync::Arc<dyn Fn() -> ServerInfo + Send + Sync>);
 
 #[server(endpoint = "info")]
 pub async fn get_server_info() -> Result<ServerInfo, ServerFnError> {
-    let source = use_context::<InfoSource>().ok_or_else(|| ServerFnError::new("server info is not available"))?;
+    let source = use_context::<InfoSource>()
+        .ok_or_else(|| ServerFnError::new("server info is not available"))?;
     Ok((source.0)())
 }

@@ -272,8 +272,12 @@ pub enum PublishError {
 impl PublishError {
     pub fn message(&self) -> String {
         match self {
-            PublishError::Malformed(m) | PublishError::UnknownStream(m) | PublishError::Invalid(m) => m.clone(),
-            PublishError::TooLarge => format!("request body is larger than {MAX_PUBLISH_BYTES} bytes"),
+            PublishError::Malformed(m)
+            | PublishError::UnknownStream(m)
+            | PublishError::Invalid(m) => m.clone(),
+            PublishError::TooLarge => {
+                format!("request body is larger than {MAX_PUBLISH_BYTES} bytes")
+            }
         }
     }
 }
@@ -301,27 +305,44 @@ pub fn parse_client_frame(text: &str) -> Result<(String, Payload), (Option<Strin
     if text.len() > MAX_PUBLISH_BYTES {
         return Err((None, PublishError::TooLarge));
     }
-    let raw: RawFrame = serde_json::from_str(text)
-        .map_err(|e| (None, PublishError::Malformed(format!("malformed JSON: {e}"))))?;
+    let raw: RawFrame = serde_json::from_str(text).map_err(|e| {
+        (
+            None,
+            PublishError::Malformed(format!("malformed JSON: {e}")),
+        )
+    })?;
     let reference = raw.reference.clone();
     match raw.kind.as_deref() {
         Some("publish") => {}
         Some(other) => {
             return Err((
                 reference,
-                PublishError::Malformed(format!("unknown frame type '{other}' (expected 'publish')")),
+                PublishError::Malformed(format!(
+                    "unknown frame type '{other}' (expected 'publish')"
+                )),
             ))
         }
-        None => return Err((reference, PublishError::Malformed("missing field `type`".into()))),
+        None => {
+            return Err((
+                reference,
+                PublishError::Malformed("missing field `type`".into()),
+            ))
+        }
     }
     let Some(r) = reference.clone() else {
         return Err((None, PublishError::Malformed("missing field `ref`".into())));
     };
     if r.len() > 64 {
-        return Err((None, PublishError::Malformed("`ref` is longer than 64 bytes".into())));
+        return Err((
+            None,
+            PublishError::Malformed("`ref` is longer than 64 bytes".into()),
+        ));
     }
-    let payload = payload_from_raw(RawPublish { stream: raw.stream, data: raw.data })
-        .map_err(|e| (reference, e))?;
+    let payload = payload_from_raw(RawPublish {
+        stream: raw.stream,
+        data: raw.data,
+    })
+    .map_err(|e| (reference, e))?;
     Ok((r, payload))
 }
 
@@ -347,11 +368,14 @@ fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
     let name = raw
         .stream
         .ok_or_else(|| PublishError::Malformed("missing field `stream`".into()))?;
-    let stream = Stream::parse(&name).ok_or_else(|| PublishError::UnknownStream(unknown_stream_message(&name)))?;
+    let stream = Stream::parse(&name)
+        .ok_or_else(|| PublishError::UnknownStream(unknown_stream_message(&name)))?;
     let data = raw
         .data
         .ok_or_else(|| PublishError::Malformed("missing field `data`".into()))?;
-    let bad = |e: serde_json::Error| PublishError::Malformed(format!("invalid data for stream {stream}: {e}"));
+    let bad = |e: serde_json::Error| {
+        PublishError::Malformed(format!("invalid data for stream {stream}: {e}"))
+    };
     let payload = match stream {
         Stream::Feed => Payload::Feed(serde_json::from_value(data).map_err(bad)?),
         Stream::Chat => Payload::Chat(serde_json::from_value(data).map_err(bad)?),
@@ -375,7 +399,10 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
         }),
         Payload::Ticker(t) => {
             let symbol = text_field("symbol", &t.symbol, MAX_SYMBOL_CHARS, false)?;
-            if !symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+            if !symbol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            {
                 return Err("symbol may only contain ASCII letters, digits, '.' and '-'".into());
             }
             if !t.price.is_finite() || t.price <= 0.0 {
@@ -384,27 +411,41 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
             if !t.change.is_finite() {
                 return Err("change must be a finite number".into());
             }
-            Payload::Ticker(Tick { symbol, price: t.price, change: t.change })
+            Payload::Ticker(Tick {
+                symbol,
+                price: t.price,
+                change: t.change,
+            })
         }
     })
 }
 
 /// Multi-line fields (bodies) may contain newlines and tabs; every other control character
 /// is refused, because it can corrupt terminals, logs and line-based protocols (SSE).
-fn text_field(name: &str, value: &str, max_chars: usize, multiline: bool) -> Result<String, String> {
+fn text_field(
+    name: &str,
+    value: &str,
+    max_chars: usize,
+    multiline: bool,
+) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() {
         return Err(format!("{name} must not be empty"));
     }
     let n = v.chars().count();
     if n > max_chars {
-        return Err(format!("{name} is {n} characters long; the limit is {max_chars}"));
+        return Err(format!(
+            "{name} is {n} characters long; the limit is {max_chars}"
+        ));
     }
     if let Some(c) = v
         .chars()
         .find(|c| c.is_control() && !(multiline && (*c == '\n' || *c == '\t')))
     {
-        return Err(format!("{name} contains a control character (U+{:04X})", c as u32));
+        return Err(format!(
+            "{name} contains a control character (U+{:04X})",
+            c as u32
+        ));
     }
     Ok(v.to_string())
 }
@@ -418,7 +459,10 @@ mod tests {
         let e = Event {
             id: 42,
             ts: 1764375000123,
-            payload: Payload::Chat(ChatMessage { author: "ann".into(), body: "hi".into() }),
+            payload: Payload::Chat(ChatMessage {
+                author: "ann".into(),
+                body: "hi".into(),
+            }),
         };
         let json = serde_json::to_value(&e).unwrap();
         assert_eq!(
@@ -432,10 +476,22 @@ mod tests {
     #[test]
     fn server_frames_round_trip() {
         let frames = [
-            (ServerFrame::Ack { reference: "r1".into(), id: 7 }, r#"{"type":"ack","ref":"r1","id":7}"#),
-            (ServerFrame::Reset { cursor: 9 }, r#"{"type":"reset","cursor":9}"#),
             (
-                ServerFrame::Error { reference: None, error: "x".into() },
+                ServerFrame::Ack {
+                    reference: "r1".into(),
+                    id: 7,
+                },
+                r#"{"type":"ack","ref":"r1","id":7}"#,
+            ),
+            (
+                ServerFrame::Reset { cursor: 9 },
+                r#"{"type":"reset","cursor":9}"#,
+            ),
+            (
+                ServerFrame::Error {
+                    reference: None,
+                    error: "x".into(),
+                },
                 r#"{"type":"error","error":"x"}"#,
             ),
         ];
@@ -452,9 +508,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r, "r1");
-        assert_eq!(p, Payload::Chat(ChatMessage { author: "ann".into(), body: "hi".into() }));
+        assert_eq!(
+            p,
+            Payload::Chat(ChatMessage {
+                author: "ann".into(),
+                body: "hi".into()
+            })
+        );
 
-        let (r, e) = parse_client_frame(r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#).unwrap_err();
+        let (r, e) =
+            parse_client_frame(r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#)
+                .unwrap_err();
         assert_eq!(r.as_deref(), Some("r2"));
         assert!(matches!(e, PublishError::UnknownStream(_)));
 
@@ -472,12 +536,28 @@ mod tests {
         let cases: &[(&str, fn(&PublishError) -> bool)] = &[
             ("{", |e| matches!(e, Malformed(_))),
             (r#"{"stream":"chat"}"#, |e| matches!(e, Malformed(_))),
-            (r#"{"stream":"weather","data":{}}"#, |e| matches!(e, UnknownStream(_))),
-            (r#"{"stream":"chat","data":{"author":"a"}}"#, |e| matches!(e, Malformed(_))),
-            (r#"{"stream":"chat","data":{"author":"a","body":"b","x":1}}"#, |e| matches!(e, Malformed(_))),
-            (r#"{"stream":"chat","data":{"author":"   ","body":"b"}}"#, |e| matches!(e, Invalid(_))),
-            (r#"{"stream":"chat","data":{"author":"a","body":"b\u0007"}}"#, |e| matches!(e, Invalid(_))),
-            (r#"{"stream":"ticker","data":{"symbol":"AB","price":-1,"change":0}}"#, |e| matches!(e, Invalid(_))),
+            (r#"{"stream":"weather","data":{}}"#, |e| {
+                matches!(e, UnknownStream(_))
+            }),
+            (r#"{"stream":"chat","data":{"author":"a"}}"#, |e| {
+                matches!(e, Malformed(_))
+            }),
+            (
+                r#"{"stream":"chat","data":{"author":"a","body":"b","x":1}}"#,
+                |e| matches!(e, Malformed(_)),
+            ),
+            (
+                r#"{"stream":"chat","data":{"author":"   ","body":"b"}}"#,
+                |e| matches!(e, Invalid(_)),
+            ),
+            (
+                r#"{"stream":"chat","data":{"author":"a","body":"b\u0007"}}"#,
+                |e| matches!(e, Invalid(_)),
+            ),
+            (
+                r#"{"stream":"ticker","data":{"symbol":"AB","price":-1,"change":0}}"#,
+                |e| matches!(e, Invalid(_)),
+            ),
         ];
         for (body, ok) in cases {
             let e = parse_publish(body.as_bytes()).unwrap_err();
@@ -490,35 +570,69 @@ mod tests {
     #[test]
     fn length_limits_count_characters_at_the_boundary() {
         let author = "é".repeat(MAX_AUTHOR_CHARS);
-        let ok = validate(Payload::Chat(ChatMessage { author: author.clone(), body: "b".into() }));
+        let ok = validate(Payload::Chat(ChatMessage {
+            author: author.clone(),
+            body: "b".into(),
+        }));
         assert!(ok.is_ok());
-        let too_long = validate(Payload::Chat(ChatMessage { author: format!("{author}x"), body: "b".into() }));
+        let too_long = validate(Payload::Chat(ChatMessage {
+            author: format!("{author}x"),
+            body: "b".into(),
+        }));
         assert!(too_long.unwrap_err().contains("limit is 40"));
         let body = "x".repeat(MAX_CHAT_BODY_CHARS + 1);
-        assert!(validate(Payload::Chat(ChatMessage { author: "a".into(), body })).is_err());
+        assert!(validate(Payload::Chat(ChatMessage {
+            author: "a".into(),
+            body
+        }))
+        .is_err());
         let title = "t".repeat(MAX_FEED_TITLE_CHARS + 1);
-        let feed = FeedItem { title, body: "b".into(), author: "a".into() };
+        let feed = FeedItem {
+            title,
+            body: "b".into(),
+            author: "a".into(),
+        };
         assert!(validate(Payload::Feed(feed)).unwrap_err().contains("title"));
     }
 
     #[test]
     fn bodies_keep_newlines_but_names_do_not() {
-        assert!(validate(Payload::Chat(ChatMessage { author: "a".into(), body: "line1\nline2".into() })).is_ok());
-        assert!(validate(Payload::Chat(ChatMessage { author: "a\nb".into(), body: "x".into() })).is_err());
+        assert!(validate(Payload::Chat(ChatMessage {
+            author: "a".into(),
+            body: "line1\nline2".into()
+        }))
+        .is_ok());
+        assert!(validate(Payload::Chat(ChatMessage {
+            author: "a\nb".into(),
+            body: "x".into()
+        }))
+        .is_err());
     }
 
     #[test]
     fn stream_sets_parse() {
         assert_eq!(StreamSet::parse(None).unwrap(), StreamSet::ALL);
         let s = StreamSet::parse(Some("chat, feed")).unwrap();
-        assert!(s.contains(Stream::Chat) && s.contains(Stream::Feed) && !s.contains(Stream::Ticker));
+        assert!(
+            s.contains(Stream::Chat) && s.contains(Stream::Feed) && !s.contains(Stream::Ticker)
+        );
         assert_eq!(s.to_query(), "feed,chat");
-        assert!(StreamSet::parse(Some("chat,bogus")).unwrap_err().contains("bogus"));
+        assert!(StreamSet::parse(Some("chat,bogus"))
+            .unwrap_err()
+            .contains("bogus"));
     }
 
     #[test]
     fn poll_response_omits_reset_when_false() {
-        let r = PollResponse { events: vec![], cursor: 3, more: false, reset: false };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"events":[],"cursor":3,"more":false}"#);
+        let r = PollResponse {
+            events: vec![],
+            cursor: 3,
+            more: false,
+            reset: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"events":[],"cursor":3,"more":false}"#
+        );
     }
 }

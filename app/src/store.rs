@@ -142,8 +142,16 @@ impl LiveStore {
             cursor = e.id;
             latencies.push((now - e.ts as f64).max(0.0));
             match e.payload {
-                Payload::Feed(item) => feed.push(FeedEntry { id: e.id, ts: e.ts, item }),
-                Payload::Chat(msg) => chat.push(ChatEntry { id: e.id, ts: e.ts, msg }),
+                Payload::Feed(item) => feed.push(FeedEntry {
+                    id: e.id,
+                    ts: e.ts,
+                    item,
+                }),
+                Payload::Chat(msg) => chat.push(ChatEntry {
+                    id: e.id,
+                    ts: e.ts,
+                    msg,
+                }),
                 Payload::Ticker(t) => ticks.push(t),
             }
         }
@@ -177,7 +185,9 @@ impl LiveStore {
                 let excess = c.len().saturating_sub(CHAT_KEEP);
                 c.drain(..excess);
             });
-            self.outbox.update(|o| o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if delivered.contains(&id))));
+            self.outbox.update(|o| {
+                o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if delivered.contains(&id)))
+            });
         }
         if !ticks.is_empty() {
             self.ticker.update(|rows| {
@@ -208,7 +218,11 @@ impl LiveStore {
         self.feed.update(|f| {
             let newer: Vec<FeedEntry> = f.drain(..).filter(|e| e.id > upto).collect();
             let old = feed.into_iter().rev().filter_map(|e| match e.payload {
-                Payload::Feed(item) => Some(FeedEntry { id: e.id, ts: e.ts, item }),
+                Payload::Feed(item) => Some(FeedEntry {
+                    id: e.id,
+                    ts: e.ts,
+                    item,
+                }),
                 _ => None,
             });
             *f = newer.into_iter().chain(old).take(FEED_KEEP).collect();
@@ -218,7 +232,11 @@ impl LiveStore {
             *c = chat
                 .into_iter()
                 .filter_map(|e| match e.payload {
-                    Payload::Chat(msg) => Some(ChatEntry { id: e.id, ts: e.ts, msg }),
+                    Payload::Chat(msg) => Some(ChatEntry {
+                        id: e.id,
+                        ts: e.ts,
+                        msg,
+                    }),
                     _ => None,
                 })
                 .chain(newer)
@@ -231,7 +249,9 @@ impl LiveStore {
     /// continue from the cursor it gives, even if that is lower than ours.
     pub fn reset_to(&self, cursor: u64) {
         self.cursor.set(cursor);
-        self.notice.set(Some("Some events could not be resumed; reloaded from history.".into()));
+        self.notice.set(Some(
+            "Some events could not be resumed; reloaded from history.".into(),
+        ));
     }
 
     pub fn ack(&self, reference: &str, id: u64) {

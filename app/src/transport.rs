@@ -6,7 +6,7 @@
 
 use crate::api;
 use crate::protocol::{ClientFrame, Event, Payload, PollResponse, ServerFrame, StreamSet};
-use crate::store::{ConnState, LiveStore, Outgoing, OutStatus};
+use crate::store::{ConnState, LiveStore, OutStatus, Outgoing};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use std::cell::{Cell, RefCell};
@@ -65,11 +65,17 @@ fn backoff_ms(failures: u32) -> u32 {
 }
 
 fn is_online() -> bool {
-    web_sys::window().map(|w| w.navigator().on_line()).unwrap_or(true)
+    web_sys::window()
+        .map(|w| w.navigator().on_line())
+        .unwrap_or(true)
 }
 
 fn set_down(store: LiveStore) {
-    store.conn.set(if is_online() { ConnState::Reconnecting } else { ConnState::Offline });
+    store.conn.set(if is_online() {
+        ConnState::Reconnecting
+    } else {
+        ConnState::Offline
+    });
 }
 
 /// An open transport. Dropping it closes the socket/stream and stops its loops.
@@ -138,7 +144,9 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
             return; // switched away while the request was in flight
         }
         let more = match answer.and_then(|(t, n)| {
-            serde_json::from_str::<PollResponse>(&t).map(|r| (r, n)).map_err(|e| e.to_string())
+            serde_json::from_str::<PollResponse>(&t)
+                .map(|r| (r, n))
+                .map_err(|e| e.to_string())
         }) {
             Ok((resp, bytes)) => {
                 if failures > 0 {
@@ -169,7 +177,12 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
     }
 }
 
-fn open_sse(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<EventSource>>>, failures: u32) {
+fn open_sse(
+    store: LiveStore,
+    alive: Rc<Cell<bool>>,
+    slot: Rc<RefCell<Option<EventSource>>>,
+    failures: u32,
+) {
     if !alive.get() {
         return;
     }
@@ -197,7 +210,9 @@ fn open_sse(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<Eve
         })
     };
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
-        let Some(text) = m.data().as_string() else { return };
+        let Some(text) = m.data().as_string() else {
+            return;
+        };
         if let Ok(event) = serde_json::from_str::<Event>(&text) {
             store.ingest(vec![event], text.len());
         }
@@ -221,7 +236,10 @@ fn open_sse(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<Eve
                 store.stats.update(|s| s.requests += 1);
             }
             set_down(store);
-            let closed = slot.borrow().as_ref().is_some_and(|es| es.ready_state() == EventSource::CLOSED);
+            let closed = slot
+                .borrow()
+                .as_ref()
+                .is_some_and(|es| es.ready_state() == EventSource::CLOSED);
             if closed {
                 // The browser gave up (e.g. an error status): reconnect ourselves, from the
                 // store's cursor, after a backoff.
@@ -249,7 +267,12 @@ fn open_sse(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<Eve
     *slot.borrow_mut() = Some(es);
 }
 
-fn open_ws(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<WebSocket>>>, failures: u32) {
+fn open_ws(
+    store: LiveStore,
+    alive: Rc<Cell<bool>>,
+    slot: Rc<RefCell<Option<WebSocket>>>,
+    failures: u32,
+) {
     if !alive.get() {
         return;
     }
@@ -277,12 +300,20 @@ fn open_ws(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<WebS
         })
     };
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
-        let Some(text) = m.data().as_string() else { return };
+        let Some(text) = m.data().as_string() else {
+            return;
+        };
         match serde_json::from_str::<ServerFrame>(&text) {
             Ok(ServerFrame::Event { event }) => store.ingest(vec![event], text.len()),
             Ok(ServerFrame::Ack { reference, id }) => store.ack(&reference, id),
-            Ok(ServerFrame::Error { reference: Some(r), error }) => store.fail(&r, error),
-            Ok(ServerFrame::Error { reference: None, error }) => store.notice.set(Some(error)),
+            Ok(ServerFrame::Error {
+                reference: Some(r),
+                error,
+            }) => store.fail(&r, error),
+            Ok(ServerFrame::Error {
+                reference: None,
+                error,
+            }) => store.notice.set(Some(error)),
             Ok(ServerFrame::Reset { cursor }) => reset(store, cursor),
             Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),
             Err(_) => {}
@@ -291,7 +322,8 @@ fn open_ws(store: LiveStore, alive: Rc<Cell<bool>>, slot: Rc<RefCell<Option<WebS
     let on_close = {
         let (alive, slot) = (alive.clone(), slot.clone());
         Closure::<dyn FnMut()>::new(move || {
-            store.fail_pending("connection lost before the server confirmed; it may have been sent");
+            store
+                .fail_pending("connection lost before the server confirmed; it may have been sent");
             if !alive.get() {
                 return;
             }
@@ -326,15 +358,22 @@ fn reset(store: LiveStore, cursor: u64) {
 /// Sends a chat message: on the WebSocket (acknowledged there) when that is the active,
 /// open transport, otherwise with `POST /api/publish`.
 pub fn send_chat(store: LiveStore, author: String, body: String) -> Result<(), String> {
-    let payload = crate::protocol::validate(Payload::Chat(crate::protocol::ChatMessage { author, body }))?;
-    let Payload::Chat(msg) = payload.clone() else { unreachable!() };
+    let payload =
+        crate::protocol::validate(Payload::Chat(crate::protocol::ChatMessage { author, body }))?;
+    let Payload::Chat(msg) = payload.clone() else {
+        unreachable!()
+    };
     let reference = NEXT_REF.with(|n| {
         let r = n.get();
         n.set(r + 1);
         format!("m{r}")
     });
     store.outbox.update(|o| {
-        o.push(Outgoing { reference: reference.clone(), msg, status: OutStatus::Pending })
+        o.push(Outgoing {
+            reference: reference.clone(),
+            msg,
+            status: OutStatus::Pending,
+        })
     });
     let socket = ACTIVE.with(|a| {
         a.borrow()
@@ -343,7 +382,10 @@ pub fn send_chat(store: LiveStore, author: String, body: String) -> Result<(), S
             .filter(|ws| ws.ready_state() == WebSocket::OPEN)
     });
     if let Some(ws) = socket {
-        let frame = ClientFrame::Publish { reference: reference.clone(), payload };
+        let frame = ClientFrame::Publish {
+            reference: reference.clone(),
+            payload,
+        };
         let text = serde_json::to_string(&frame).map_err(|e| e.to_string())?;
         if ws.send_with_str(&text).is_err() {
             store.fail(&reference, "the socket refused the message".into());
@@ -362,5 +404,7 @@ pub fn send_chat(store: LiveStore, author: String, body: String) -> Result<(), S
 
 /// Forgets a failed message (the user dismissed it or is retrying it).
 pub fn dismiss(store: LiveStore, reference: &str) {
-    store.outbox.update(|o| o.retain(|m| m.reference != reference));
+    store
+        .outbox
+        .update(|o| o.retain(|m| m.reference != reference));
 }

@@ -11,7 +11,14 @@ use leptos::task::spawn_local;
 
 const TRANSPORT_KEY: &str = "tidings.transport";
 const NICK_KEY: &str = "tidings.nick";
-const KINDS: [Kind; 6] = [Kind::Poll(1000), Kind::Poll(5000), Kind::Poll(30000), Kind::LongPoll, Kind::Sse, Kind::Ws];
+const KINDS: [Kind; 6] = [
+    Kind::Poll(1000),
+    Kind::Poll(5000),
+    Kind::Poll(30000),
+    Kind::LongPoll,
+    Kind::Sse,
+    Kind::Ws,
+];
 
 fn stored(key: &str) -> Option<String> {
     api::local_storage()?.get_item(key).ok().flatten()
@@ -25,8 +32,12 @@ fn store_item(key: &str, value: &str) {
 
 /// Loads the latest feed items and chat messages up to `upto` into the store.
 pub async fn load_history(store: LiveStore, upto: u64) {
-    let feed = api::history(Stream::Feed, upto + 1, 20).await.unwrap_or_default();
-    let chat = api::history(Stream::Chat, upto + 1, 50).await.unwrap_or_default();
+    let feed = api::history(Stream::Feed, upto + 1, 20)
+        .await
+        .unwrap_or_default();
+    let chat = api::history(Stream::Chat, upto + 1, 50)
+        .await
+        .unwrap_or_default();
     store.load(upto, feed, chat);
 }
 
@@ -46,7 +57,11 @@ pub fn App() -> impl IntoView {
         // Server functions go to the same API base as everything else. Set once per page.
         leptos::server_fn::client::set_server_url(Box::leak(base.into_boxed_str()));
     }
-    let kind = RwSignal::new(stored(TRANSPORT_KEY).and_then(|k| Kind::from_key(&k)).unwrap_or(Kind::Ws));
+    let kind = RwSignal::new(
+        stored(TRANSPORT_KEY)
+            .and_then(|k| Kind::from_key(&k))
+            .unwrap_or(Kind::Ws),
+    );
     let info = RwSignal::new(None::<ServerInfo>);
 
     // Start: find the head of the log, show history up to it, then go live from there.
@@ -215,18 +230,20 @@ fn FeedPanel() -> impl IntoView {
 #[component]
 fn ChatPanel() -> impl IntoView {
     let store = expect_context::<LiveStore>();
-    let nick = RwSignal::new(stored(NICK_KEY).unwrap_or_else(|| {
-        format!("guest-{}", (js_sys::Math::random() * 9000.0) as u32 + 1000)
-    }));
+    let nick =
+        RwSignal::new(stored(NICK_KEY).unwrap_or_else(|| {
+            format!("guest-{}", (js_sys::Math::random() * 9000.0) as u32 + 1000)
+        }));
     let draft = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
-    let send = move || match transport::send_chat(store, nick.get_untracked(), draft.get_untracked()) {
-        Ok(()) => {
-            draft.set(String::new());
-            error.set(None);
-        }
-        Err(e) => error.set(Some(e)),
-    };
+    let send =
+        move || match transport::send_chat(store, nick.get_untracked(), draft.get_untracked()) {
+            Ok(()) => {
+                draft.set(String::new());
+                error.set(None);
+            }
+            Err(e) => error.set(Some(e)),
+        };
     view! {
         <section class="panel chat">
             <h2>"Chat"</h2>

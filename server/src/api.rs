@@ -18,7 +18,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 impl AppState {
     /// The one publish path (HTTP, WebSocket and the simulators all come through here).
     /// `payload` is already validated; `admin` says whether the caller showed the token.
-    pub async fn publish(&self, payload: Payload, admin: bool) -> Result<Arc<StoredEvent>, ApiError> {
+    pub async fn publish(
+        &self,
+        payload: Payload,
+        admin: bool,
+    ) -> Result<Arc<StoredEvent>, ApiError> {
         if payload.stream() != Stream::Chat && self.config.admin_token.is_some() && !admin {
             return Err(ApiError::Unauthorized);
         }
@@ -54,22 +58,39 @@ impl AppState {
         let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
             return true;
         };
-        let own = headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| {
-            origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host)
-        });
-        own || self.config.allow_origins.iter().any(|a| a.trim_end_matches('/') == origin)
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                    == Some(host)
+            });
+        own || self
+            .config
+            .allow_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/') == origin)
     }
 }
 
 /// `Authorization: Bearer <token>`, if present.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 /// CORS for the `--allow-origin` list (none: same-origin only, no CORS headers).
 pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
-    let list: Vec<HeaderValue> =
-        origins.iter().filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok()).collect();
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o.trim_end_matches('/')).ok())
+        .collect();
     if list.is_empty() {
         return None;
     }
@@ -77,13 +98,18 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(list))
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION, header::HeaderName::from_static("last-event-id")]),
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                header::HeaderName::from_static("last-event-id"),
+            ]),
     )
 }
 
 /// Maps a query-string rejection to our JSON 400.
 pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t).map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
 }
 
 /// `POST /api/publish` with `{"stream": ..., "data": {...}}` -> `201` and the stored event.
@@ -94,12 +120,20 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(app::protocol::PublishError::TooLarge),
-        _ => ApiError::BadRequest(format!("could not read the request body: {}", e.body_text())),
+        _ => ApiError::BadRequest(format!(
+            "could not read the request body: {}",
+            e.body_text()
+        )),
     })?;
     let payload = parse_publish(&body)?;
     let admin = state.is_admin(bearer(&headers));
     let event = state.publish(payload, admin).await?;
-    Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], event.json.clone()).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.json.clone(),
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]
@@ -115,17 +149,28 @@ pub async fn history(
     q: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let p = query(q)?;
-    let name = p.stream.ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
-    let stream = Stream::parse(&name)
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown stream '{name}' (expected one of: feed, chat, ticker)")))?;
+    let name = p
+        .stream
+        .ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
+    let stream = Stream::parse(&name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "unknown stream '{name}' (expected one of: feed, chat, ticker)"
+        ))
+    })?;
     let limit = p.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::BadRequest("limit must be between 1 and 200".into()));
+        return Err(ApiError::BadRequest(
+            "limit must be between 1 and 200".into(),
+        ));
     }
-    let events = state.store.history(stream, p.before.unwrap_or(u64::MAX), limit).await.map_err(|err| {
-        tracing::error!(%err, "history query failed");
-        ApiError::Unavailable("history is unavailable right now".into())
-    })?;
+    let events = state
+        .store
+        .history(stream, p.before.unwrap_or(u64::MAX), limit)
+        .await
+        .map_err(|err| {
+            tracing::error!(%err, "history query failed");
+            ApiError::Unavailable("history is unavailable right now".into())
+        })?;
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
 }
 
@@ -142,5 +187,14 @@ pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiE
 /// from them through context.
 pub async fn server_fn(State(state): State<AppState>, req: Request<Body>) -> impl IntoResponse {
     let source = InfoSource(Arc::new(move || state.info()));
-    leptos_axum::handle_server_fns_with_context(move || leptos::context::provide_context(source.clone()), req).await
+    leptos_axum::handle_server_fns_with_context(
+        move || leptos::context::provide_context(source.clone()),
+        req,
+    )
+    .await
+}
+
+/// `GET` on an unknown `/api/...` path (the wildcard is there for server functions).
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see docs/protocol.md".into())
 }

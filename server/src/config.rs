@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "tidings", version, about = "Live feed, chat and ticker over polling, SSE and WebSocket")]
+#[command(
+    name = "tidings",
+    version,
+    about = "Live feed, chat and ticker over polling, SSE and WebSocket"
+)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, env = "TIDINGS_BIND", default_value = "127.0.0.1:3000")]
@@ -21,7 +25,11 @@ pub struct Config {
 
     /// An origin allowed to use the API cross-origin (CORS and WebSocket upgrades),
     /// e.g. `https://app.example.com`. Repeatable; comma-separated in the env variable.
-    #[arg(long = "allow-origin", env = "TIDINGS_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[arg(
+        long = "allow-origin",
+        env = "TIDINGS_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
     pub allow_origins: Vec<String>,
 
     /// When set, publishing to `feed` and `ticker` needs `Authorization: Bearer <token>`.
@@ -38,11 +46,21 @@ pub struct Config {
     pub retention: usize,
 
     /// Seconds between SSE heartbeats and WebSocket pings.
-    #[arg(long, env = "TIDINGS_HEARTBEAT_SECS", default_value_t = 15, hide = true)]
+    #[arg(
+        long,
+        env = "TIDINGS_HEARTBEAT_SECS",
+        default_value_t = 15,
+        hide = true
+    )]
     pub heartbeat_secs: u64,
 
     /// A WebSocket peer silent for this long (no frame, no pong) is dropped.
-    #[arg(long, env = "TIDINGS_WS_IDLE_TIMEOUT_SECS", default_value_t = 45, hide = true)]
+    #[arg(
+        long,
+        env = "TIDINGS_WS_IDLE_TIMEOUT_SECS",
+        default_value_t = 45,
+        hide = true
+    )]
     pub ws_idle_timeout_secs: u64,
 }
 

@@ -8,17 +8,55 @@ use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
 const HEADLINES: &[(&str, &str, &str)] = &[
-    ("Harbour bridge reopens after repairs", "Traffic is flowing again across the old harbour bridge, two weeks ahead of schedule.", "City desk"),
-    ("Local bakery wins national award", "The family-run bakery on Mill Street took first prize for its rye loaf.", "Features"),
-    ("Rain expected through the weekend", "Forecasters expect steady rain until Monday; river levels are being watched.", "Weather"),
-    ("Council approves new cycle lanes", "Twelve kilometres of protected lanes will be built over the next two years.", "Politics"),
-    ("Library extends opening hours", "The central library will open until 10 pm on weekdays from next month.", "City desk"),
-    ("Startup ships realtime feeds in Rust", "A small team shows polling, SSE and WebSockets side by side.", "Tech"),
-    ("Football club signs young striker", "The 19-year-old joins on a three-year contract.", "Sport"),
-    ("Night market returns to the square", "Food stalls and live music every Friday through the summer.", "Culture"),
+    (
+        "Harbour bridge reopens after repairs",
+        "Traffic is flowing again across the old harbour bridge, two weeks ahead of schedule.",
+        "City desk",
+    ),
+    (
+        "Local bakery wins national award",
+        "The family-run bakery on Mill Street took first prize for its rye loaf.",
+        "Features",
+    ),
+    (
+        "Rain expected through the weekend",
+        "Forecasters expect steady rain until Monday; river levels are being watched.",
+        "Weather",
+    ),
+    (
+        "Council approves new cycle lanes",
+        "Twelve kilometres of protected lanes will be built over the next two years.",
+        "Politics",
+    ),
+    (
+        "Library extends opening hours",
+        "The central library will open until 10 pm on weekdays from next month.",
+        "City desk",
+    ),
+    (
+        "Startup ships realtime feeds in Rust",
+        "A small team shows polling, SSE and WebSockets side by side.",
+        "Tech",
+    ),
+    (
+        "Football club signs young striker",
+        "The 19-year-old joins on a three-year contract.",
+        "Sport",
+    ),
+    (
+        "Night market returns to the square",
+        "Food stalls and live music every Friday through the summer.",
+        "Culture",
+    ),
 ];
 
-const SYMBOLS: &[(&str, f64)] = &[("TIDE", 42.0), ("RUST", 118.5), ("AXUM", 23.75), ("LEPT", 64.2), ("WASM", 9.9)];
+const SYMBOLS: &[(&str, f64)] = &[
+    ("TIDE", 42.0),
+    ("RUST", 118.5),
+    ("AXUM", 23.75),
+    ("LEPT", 64.2),
+    ("WASM", 9.9),
+];
 
 pub fn spawn(state: AppState) {
     tokio::spawn(newsroom(state.clone()));
@@ -31,7 +69,11 @@ async fn newsroom(state: AppState) {
     loop {
         let (title, body, author) = HEADLINES[i % HEADLINES.len()];
         i += 1;
-        let item = FeedItem { title: title.into(), body: body.into(), author: author.into() };
+        let item = FeedItem {
+            title: title.into(),
+            body: body.into(),
+            author: author.into(),
+        };
         if let Err(e) = state.publish(Payload::Feed(item), true).await {
             tracing::warn!(error = e.message(), "newsroom could not publish");
         }
@@ -58,7 +100,11 @@ async fn ticker(state: AppState) {
         let new = (old * (1.0 + rng.random_range(-0.01..0.01))).max(0.01);
         prices[k] = (new * 100.0).round() / 100.0;
         let change = ((prices[k] - SYMBOLS[k].1) * 100.0).round() / 100.0;
-        let tick = Tick { symbol: SYMBOLS[k].0.into(), price: prices[k], change };
+        let tick = Tick {
+            symbol: SYMBOLS[k].0.into(),
+            price: prices[k],
+            change,
+        };
         if let Err(e) = state.publish(Payload::Ticker(tick), true).await {
             tracing::warn!(error = e.message(), "ticker could not publish");
         }

@@ -12,6 +12,7 @@ pub enum ApiError {
     BadRequest(String),
     Unauthorized,
     Forbidden(String),
+    NotFound(String),
     TooLarge(String),
     Unprocessable(String),
     /// The store could not take the write (or the server is stopping): try again later.
@@ -24,6 +25,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -33,10 +35,12 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::Unauthorized => {
-                "publishing to this stream needs the admin token (Authorization: Bearer <token>)".into()
+                "publishing to this stream needs the admin token (Authorization: Bearer <token>)"
+                    .into()
             }
             ApiError::BadRequest(m)
             | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
             | ApiError::TooLarge(m)
             | ApiError::Unprocessable(m)
             | ApiError::Unavailable(m) => m.clone(),
@@ -57,7 +61,9 @@ impl From<PublishError> for ApiError {
 impl From<crate::publish::PublishFailed> for ApiError {
     fn from(e: crate::publish::PublishFailed) -> Self {
         ApiError::Unavailable(match e {
-            crate::publish::PublishFailed::Store => "the event could not be stored; nothing was published".into(),
+            crate::publish::PublishFailed::Store => {
+                "the event could not be stored; nothing was published".into()
+            }
             crate::publish::PublishFailed::Closed => "the server is shutting down".into(),
         })
     }
@@ -65,6 +71,12 @@ impl From<crate::publish::PublishFailed> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status(), Json(ErrorBody { error: self.message() })).into_response()
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.message(),
+            }),
+        )
+            .into_response()
     }
 }

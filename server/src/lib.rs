@@ -78,7 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/sse", get(transport::sse::handler))
         .route("/api/ws", get(transport::ws::handler))
         // Leptos server functions (static routes above win over the wildcard).
-        .route("/api/{*fn_name}", post(api::server_fn))
+        .route("/api/{*fn_name}", post(api::server_fn).get(api::not_found))
         .fallback_service(
             ServeDir::new(&static_dir).fallback(ServeFile::new(static_dir.join("index.html"))),
         )
@@ -104,7 +104,13 @@ pub async fn run(
     let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
     let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
     let token = CancellationToken::new();
-    let state = AppState(Arc::new(Shared { log, publisher, store: store.clone(), config, shutdown: token.clone() }));
+    let state = AppState(Arc::new(Shared {
+        log,
+        publisher,
+        store: store.clone(),
+        config,
+        shutdown: token.clone(),
+    }));
     if !state.config.no_demo {
         demo::spawn(state.clone());
     }
@@ -122,7 +128,10 @@ pub async fn run(
     token.cancel();
     // Every Publisher clone is gone once connections and simulators have ended; the
     // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.
-    if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), writer)
+        .await
+        .is_err()
+    {
         tracing::warn!("writer did not finish within 10 s");
     }
     store.close().await;

@@ -41,7 +41,13 @@ impl StoredEvent {
     pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
         let sse = format!("id: {id}\ndata: {json}\n\n");
         let ws = format!("{{\"type\":\"event\",\"event\":{json}}}");
-        StoredEvent { id, stream, json: Bytes::from(json), sse: Bytes::from(sse), ws: Utf8Bytes::from(ws) }
+        StoredEvent {
+            id,
+            stream,
+            json: Bytes::from(json),
+            sse: Bytes::from(sse),
+            ws: Utf8Bytes::from(ws),
+        }
     }
 }
 
@@ -50,7 +56,11 @@ impl StoredEvent {
 pub enum Read {
     /// Events after the cursor that match the filter (maybe none). `cursor` is where the
     /// next read starts: the last event looked at, matching or not.
-    Events { events: Vec<Arc<StoredEvent>>, cursor: u64, more: bool },
+    Events {
+        events: Vec<Arc<StoredEvent>>,
+        cursor: u64,
+        more: bool,
+    },
     /// The cursor was older than the window or ahead of the latest id: events may have
     /// been missed, so the reader must be told. Reading continues from `cursor` (the latest).
     Reset { cursor: u64 },
@@ -78,7 +88,11 @@ impl EventLog {
         while window.len() > retention {
             window.pop_front();
         }
-        EventLog { window: RwLock::new(window), latest: watch::Sender::new(latest), retention }
+        EventLog {
+            window: RwLock::new(window),
+            latest: watch::Sender::new(latest),
+            retention,
+        }
     }
 
     pub fn latest(&self) -> u64 {
@@ -91,7 +105,11 @@ impl EventLog {
 
     /// Oldest id still in the window (0 when empty).
     pub fn oldest(&self) -> u64 {
-        self.window.read().expect("log lock poisoned").front().map_or(0, |e| e.id)
+        self.window
+            .read()
+            .expect("log lock poisoned")
+            .front()
+            .map_or(0, |e| e.id)
     }
 
     /// Appends events that are already durable. Called by the single writer task only, with
@@ -119,7 +137,11 @@ impl EventLog {
         let latest = self.latest();
         if after == latest {
             // The common case for a caught-up client: no lock, no scan.
-            return Read::Events { events: Vec::new(), cursor: latest, more: false };
+            return Read::Events {
+                events: Vec::new(),
+                cursor: latest,
+                more: false,
+            };
         }
         if after > latest {
             return Read::Reset { cursor: latest };
@@ -134,7 +156,11 @@ impl EventLog {
         let mut cursor = after;
         for e in w.range(start..) {
             if events.len() == limit {
-                return Read::Events { events, cursor, more: true };
+                return Read::Events {
+                    events,
+                    cursor,
+                    more: true,
+                };
             }
             cursor = e.id;
             if filter.contains(e.stream) {
@@ -142,11 +168,20 @@ impl EventLog {
             }
         }
         // The window may end below `latest` only transiently; report what was scanned.
-        Read::Events { events, cursor, more: false }
+        Read::Events {
+            events,
+            cursor,
+            more: false,
+        }
     }
 
     pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
-        Subscription { log: self.clone(), rx: self.latest.subscribe(), filter, cursor }
+        Subscription {
+            log: self.clone(),
+            rx: self.latest.subscribe(),
+            filter,
+            cursor,
+        }
     }
 }
 
@@ -215,8 +250,15 @@ mod tests {
 
     fn ev(id: u64, stream: Stream) -> Arc<StoredEvent> {
         let payload = match stream {
-            Stream::Ticker => Payload::Ticker(Tick { symbol: "X".into(), price: 1.0, change: 0.0 }),
-            _ => Payload::Chat(ChatMessage { author: "a".into(), body: format!("{id}") }),
+            Stream::Ticker => Payload::Ticker(Tick {
+                symbol: "X".into(),
+                price: 1.0,
+                change: 0.0,
+            }),
+            _ => Payload::Chat(ChatMessage {
+                author: "a".into(),
+                body: format!("{id}"),
+            }),
         };
         let mut e = StoredEvent::new(&Event { id, ts: 1, payload });
         e.stream = stream;
@@ -225,14 +267,29 @@ mod tests {
 
     fn ids(r: &Read) -> (Vec<u64>, u64, bool) {
         match r {
-            Read::Events { events, cursor, more } => (events.iter().map(|e| e.id).collect(), *cursor, *more),
+            Read::Events {
+                events,
+                cursor,
+                more,
+            } => (events.iter().map(|e| e.id).collect(), *cursor, *more),
             Read::Reset { .. } => panic!("unexpected reset"),
         }
     }
 
     fn log_with(n: u64, retention: usize) -> Arc<EventLog> {
         let log = Arc::new(EventLog::new(retention, vec![], 0));
-        let events: Vec<_> = (1..=n).map(|i| ev(i, if i % 2 == 0 { Stream::Ticker } else { Stream::Chat })).collect();
+        let events: Vec<_> = (1..=n)
+            .map(|i| {
+                ev(
+                    i,
+                    if i % 2 == 0 {
+                        Stream::Ticker
+                    } else {
+                        Stream::Chat
+                    },
+                )
+            })
+            .collect();
         log.append(&events);
         log
     }
@@ -241,7 +298,10 @@ mod tests {
     fn reads_after_cursor_with_filter_and_limit() {
         let log = log_with(10, 100);
         let chat = StreamSet::parse(Some("chat")).unwrap();
-        assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)), ((1..=10).collect(), 10, false));
+        assert_eq!(
+            ids(&log.read(0, StreamSet::ALL, 100)),
+            ((1..=10).collect(), 10, false)
+        );
         assert_eq!(ids(&log.read(4, chat, 100)), (vec![5, 7, 9], 10, false));
         assert_eq!(ids(&log.read(4, chat, 2)), (vec![5, 7], 7, true));
         assert_eq!(ids(&log.read(10, chat, 2)), (vec![], 10, false));
@@ -251,11 +311,17 @@ mod tests {
     fn cursor_out_of_retention_or_ahead_resets() {
         let log = log_with(10, 4); // window holds 7..=10
         assert_eq!(log.oldest(), 7);
-        assert!(matches!(log.read(5, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+        assert!(matches!(
+            log.read(5, StreamSet::ALL, 100),
+            Read::Reset { cursor: 10 }
+        ));
         assert_eq!(ids(&log.read(6, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
         // since=0 means "from the start of the window", not "I missed everything".
         assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
-        assert!(matches!(log.read(11, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+        assert!(matches!(
+            log.read(11, StreamSet::ALL, 100),
+            Read::Reset { cursor: 10 }
+        ));
     }
 
     #[test]
@@ -279,7 +345,9 @@ mod tests {
             })
         };
         match sub.next(BATCH).await {
-            Delivery::Events(e) => assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4]),
+            Delivery::Events(e) => {
+                assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4])
+            }
             d => panic!("{d:?}"),
         }
         waiter.await.unwrap();

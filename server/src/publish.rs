@@ -48,7 +48,10 @@ impl Publisher {
     /// visible to readers.
     pub async fn publish(&self, payload: Payload) -> Result<Arc<StoredEvent>, PublishFailed> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Request { payload, reply }).await.map_err(|_| PublishFailed::Closed)?;
+        self.tx
+            .send(Request { payload, reply })
+            .await
+            .map_err(|_| PublishFailed::Closed)?;
         rx.await.unwrap_or(Err(PublishFailed::Closed))
     }
 }
@@ -66,7 +69,11 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    let event = Event { id: next_id + i as u64, ts, payload: r.payload.clone() };
+                    let event = Event {
+                        id: next_id + i as u64,
+                        ts,
+                        payload: r.payload.clone(),
+                    };
                     (Arc::new(StoredEvent::new(&event)), ts)
                 })
                 .collect();
@@ -97,5 +104,7 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

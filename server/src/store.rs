@@ -3,7 +3,9 @@
 
 use crate::log::StoredEvent;
 use app::protocol::{Event, Stream};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,18 +30,26 @@ impl Store {
             .busy_timeout(Duration::from_secs(5));
         // One writer (the writer task) plus a few readers for history; SQLite serialises
         // writers anyway, so a big pool would only add lock waits.
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// Highest id ever stored (0 when empty): the id sequence continues after it.
     pub async fn max_id(&self) -> Result<u64, sqlx::Error> {
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM events").fetch_one(&self.pool).await?;
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(row.get::<i64, _>(0) as u64)
     }
 
@@ -71,19 +81,30 @@ impl Store {
                 tracing::warn!(stream, "skipping stored event of an unknown stream");
                 continue;
             };
-            out.push(Arc::new(StoredEvent::from_json(row.get::<i64, _>(0) as u64, stream, row.get(2))));
+            out.push(Arc::new(StoredEvent::from_json(
+                row.get::<i64, _>(0) as u64,
+                stream,
+                row.get(2),
+            )));
         }
         Ok(out)
     }
 
     /// Up to `limit` events of `stream` with id < `before`, oldest first.
-    pub async fn history(&self, stream: Stream, before: u64, limit: usize) -> Result<Vec<Event>, sqlx::Error> {
-        let rows = sqlx::query("SELECT json FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?")
-            .bind(stream.as_str())
-            .bind(before.min(i64::MAX as u64) as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+    pub async fn history(
+        &self,
+        stream: Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT json FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(stream.as_str())
+        .bind(before.min(i64::MAX as u64) as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows.into_iter().rev() {
             let json: String = row.get(0);

@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 async fn poll(s: &TestServer, query: &str) -> PollResponse {
-    let r = reqwest::get(s.url(&format!("/api/poll?{query}"))).await.unwrap();
+    let r = reqwest::get(s.url(&format!("/api/poll?{query}")))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     r.json().await.unwrap()
 }
@@ -26,9 +28,14 @@ async fn publish_then_poll_from_a_cursor() {
     assert_eq!((head.events.len(), head.cursor), (0, 0));
 
     let a = s.chat("one").await;
-    let b = s.publish(json!({"stream": "feed", "data": {"title": "T", "body": "B", "author": "ed"}})).await;
+    let b = s
+        .publish(json!({"stream": "feed", "data": {"title": "T", "body": "B", "author": "ed"}}))
+        .await;
     let c = s.chat("two").await;
-    assert!(a.id > 0 && a.id < b.id && b.id < c.id, "ids strictly increasing");
+    assert!(
+        a.id > 0 && a.id < b.id && b.id < c.id,
+        "ids strictly increasing"
+    );
     assert!(a.ts > 1_700_000_000_000, "ts is ms since the epoch");
 
     let all = poll(&s, "since=0").await;
@@ -37,7 +44,10 @@ async fn publish_then_poll_from_a_cursor() {
     let chat = poll(&s, &format!("since={}&streams=chat", a.id)).await;
     assert_eq!(ids(&chat.events), vec![c.id]);
     let limited = poll(&s, "since=0&limit=2").await;
-    assert_eq!((ids(&limited.events), limited.more), (vec![a.id, b.id], true));
+    assert_eq!(
+        (ids(&limited.events), limited.more),
+        (vec![a.id, b.id], true)
+    );
     let rest = poll(&s, &format!("since={}", limited.cursor)).await;
     assert_eq!((ids(&rest.events), rest.more), (vec![c.id], false));
     let head = poll(&s, "").await;
@@ -57,11 +67,17 @@ async fn long_poll_wakes_up_on_publish() {
     });
     // Publish only once the long poll is parked: it must not have answered yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!waiting.is_finished(), "a long poll with nothing new must wait");
+    assert!(
+        !waiting.is_finished(),
+        "a long poll with nothing new must wait"
+    );
     let e = s.chat("wake up").await;
     let (r, took) = within(waiting).await.unwrap();
     assert_eq!(ids(&r.events), vec![e.id]);
-    assert!(took < Duration::from_secs(10), "answered on publish, not at the 20 s timeout");
+    assert!(
+        took < Duration::from_secs(10),
+        "answered on publish, not at the 20 s timeout"
+    );
     s.stop().await;
 }
 
@@ -71,16 +87,25 @@ async fn history_pages_backwards_from_the_store() {
     let mut chat = Vec::new();
     for i in 0..5 {
         chat.push(s.chat(&format!("m{i}")).await.id);
-        s.publish(json!({"stream": "ticker", "data": {"symbol": "AB", "price": 1.5, "change": 0.1}})).await;
+        s.publish(
+            json!({"stream": "ticker", "data": {"symbol": "AB", "price": 1.5, "change": 0.1}}),
+        )
+        .await;
     }
-    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=chat&limit=3")).await.unwrap().json().await.unwrap();
-    assert_eq!(ids(&h.events), chat[2..].to_vec());
-    let h: HistoryResponse = reqwest::get(s.url(&format!("/api/history?stream=chat&before={}", chat[2])))
+    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=chat&limit=3"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    assert_eq!(ids(&h.events), chat[2..].to_vec());
+    let h: HistoryResponse =
+        reqwest::get(s.url(&format!("/api/history?stream=chat&before={}", chat[2])))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(ids(&h.events), chat[..2].to_vec());
     s.stop().await;
 }
@@ -89,7 +114,10 @@ async fn history_pages_backwards_from_the_store() {
 
 async fn expect_error(resp: reqwest::Response, status: u16, needle: &str) {
     assert_eq!(resp.status(), status);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
     let body: serde_json::Value = resp.json().await.unwrap();
     let msg = body["error"].as_str().expect("an error message");
     assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
@@ -99,32 +127,119 @@ async fn expect_error(resp: reqwest::Response, status: u16, needle: &str) {
 async fn every_bad_publish_gets_a_clear_json_error() {
     let s = TestServer::start_with(|c| c.admin_token = Some("sekrit".into())).await;
     let client = reqwest::Client::new();
-    let post = |body: String| client.post(s.url("/api/publish")).header("content-type", "application/json").body(body).send();
+    let post = |body: String| {
+        client
+            .post(s.url("/api/publish"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
 
-    expect_error(post("{not json".into()).await.unwrap(), 400, "malformed JSON").await;
-    expect_error(post(r#"{"stream":"weather","data":{}}"#.into()).await.unwrap(), 400, "unknown stream 'weather'").await;
-    expect_error(post(r#"{"stream":"chat","data":{"author":"a"}}"#.into()).await.unwrap(), 400, "body").await;
-    expect_error(post(r#"{"stream":"chat","data":{"author":"  ","body":"x"}}"#.into()).await.unwrap(), 422, "author must not be empty").await;
+    expect_error(
+        post("{not json".into()).await.unwrap(),
+        400,
+        "malformed JSON",
+    )
+    .await;
+    expect_error(
+        post(r#"{"stream":"weather","data":{}}"#.into())
+            .await
+            .unwrap(),
+        400,
+        "unknown stream 'weather'",
+    )
+    .await;
+    expect_error(
+        post(r#"{"stream":"chat","data":{"author":"a"}}"#.into())
+            .await
+            .unwrap(),
+        400,
+        "body",
+    )
+    .await;
+    expect_error(
+        post(r#"{"stream":"chat","data":{"author":"  ","body":"x"}}"#.into())
+            .await
+            .unwrap(),
+        422,
+        "author must not be empty",
+    )
+    .await;
     let long_author = "a".repeat(41);
-    expect_error(post(json!({"stream":"chat","data":{"author": long_author,"body":"x"}}).to_string()).await.unwrap(), 422, "limit is 40").await;
+    expect_error(
+        post(json!({"stream":"chat","data":{"author": long_author,"body":"x"}}).to_string())
+            .await
+            .unwrap(),
+        422,
+        "limit is 40",
+    )
+    .await;
     let long_body = "b".repeat(2001);
-    expect_error(post(json!({"stream":"chat","data":{"author":"a","body": long_body}}).to_string()).await.unwrap(), 422, "limit is 2000").await;
+    expect_error(
+        post(json!({"stream":"chat","data":{"author":"a","body": long_body}}).to_string())
+            .await
+            .unwrap(),
+        422,
+        "limit is 2000",
+    )
+    .await;
     let long_title = "t".repeat(141);
     expect_error(
-        client.post(s.url("/api/publish")).bearer_auth("sekrit").json(&json!({"stream":"feed","data":{"title": long_title,"body":"b","author":"a"}})).send().await.unwrap(),
+        client
+            .post(s.url("/api/publish"))
+            .bearer_auth("sekrit")
+            .json(&json!({"stream":"feed","data":{"title": long_title,"body":"b","author":"a"}}))
+            .send()
+            .await
+            .unwrap(),
         422,
         "limit is 140",
     )
     .await;
-    expect_error(post(r#"{"stream":"chat","data":{"author":"a","body":"bell\u0007"}}"#.into()).await.unwrap(), 422, "control character").await;
-    let huge = json!({"stream":"chat","data":{"author":"a","body": "x".repeat(17 * 1024)}}).to_string();
+    expect_error(
+        post(r#"{"stream":"chat","data":{"author":"a","body":"bell\u0007"}}"#.into())
+            .await
+            .unwrap(),
+        422,
+        "control character",
+    )
+    .await;
+    let huge =
+        json!({"stream":"chat","data":{"author":"a","body": "x".repeat(17 * 1024)}}).to_string();
     expect_error(post(huge).await.unwrap(), 413, "larger than 16384").await;
 
     // Feed and ticker need the admin token; chat does not.
     let feed = json!({"stream":"feed","data":{"title":"t","body":"b","author":"a"}});
-    expect_error(client.post(s.url("/api/publish")).json(&feed).send().await.unwrap(), 401, "admin token").await;
-    expect_error(client.post(s.url("/api/publish")).bearer_auth("wrong").json(&feed).send().await.unwrap(), 401, "admin token").await;
-    let ok = client.post(s.url("/api/publish")).bearer_auth("sekrit").json(&feed).send().await.unwrap();
+    expect_error(
+        client
+            .post(s.url("/api/publish"))
+            .json(&feed)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "admin token",
+    )
+    .await;
+    expect_error(
+        client
+            .post(s.url("/api/publish"))
+            .bearer_auth("wrong")
+            .json(&feed)
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "admin token",
+    )
+    .await;
+    let ok = client
+        .post(s.url("/api/publish"))
+        .bearer_auth("sekrit")
+        .json(&feed)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 201);
     assert_eq!(s.chat("chat needs no token").await.id, 2);
 
@@ -149,10 +264,26 @@ async fn bad_queries_get_400() {
     ] {
         expect_error(reqwest::get(s.url(path)).await.unwrap(), 400, needle).await;
     }
-    let bad_header = reqwest::Client::new().get(s.url("/api/sse")).header("Last-Event-ID", "yesterday").send().await.unwrap();
+    let bad_header = reqwest::Client::new()
+        .get(s.url("/api/sse"))
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
     expect_error(bad_header, 400, "Last-Event-ID").await;
     // A plain GET on the WebSocket endpoint explains itself.
-    expect_error(reqwest::get(s.url("/api/ws")).await.unwrap(), 400, "WebSocket upgrade").await;
+    expect_error(
+        reqwest::get(s.url("/api/ws")).await.unwrap(),
+        400,
+        "WebSocket upgrade",
+    )
+    .await;
+    expect_error(
+        reqwest::get(s.url("/api/nope")).await.unwrap(),
+        404,
+        "no such endpoint",
+    )
+    .await;
     s.stop().await;
 }
 
@@ -174,13 +305,24 @@ async fn sse_delivers_live_and_resumes_with_no_gap_or_duplicate() {
     assert_eq!(ids(&live.events(1).await), vec![d.id]);
 
     // `since` replays exactly what came after it, then goes live.
-    let mut resumed = SseClient::connect(&s.url(&format!("/api/sse?streams=chat&since={}", first[0].id)), None).await;
-    assert_eq!(ids(&resumed.events(3).await), vec![first[1].id, first[2].id, d.id]);
+    let mut resumed = SseClient::connect(
+        &s.url(&format!("/api/sse?streams=chat&since={}", first[0].id)),
+        None,
+    )
+    .await;
+    assert_eq!(
+        ids(&resumed.events(3).await),
+        vec![first[1].id, first[2].id, d.id]
+    );
     let e = s.chat("e").await;
     assert_eq!(ids(&resumed.events(1).await), vec![e.id]);
 
     // Last-Event-ID (what a browser sends on reconnect) wins over `since` in the URL.
-    let mut reconnect = SseClient::connect(&s.url("/api/sse?streams=chat&since=0"), Some(&d.id.to_string())).await;
+    let mut reconnect = SseClient::connect(
+        &s.url("/api/sse?streams=chat&since=0"),
+        Some(&d.id.to_string()),
+    )
+    .await;
     assert_eq!(ids(&reconnect.events(1).await), vec![e.id]);
     s.stop().await;
 }
@@ -189,10 +331,14 @@ async fn sse_delivers_live_and_resumes_with_no_gap_or_duplicate() {
 async fn sse_filters_streams_and_heartbeats_move_the_resume_cursor() {
     let s = TestServer::start_with(|c| c.heartbeat_secs = 1).await;
     let mut chat_only = SseClient::connect(&s.url("/api/sse?streams=chat&since=0"), None).await;
-    let tick = s.publish(json!({"stream": "ticker", "data": {"symbol": "AB", "price": 2.0, "change": 0.5}})).await;
+    let tick = s
+        .publish(json!({"stream": "ticker", "data": {"symbol": "AB", "price": 2.0, "change": 0.5}}))
+        .await;
     let c = s.chat("only this").await;
     assert_eq!(ids(&chat_only.events(1).await), vec![c.id]);
-    let t2 = s.publish(json!({"stream": "ticker", "data": {"symbol": "AB", "price": 2.1, "change": 0.6}})).await;
+    let t2 = s
+        .publish(json!({"stream": "ticker", "data": {"symbol": "AB", "price": 2.1, "change": 0.6}}))
+        .await;
     assert!(tick.id < c.id && c.id < t2.id);
     // The next heartbeat carries the cursor past the ticker event, without data.
     let hb = within(async {
@@ -219,9 +365,11 @@ async fn ws_delivers_resumes_and_acks_publishes() {
     let mut ws = ws_connect(&s.ws_url(&format!("/api/ws?streams=chat,feed&since={}", a.id))).await;
     assert_eq!(ids(&ws_events(&mut ws, 1).await), vec![b.id]);
 
-    ws.send(Message::text(r#"{"type":"publish","ref":"r1","stream":"chat","data":{"author":"ws","body":"hello"}}"#))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        r#"{"type":"publish","ref":"r1","stream":"chat","data":{"author":"ws","body":"hello"}}"#,
+    ))
+    .await
+    .unwrap();
     // The ack and the event itself may come in either order.
     let (mut acked, mut seen) = (None, None);
     while acked.is_none() || seen.is_none() {
@@ -250,17 +398,39 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
     let mut ws = ws_connect(&s.ws_url("/api/ws?streams=chat")).await;
     let cases = [
         ("not json", None, "malformed JSON"),
-        (r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#, Some("r2"), "unknown stream"),
-        (r#"{"type":"publish","ref":"r3","stream":"chat","data":{"author":"","body":"x"}}"#, Some("r3"), "author must not be empty"),
-        (r#"{"type":"dance","ref":"r4"}"#, Some("r4"), "unknown frame type"),
-        (r#"{"type":"publish","ref":"r5","stream":"feed","data":{"title":"t","body":"b","author":"a"}}"#, Some("r5"), "admin token"),
+        (
+            r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#,
+            Some("r2"),
+            "unknown stream",
+        ),
+        (
+            r#"{"type":"publish","ref":"r3","stream":"chat","data":{"author":"","body":"x"}}"#,
+            Some("r3"),
+            "author must not be empty",
+        ),
+        (
+            r#"{"type":"dance","ref":"r4"}"#,
+            Some("r4"),
+            "unknown frame type",
+        ),
+        (
+            r#"{"type":"publish","ref":"r5","stream":"feed","data":{"title":"t","body":"b","author":"a"}}"#,
+            Some("r5"),
+            "admin token",
+        ),
     ];
     for (text, reference, needle) in cases {
         ws.send(Message::text(text)).await.unwrap();
         match ws_frame(&mut ws).await {
-            ServerFrame::Error { reference: r, error } => {
+            ServerFrame::Error {
+                reference: r,
+                error,
+            } => {
                 assert_eq!(r.as_deref(), reference, "{text}");
-                assert!(error.contains(needle), "{error:?} should mention {needle:?}");
+                assert!(
+                    error.contains(needle),
+                    "{error:?} should mention {needle:?}"
+                );
             }
             f => panic!("{f:?}"),
         }
@@ -268,9 +438,11 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
     ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
     assert!(matches!(ws_frame(&mut ws).await, ServerFrame::Error { .. }));
     // Still usable after all that.
-    ws.send(Message::text(r#"{"type":"publish","ref":"ok","stream":"chat","data":{"author":"a","body":"fine"}}"#))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        r#"{"type":"publish","ref":"ok","stream":"chat","data":{"author":"a","body":"fine"}}"#,
+    ))
+    .await
+    .unwrap();
     let mut got_ack = false;
     for _ in 0..2 {
         if let ServerFrame::Ack { reference, .. } = ws_frame(&mut ws).await {
@@ -280,7 +452,10 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
     assert!(got_ack);
 
     // A frame over 16 KiB closes the socket with 1009.
-    let big = format!(r#"{{"type":"publish","ref":"big","stream":"chat","data":{{"author":"a","body":"{}"}}}}"#, "x".repeat(17 * 1024));
+    let big = format!(
+        r#"{{"type":"publish","ref":"big","stream":"chat","data":{{"author":"a","body":"{}"}}}}"#,
+        "x".repeat(17 * 1024)
+    );
     ws.send(Message::text(big)).await.unwrap();
     let close = within(async {
         loop {
@@ -304,23 +479,44 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
 async fn ws_origin_rules() {
     let s = TestServer::start_with(|c| c.allow_origins = vec!["http://app.example".into()]).await;
     let attempt = |origin: &'static str| {
-        let mut req = tungstenite::client::IntoClientRequest::into_client_request(s.ws_url("/api/ws")).unwrap();
+        let mut req =
+            tungstenite::client::IntoClientRequest::into_client_request(s.ws_url("/api/ws"))
+                .unwrap();
         req.headers_mut().insert("origin", origin.parse().unwrap());
         tokio_tungstenite::connect_async(req)
     };
     match attempt("http://evil.example").await {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
-        other => panic!("a foreign origin must be refused, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "a foreign origin must be refused, got {:?}",
+            other.map(|_| ())
+        ),
     }
-    assert!(attempt("http://app.example").await.is_ok(), "an allowed origin");
+    assert!(
+        attempt("http://app.example").await.is_ok(),
+        "an allowed origin"
+    );
     let own: &'static str = Box::leak(s.base.clone().into_boxed_str());
     assert!(attempt(own).await.is_ok(), "the server's own origin");
 
     // CORS answers for the allowed origin only.
     let client = reqwest::Client::new();
-    let r = client.get(s.url("/api/poll")).header("origin", "http://app.example").send().await.unwrap();
-    assert_eq!(r.headers()["access-control-allow-origin"], "http://app.example");
-    let r = client.get(s.url("/api/poll")).header("origin", "http://evil.example").send().await.unwrap();
+    let r = client
+        .get(s.url("/api/poll"))
+        .header("origin", "http://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://app.example"
+    );
+    let r = client
+        .get(s.url("/api/poll"))
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
     assert!(r.headers().get("access-control-allow-origin").is_none());
     s.stop().await;
 }
@@ -361,11 +557,17 @@ async fn cursors_out_of_retention_or_ahead_get_an_explicit_reset() {
     assert_eq!(ids(&poll(&s, "since=5").await.events), vec![6, 7, 8, 9, 10]);
     for since in [4, 99] {
         let r = poll(&s, &format!("since={since}")).await;
-        assert!(r.reset && r.events.is_empty() && r.cursor == 10, "since={since}: {r:?}");
+        assert!(
+            r.reset && r.events.is_empty() && r.cursor == 10,
+            "since={since}: {r:?}"
+        );
     }
     let mut sse = SseClient::connect(&s.url("/api/sse?since=2"), None).await;
     let m = within(sse.next_data()).await.unwrap();
-    assert_eq!((m.event.as_deref(), m.id.as_deref()), (Some("reset"), Some("10")));
+    assert_eq!(
+        (m.event.as_deref(), m.id.as_deref()),
+        (Some("reset"), Some("10"))
+    );
     let mut ws = ws_connect(&s.ws_url("/api/ws?since=99")).await;
     assert_eq!(ws_frame(&mut ws).await, ServerFrame::Reset { cursor: 10 });
     // After the reset both continue live.
@@ -385,10 +587,18 @@ async fn restart_keeps_history_and_never_reuses_ids() {
     let tmp = s.stop().await;
 
     let s = TestServer::start_in(dir, |_| {}).await;
-    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=chat")).await.unwrap().json().await.unwrap();
+    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=chat"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(h.events, before, "history intact, byte for byte");
     // The resume window was reloaded: a cursor from before the restart still resumes.
-    assert_eq!(ids(&poll(&s, &format!("since={}", before[0].id)).await.events), ids(&before[1..]));
+    assert_eq!(
+        ids(&poll(&s, &format!("since={}", before[0].id)).await.events),
+        ids(&before[1..])
+    );
     let after = s.chat("4").await;
     assert!(after.id > before[2].id);
     s.stop().await;
@@ -413,23 +623,40 @@ async fn shutdown_closes_websockets_with_1001_and_ends_sse() {
     })
     .await;
     assert_eq!(code, Some(1001));
-    assert!(within(async {
-        while sse.next().await.is_some() {}
-        true
-    })
-    .await);
+    assert!(
+        within(async {
+            while sse.next().await.is_some() {}
+            true
+        })
+        .await
+    );
     within(stopping).await.unwrap();
 }
 
 #[tokio::test]
 async fn healthz_and_the_server_function() {
     let s = TestServer::start().await;
-    assert_eq!(reqwest::get(s.url("/healthz")).await.unwrap().text().await.unwrap(), "ok");
+    assert_eq!(
+        reqwest::get(s.url("/healthz"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "ok"
+    );
     s.chat("x").await;
-    let r = reqwest::Client::new().post(s.url("/api/info")).send().await.unwrap();
+    let r = reqwest::Client::new()
+        .post(s.url("/api/info"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let info: ServerInfo = r.json().await.unwrap();
-    assert_eq!((info.latest_id, info.oldest_id, info.retention, info.demo), (1, 1, 10_000, false));
+    assert_eq!(
+        (info.latest_id, info.oldest_id, info.retention, info.demo),
+        (1, 1, 10_000, false)
+    );
     s.stop().await;
 }
 

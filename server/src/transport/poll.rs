@@ -31,15 +31,23 @@ pub async fn handler(
     let filter = super::streams(p.streams.as_deref())?;
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
-        return Err(ApiError::BadRequest(format!("wait must be between 0 and {MAX_WAIT_SECS} seconds")));
+        return Err(ApiError::BadRequest(format!(
+            "wait must be between 0 and {MAX_WAIT_SECS} seconds"
+        )));
     }
     let limit = p.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}")));
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
     }
     // No cursor: the client starts from "now" and gets no backlog.
     let Some(since) = p.since else {
-        return Ok(json(encode(&Read::Events { events: vec![], cursor: state.log.latest(), more: false })));
+        return Ok(json(encode(&Read::Events {
+            events: vec![],
+            cursor: state.log.latest(),
+            more: false,
+        })));
     };
 
     // Answered from the in-memory window only: an empty poll never touches the store.
@@ -65,9 +73,16 @@ fn json(body: String) -> Response {
 /// Builds the body from the events' pre-encoded JSON (no per-poll serialisation).
 fn encode(read: &Read) -> String {
     match read {
-        Read::Reset { cursor } => format!(r#"{{"events":[],"cursor":{cursor},"more":false,"reset":true}}"#),
-        Read::Events { events, cursor, more } => {
-            let mut out = String::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
+        Read::Reset { cursor } => {
+            format!(r#"{{"events":[],"cursor":{cursor},"more":false,"reset":true}}"#)
+        }
+        Read::Events {
+            events,
+            cursor,
+            more,
+        } => {
+            let mut out =
+                String::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
             out.push_str(r#"{"events":["#);
             for (i, e) in events.iter().enumerate() {
                 if i > 0 {
@@ -90,8 +105,12 @@ mod tests {
     fn encoded_bodies_parse_as_poll_responses() {
         let r: PollResponse = serde_json::from_str(&encode(&Read::Reset { cursor: 5 })).unwrap();
         assert_eq!((r.reset, r.cursor, r.events.len()), (true, 5, 0));
-        let r: PollResponse =
-            serde_json::from_str(&encode(&Read::Events { events: vec![], cursor: 9, more: true })).unwrap();
+        let r: PollResponse = serde_json::from_str(&encode(&Read::Events {
+            events: vec![],
+            cursor: 9,
+            more: true,
+        }))
+        .unwrap();
         assert_eq!((r.reset, r.cursor, r.more), (false, 9, true));
     }
 }

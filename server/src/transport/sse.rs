@@ -36,10 +36,14 @@ pub async fn handler(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::BadRequest("Last-Event-ID must be an event id (a number)".into()))?,
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be an event id (a number)".into())
+                })?,
         ),
     };
-    let cursor = last_event_id.or(p.since).unwrap_or_else(|| state.log.latest());
+    let cursor = last_event_id
+        .or(p.since)
+        .unwrap_or_else(|| state.log.latest());
     let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
     let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -51,14 +55,22 @@ pub async fn handler(
         started: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {
-        c.next_chunk().await.map(|b| (Ok::<_, std::convert::Infallible>(b), c))
+        c.next_chunk()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), c))
     }));
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             // nginx buffers proxied responses unless told not to.
-            (header::HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
         ],
         body,
     )
@@ -103,7 +115,9 @@ impl Conn {
         match d {
             Delivery::Reset { cursor } => {
                 self.id_sent = cursor;
-                Bytes::from(format!("event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"))
+                Bytes::from(format!(
+                    "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
+                ))
             }
             Delivery::Events(events) => {
                 self.id_sent = events.last().map_or(self.id_sent, |e| e.id);

@@ -12,7 +12,9 @@ use crate::log::{Delivery, Subscription, BATCH};
 use crate::AppState;
 use app::protocol::{parse_client_frame, PublishError, ServerFrame, MAX_PUBLISH_BYTES};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::{rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocketUpgrade};
+use axum::extract::ws::{
+    rejection::WebSocketUpgradeRejection, CloseFrame, Message, Utf8Bytes, WebSocketUpgrade,
+};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -38,13 +40,22 @@ pub async fn handler(
     // Browsers send cookies and credentials with cross-site WebSocket upgrades and no CORS
     // applies to them, so the Origin check is the only guard against cross-site hijacking.
     if !state.origin_allowed(&headers) {
-        return Err(ApiError::Forbidden("this origin is not allowed to open a WebSocket here".into()));
+        return Err(ApiError::Forbidden(
+            "this origin is not allowed to open a WebSocket here".into(),
+        ));
     }
     let p = query(q)?;
-    let upgrade = upgrade.map_err(|e| ApiError::BadRequest(format!("a WebSocket upgrade is required: {}", e.body_text())))?;
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "a WebSocket upgrade is required: {}",
+            e.body_text()
+        ))
+    })?;
     let filter = super::streams(p.streams.as_deref())?;
     let admin = state.is_admin(bearer(&headers).or(p.token.as_deref()));
-    let sub = state.log.subscribe(filter, p.since.unwrap_or_else(|| state.log.latest()));
+    let sub = state
+        .log
+        .subscribe(filter, p.since.unwrap_or_else(|| state.log.latest()));
     Ok(upgrade
         .max_message_size(TRANSPORT_LIMIT)
         .max_frame_size(TRANSPORT_LIMIT)
@@ -52,11 +63,16 @@ pub async fn handler(
 }
 
 fn frame(f: &ServerFrame) -> Message {
-    Message::Text(Utf8Bytes::from(serde_json::to_string(f).expect("frames serialise")))
+    Message::Text(Utf8Bytes::from(
+        serde_json::to_string(f).expect("frames serialise"),
+    ))
 }
 
 fn close(code: u16, reason: &'static str) -> Option<Message> {
-    Some(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
+    Some(Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    })))
 }
 
 pub async fn serve_socket<S, E>(socket: S, state: AppState, mut sub: Subscription, admin: bool)
@@ -94,10 +110,13 @@ where
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
                     Some(Err(e)) => {
-                        // Reading fails for an oversized frame or a broken connection; a
-                        // close frame is the best answer to the first and harmless to the second.
                         tracing::debug!(error = %e, "websocket read failed");
-                        break close(1009, "frame too large");
+                        // tungstenite reports frames over the transport limit as a capacity
+                        // error ("Space limit exceeded"); the socket is still writable then.
+                        if e.to_string().contains("Space limit exceeded") {
+                            break close(1009, "frame larger than 16384 bytes");
+                        }
+                        break None;
                     }
                     Some(Ok(Message::Text(text))) => {
                         if text.len() > MAX_PUBLISH_BYTES {
@@ -157,5 +176,8 @@ where
 }
 
 fn error_frame(reference: Option<String>, e: &PublishError) -> Message {
-    frame(&ServerFrame::Error { reference, error: e.message() })
+    frame(&ServerFrame::Error {
+        reference,
+        error: e.message(),
+    })
 }

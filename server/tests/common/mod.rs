@@ -49,7 +49,14 @@ impl TestServer {
             .await
             .expect("server run");
         });
-        let s = TestServer { addr, base: format!("http://{addr}"), dir, stop: Some(stop), handle: Some(handle), _tmp: None };
+        let s = TestServer {
+            addr,
+            base: format!("http://{addr}"),
+            dir,
+            stop: Some(stop),
+            handle: Some(handle),
+            _tmp: None,
+        };
         // Wait until it answers.
         let client = reqwest::Client::new();
         within(async {
@@ -90,18 +97,28 @@ impl TestServer {
     }
 
     pub async fn publish(&self, body: serde_json::Value) -> Event {
-        let r = reqwest::Client::new().post(self.url("/api/publish")).json(&body).send().await.unwrap();
+        let r = reqwest::Client::new()
+            .post(self.url("/api/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
         r.json().await.unwrap()
     }
 
     pub async fn chat(&self, body: &str) -> Event {
-        self.publish(serde_json::json!({"stream": "chat", "data": {"author": "tester", "body": body}})).await
+        self.publish(
+            serde_json::json!({"stream": "chat", "data": {"author": "tester", "body": body}}),
+        )
+        .await
     }
 }
 
 pub async fn within<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(DEADLINE, f).await.expect("timed out waiting for a condition")
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .expect("timed out waiting for a condition")
 }
 
 /// One parsed SSE message.
@@ -129,7 +146,11 @@ impl SseClient {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), 200);
         let headers = resp.headers().clone();
-        SseClient { stream: resp.bytes_stream().boxed(), buf: String::new(), response_headers: headers }
+        SseClient {
+            stream: resp.bytes_stream().boxed(),
+            buf: String::new(),
+            response_headers: headers,
+        }
     }
 
     /// The next message (comments included); `None` when the stream ended.
@@ -183,17 +204,25 @@ impl SseClient {
     }
 }
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub async fn ws_connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.expect("ws connect").0
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect")
+        .0
 }
 
 /// Next JSON frame from the server (skipping pings/pongs).
 pub async fn ws_frame(ws: &mut Ws) -> ServerFrame {
     use tokio_tungstenite::tungstenite::Message;
     loop {
-        match within(ws.next()).await.expect("socket ended").expect("socket error") {
+        match within(ws.next())
+            .await
+            .expect("socket ended")
+            .expect("socket error")
+        {
             Message::Text(t) => return serde_json::from_str(&t).expect("server frame"),
             Message::Close(c) => panic!("closed: {c:?}"),
             _ => {}
