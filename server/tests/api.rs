@@ -292,7 +292,7 @@ async fn bad_queries_get_400() {
 #[tokio::test]
 async fn sse_delivers_live_and_resumes_with_no_gap_or_duplicate() {
     let s = TestServer::start().await;
-    let first = vec![s.chat("a").await, s.chat("b").await, s.chat("c").await];
+    let first = [s.chat("a").await, s.chat("b").await, s.chat("c").await];
 
     // Live from now: nothing of the past.
     let mut live = SseClient::connect(&s.url("/api/sse?streams=chat"), None).await;
