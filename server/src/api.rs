@@ -26,7 +26,36 @@ impl AppState {
         if payload.stream() != Stream::Chat && self.config.admin_token.is_some() && !admin {
             return Err(ApiError::Unauthorized);
         }
-        Ok(self.publisher.publish(payload).await?)
+        Ok(self.engine.publish(payload).await?)
+    }
+
+    /// A subscription for a streaming transport, from `cursor` (after catching up to it) or
+    /// from now.
+    pub async fn subscribe(&self, filter: app::protocol::StreamSet, cursor: Option<u64>) -> crate::log::Subscription {
+        let cursor = match cursor {
+            Some(c) => {
+                self.catch_up(c).await;
+                c
+            }
+            None => self.log.latest(),
+        };
+        self.log.subscribe(filter, cursor)
+    }
+
+    /// Where a reader with `cursor` can start. In cluster mode a client may arrive with a
+    /// cursor from another server whose events this server's window has not received yet
+    /// (it is milliseconds behind Redis): wait for them briefly rather than reset a client
+    /// that missed nothing. A cursor beyond the cluster's head is left alone: it gets a reset.
+    pub async fn catch_up(&self, cursor: u64) {
+        if cursor <= self.log.latest() {
+            return;
+        }
+        match self.engine.head().await {
+            Some(head) if cursor <= head => {
+                self.log.wait_for(cursor, std::time::Duration::from_secs(3)).await;
+            }
+            _ => {}
+        }
     }
 
     /// Whether `presented` is the admin token (compared in constant time).
@@ -164,7 +193,7 @@ pub async fn history(
         ));
     }
     let events = state
-        .store
+        .engine
         .history(stream, p.before.unwrap_or(u64::MAX), limit)
         .await
         .map_err(|err| {
@@ -174,11 +203,21 @@ pub async fn history(
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
 }
 
-/// `GET /healthz`: 200 when the store answers.
+/// `GET /healthz`: liveness. Embedded mode: 200 when the store answers. Cluster mode: 200
+/// while the process serves (a Redis outage is a readiness matter, see `/readyz`).
 pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.store.ping().await.map_err(|err| {
-        tracing::error!(%err, "health check failed");
-        ApiError::Unavailable("store unavailable".into())
+    if let crate::engine::Engine::Embedded { .. } = state.engine {
+        return readyz(State(state)).await;
+    }
+    Ok("ok")
+}
+
+/// `GET /readyz`: 200 when this server can publish and deliver (store or Redis reachable
+/// and, in cluster mode, the tail current); 503 otherwise. For load-balancer health checks.
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.engine.ready().await.map_err(|err| {
+        tracing::warn!(%err, "not ready");
+        ApiError::Unavailable(format!("not ready: {err}"))
     })?;
     Ok("ok")
 }

@@ -45,6 +45,20 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_RETENTION", default_value_t = 10_000)]
     pub retention: usize,
 
+    /// Cluster mode: Redis URL (`redis://host:6379`, `redis+unix:///path/redis.sock`).
+    /// Redis then holds the ids, the log and history, so many servers can run behind a
+    /// round-robin load balancer. Without it, the embedded SQLite store is used.
+    #[arg(long = "redis", env = "TIDINGS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: the prefix of every Redis key (several deployments can share a Redis).
+    #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
+    pub redis_prefix: String,
+
+    /// Cluster mode: events kept per stream for `/api/history` (Redis memory is the limit).
+    #[arg(long, env = "TIDINGS_HISTORY_MAX", default_value_t = 100_000)]
+    pub history_max: usize,
+
     /// Seconds between SSE heartbeats and WebSocket pings.
     #[arg(
         long,

@@ -1,10 +1,14 @@
 //! The demo simulators: a newsroom that files a story every ~20 s and a ticker that moves
 //! five symbols a few times a second. They publish through the same path as any client.
+//! In cluster mode every server runs them, but only the holder of the Redis demo lease
+//! publishes, so a cluster has one newsroom and one ticker, and a new leader takes over
+//! within seconds when the old one dies.
 
 use crate::AppState;
 use app::protocol::{FeedItem, Payload, Tick};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const HEADLINES: &[(&str, &str, &str)] = &[
@@ -67,6 +71,13 @@ async fn newsroom(state: AppState) {
     let mut rng = StdRng::from_os_rng();
     let mut i = rng.random_range(0..HEADLINES.len());
     loop {
+        if !state.demo_leader.load(Ordering::Relaxed) {
+            // Another server holds the demo lease; look again shortly.
+            tokio::select! {
+                _ = state.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        }
         let (title, body, author) = HEADLINES[i % HEADLINES.len()];
         i += 1;
         let item = FeedItem {
@@ -105,6 +116,9 @@ async fn ticker(state: AppState) {
             price: prices[k],
             change,
         };
+        if !state.demo_leader.load(Ordering::Relaxed) {
+            continue;
+        }
         if let Err(e) = state.publish(Payload::Ticker(tick), true).await {
             tracing::warn!(error = e.message(), "ticker could not publish");
         }

@@ -65,6 +65,9 @@ impl From<crate::publish::PublishFailed> for ApiError {
                 "the event could not be stored; nothing was published".into()
             }
             crate::publish::PublishFailed::Closed => "the server is shutting down".into(),
+            crate::publish::PublishFailed::Unavailable => {
+                "the shared event log (Redis) is unavailable; nothing was published, try again".into()
+            }
         })
     }
 }

@@ -12,8 +12,10 @@
 //! ```
 //!
 //! - [`config`]: flags and `TIDINGS_*` environment variables.
+//! - [`engine`]: where events become durable: embedded (one server) or cluster (Redis).
 //! - [`store`]: SQLite (sqlx, WAL): durable events, the window reloaded on start, history.
 //! - [`publish`]: the single writer that assigns ids and commits batches before anyone sees them.
+//! - [`cluster`]: Redis as the shared log: id sequence, ordered stream, tail, demo lease.
 //! - [`log`]: the in-memory resume window and [`log::Subscription`], the one place where
 //!   cursors, resume, retention and resets are decided for every transport.
 //! - [`transport`]: three thin adapters that only encode what a subscription yields.
@@ -22,8 +24,10 @@
 //! - [`error`]: the JSON error answers.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod engine;
 pub mod error;
 pub mod log;
 pub mod publish;
@@ -33,6 +37,7 @@ pub mod transport;
 use axum::routing::{get, post};
 use axum::Router;
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -48,11 +53,12 @@ pub struct AppState(Arc<Shared>);
 pub struct Shared {
     /// The resume window and wake-ups; read by every transport.
     pub log: Arc<log::EventLog>,
-    /// Handle to the writer task; the only way events enter the log.
-    pub publisher: publish::Publisher,
-    /// For history and health checks (the writer has its own handle).
-    pub store: store::Store,
+    /// Where events are stored and how they reach the log (SQLite or Redis).
+    pub engine: engine::Engine,
     pub config: Config,
+    /// Whether this server runs the simulators (always in embedded mode; in cluster mode
+    /// only the holder of the Redis lease, so N servers do not mean N tickers).
+    pub demo_leader: Arc<AtomicBool>,
     /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
     /// with 1001, simulators stop.
     pub shutdown: CancellationToken,
@@ -72,6 +78,7 @@ pub fn app(state: AppState) -> Router {
     let cors = api::cors_layer(&state.config.allow_origins);
     let router = Router::new()
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
         .route("/api/poll", get(transport::poll::handler))
@@ -97,20 +104,38 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let store = store::Store::open(&config.data_dir).await?;
-    let latest = store.max_id().await?;
-    let recent = store.recent(config.retention).await?;
-    tracing::info!(latest, loaded = recent.len(), "store opened");
-    let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
-    let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
     let token = CancellationToken::new();
-    let state = AppState(Arc::new(Shared {
-        log,
-        publisher,
-        store: store.clone(),
-        config,
-        shutdown: token.clone(),
-    }));
+    let demo_leader = Arc::new(AtomicBool::new(config.redis_url.is_none()));
+    let (log, engine, writer) = match &config.redis_url {
+        None => {
+            let store = store::Store::open(&config.data_dir).await?;
+            let latest = store.max_id().await?;
+            let recent = store.recent(config.retention).await?;
+            tracing::info!(latest, loaded = recent.len(), "store opened");
+            let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
+            let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
+            (log, engine::Engine::Embedded { store, publisher }, Some(writer))
+        }
+        Some(url) => {
+            let lease = (!config.no_demo).then(|| demo_leader.clone());
+            let (log, cluster) = cluster::Cluster::start(
+                url,
+                &config.redis_prefix,
+                config.retention,
+                config.history_max,
+                token.clone(),
+                lease,
+            )
+            .await
+            .map_err(|e| format!("cannot start in cluster mode: Redis at {url}: {e}"))?;
+            (log, engine::Engine::Cluster(cluster), None)
+        }
+    };
+    let store = match &engine {
+        engine::Engine::Embedded { store, .. } => Some(store.clone()),
+        engine::Engine::Cluster(_) => None,
+    };
+    let state = AppState(Arc::new(Shared { log, engine, config, demo_leader, shutdown: token.clone() }));
     if !state.config.no_demo {
         demo::spawn(state.clone());
     }
@@ -128,12 +153,13 @@ pub async fn run(
     token.cancel();
     // Every Publisher clone is gone once connections and simulators have ended; the
     // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.
-    if tokio::time::timeout(Duration::from_secs(10), writer)
-        .await
-        .is_err()
-    {
-        tracing::warn!("writer did not finish within 10 s");
+    if let Some(writer) = writer {
+        if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+            tracing::warn!("writer did not finish within 10 s");
+        }
     }
-    store.close().await;
+    if let Some(store) = store {
+        store.close().await;
+    }
     Ok(())
 }

@@ -112,12 +112,23 @@ impl EventLog {
             .map_or(0, |e| e.id)
     }
 
-    /// Appends events that are already durable. Called by the single writer task only, with
-    /// ids above everything in the window.
+    /// Appends events that are already durable, in id order, above everything in the window.
+    /// Called by one task only (the embedded writer, or the cluster tail).
+    ///
+    /// Ids are contiguous (both engines assign them one by one, atomically with storing).
+    /// If a batch does not follow on from the window, events were lost to this server (in
+    /// cluster mode: trimmed from Redis while this server was cut off), so the window is
+    /// emptied first: a reader whose cursor lies before the hole then gets a reset instead
+    /// of silently skipping it.
     pub fn append(&self, events: &[Arc<StoredEvent>]) {
         let Some(last) = events.last() else { return };
         {
             let mut w = self.window.write().expect("log lock poisoned");
+            let expected = self.latest() + 1;
+            if events[0].id != expected && self.latest() != 0 {
+                tracing::warn!(expected, got = events[0].id, "hole in the event log; resetting the window");
+                w.clear();
+            }
             for e in events {
                 debug_assert!(w.back().is_none_or(|b| b.id < e.id));
                 w.push_back(e.clone());
@@ -173,6 +184,12 @@ impl EventLog {
             cursor,
             more: false,
         }
+    }
+
+    /// Waits (at most `timeout`) until the window has reached `id`. Returns whether it did.
+    pub async fn wait_for(&self, id: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.latest.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|latest| *latest >= id)).await.is_ok_and(|r| r.is_ok())
     }
 
     pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
@@ -322,6 +339,14 @@ mod tests {
             log.read(11, StreamSet::ALL, 100),
             Read::Reset { cursor: 10 }
         ));
+    }
+
+    #[test]
+    fn a_hole_in_the_ids_resets_readers_before_it() {
+        let log = log_with(5, 100);
+        log.append(&[ev(9, Stream::Chat), ev(10, Stream::Chat)]);
+        assert!(matches!(log.read(5, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+        assert_eq!(ids(&log.read(8, StreamSet::ALL, 100)).0, vec![9, 10]);
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub enum PublishFailed {
     Store,
     /// The server is shutting down.
     Closed,
+    /// Cluster mode: Redis did not answer; nothing was published.
+    Unavailable,
 }
 
 struct Request {

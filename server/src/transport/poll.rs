@@ -51,6 +51,7 @@ pub async fn handler(
     };
 
     // Answered from the in-memory window only: an empty poll never touches the store.
+    state.catch_up(since).await;
     let mut read = state.log.read(since, filter, limit);
     if let Read::Events { events, cursor, .. } = &read {
         if events.is_empty() && wait > 0 {

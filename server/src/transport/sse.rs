@@ -41,17 +41,15 @@ pub async fn handler(
                 })?,
         ),
     };
-    let cursor = last_event_id
-        .or(p.since)
-        .unwrap_or_else(|| state.log.latest());
+    let sub = state.subscribe(filter, last_event_id.or(p.since)).await;
     let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
     let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let conn = Conn {
-        sub: state.log.subscribe(filter, cursor),
+        id_sent: sub.cursor(),
+        sub,
         ticks,
         shutdown: state.shutdown.clone(),
-        id_sent: cursor,
         started: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {

@@ -1,0 +1,345 @@
+//! Cluster mode: Redis as the shared, ordered event log, so any number of Tidings servers
+//! can sit behind a plain round-robin load balancer.
+//!
+//! Keys (all share the `{prefix}` hash tag, so they live on one Redis Cluster slot):
+//! - `{p}:seq`: the id sequence (INCR).
+//! - `{p}:log`: a stream of every event, entry id `<event id>-0`, trimmed to about
+//!   2 x retention. Every server tails it (XREAD BLOCK) into its own window.
+//! - `{p}:history:<stream>`: one stream per stream name, trimmed to `--history-max`, for
+//!   `/api/history`.
+//! - `{p}:demo-leader`: a lease; only its holder runs the simulators.
+//!
+//! Publishing is one Lua script (INCR + XADD + XADD), atomic in Redis: ids are assigned and
+//! appended in the same order, so the log is ordered by id and has no holes.
+
+use crate::log::{EventLog, StoredEvent};
+use crate::publish::{now_ms, PublishFailed};
+use app::protocol::{Event, Payload, Stream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Client, Script};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const PUBLISH: &str = r#"
+local id = redis.call('INCR', KEYS[1])
+local json = '{"id":' .. id .. ',"ts":' .. ARGV[1] .. ',"stream":"' .. ARGV[2] .. '","data":' .. ARGV[3] .. '}'
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 's', ARGV[2], 'e', json)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id .. '-0', 'e', json)
+return id
+"#;
+
+/// If Redis lost data (restarted without persistence), its sequence would start again and
+/// hand out ids clients already hold. Every server raises it back to the highest id it has
+/// seen whenever it (re)connects, so ids are never reused while any server remembers them.
+const RAISE_SEQ: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"#;
+
+const LEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"#;
+
+/// How long a publish may wait for Redis before it is answered 503.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Cluster {
+    conn: ConnectionManager,
+    keys: Keys,
+    publish: Script,
+    log_maxlen: usize,
+    history_max: usize,
+    /// Whether the tail is connected and current; false while Redis is unreachable.
+    tailing: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct Keys {
+    seq: String,
+    log: String,
+    prefix: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Keys {
+        let p = format!("{{{prefix}}}");
+        Keys { seq: format!("{p}:seq"), log: format!("{p}:log"), prefix: p }
+    }
+    fn history(&self, s: Stream) -> String {
+        format!("{}:history:{s}", self.prefix)
+    }
+    fn leader(&self) -> String {
+        format!("{}:demo-leader", self.prefix)
+    }
+}
+
+/// The event JSON exactly as `serde_json` writes an [`Event`] (the Lua script builds the
+/// same bytes; a unit test holds the two together).
+fn data_json(payload: &Payload) -> String {
+    match payload {
+        Payload::Feed(d) => serde_json::to_string(d),
+        Payload::Chat(d) => serde_json::to_string(d),
+        Payload::Ticker(d) => serde_json::to_string(d),
+    }
+    .expect("payload data serialises")
+}
+
+fn event_json(id: u64, ts: u64, stream: Stream, data: &str) -> String {
+    format!(r#"{{"id":{id},"ts":{ts},"stream":"{stream}","data":{data}}}"#)
+}
+
+type Entry = (String, Vec<String>);
+
+/// Parses a `{p}:log` entry (`<id>-0`, fields `s` stream, `e` event JSON).
+fn parse_entry((id, fields): Entry) -> Option<StoredEvent> {
+    let id: u64 = id.split('-').next()?.parse().ok()?;
+    let mut stream = None;
+    let mut json = None;
+    for pair in fields.chunks(2) {
+        match pair {
+            [k, v] if k == "s" => stream = Stream::parse(v),
+            [k, v] if k == "e" => json = Some(v.clone()),
+            _ => {}
+        }
+    }
+    Some(StoredEvent::from_json(id, stream?, json?))
+}
+
+impl Cluster {
+    /// Connects, loads the resume window from Redis and starts the tail (and the demo
+    /// lease when `demo_leader` is given). Fails if Redis cannot be reached at start.
+    pub async fn start(
+        url: &str,
+        prefix: &str,
+        retention: usize,
+        history_max: usize,
+        shutdown: CancellationToken,
+        demo_leader: Option<Arc<AtomicBool>>,
+    ) -> Result<(Arc<EventLog>, Cluster), redis::RedisError> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = client.get_connection_manager_with_config(config).await?;
+        let keys = Keys::new(prefix);
+
+        let entries: Vec<Entry> = redis::cmd("XREVRANGE")
+            .arg(&keys.log)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(retention)
+            .query_async(&mut conn)
+            .await?;
+        let recent: Vec<Arc<StoredEvent>> = entries.into_iter().rev().filter_map(parse_entry).map(Arc::new).collect();
+        let seq: Option<u64> = redis::cmd("GET").arg(&keys.seq).query_async(&mut conn).await?;
+        let latest = seq.unwrap_or(0).max(recent.last().map_or(0, |e| e.id));
+        tracing::info!(latest, loaded = recent.len(), "cluster log loaded from Redis");
+        let log = Arc::new(EventLog::new(retention, recent, latest));
+
+        let tailing = Arc::new(AtomicBool::new(false));
+        tokio::spawn(tail(client.clone(), keys.clone(), log.clone(), tailing.clone(), shutdown.clone()));
+        if let Some(flag) = demo_leader {
+            tokio::spawn(lease(conn.clone(), keys.leader(), flag, shutdown));
+        }
+        let cluster = Cluster {
+            conn,
+            keys,
+            publish: Script::new(PUBLISH),
+            log_maxlen: retention.saturating_mul(2).max(1000),
+            history_max,
+            tailing,
+        };
+        Ok((log, cluster))
+    }
+
+    pub async fn publish(&self, payload: Payload) -> Result<Arc<StoredEvent>, PublishFailed> {
+        let stream = payload.stream();
+        let ts = now_ms();
+        let data = data_json(&payload);
+        let mut conn = self.conn.clone();
+        let id: u64 = self
+            .publish
+            .key(&self.keys.seq)
+            .key(&self.keys.log)
+            .key(self.keys.history(stream))
+            .arg(ts)
+            .arg(stream.as_str())
+            .arg(&data)
+            .arg(self.log_maxlen)
+            .arg(self.history_max)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "publish to Redis failed");
+                PublishFailed::Unavailable
+            })?;
+        Ok(Arc::new(StoredEvent::from_json(id, stream, event_json(id, ts, stream, &data))))
+    }
+
+    pub async fn history(&self, stream: Stream, before: u64, limit: usize) -> Result<Vec<Event>, String> {
+        let end = if before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
+        let mut conn = self.conn.clone();
+        let entries: Vec<Entry> = redis::cmd("XREVRANGE")
+            .arg(self.keys.history(stream))
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entries
+            .into_iter()
+            .rev()
+            .filter_map(|(_, f)| f.chunks(2).find(|p| p[0] == "e").and_then(|p| serde_json::from_str(p.get(1)?).ok()))
+            .collect())
+    }
+
+    pub async fn ready(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        if pong != "PONG" {
+            return Err(format!("unexpected PING answer {pong}"));
+        }
+        if !self.tailing.load(Ordering::Relaxed) {
+            return Err("not yet caught up with the Redis log".into());
+        }
+        Ok(())
+    }
+
+    pub async fn head(&self) -> Option<u64> {
+        let mut conn = self.conn.clone();
+        let seq: Option<u64> = redis::cmd("GET").arg(&self.keys.seq).query_async(&mut conn).await.ok()?;
+        seq
+    }
+}
+
+/// Follows `{p}:log` from the last id this server holds and appends to its window. On any
+/// error it reconnects with backoff and continues from the same id, so an outage delays
+/// delivery but leaves no gap (provided Redis kept the entries: see the AOF note in the
+/// README). If Redis trimmed entries this server never saw, the window notices the hole and
+/// clients resuming across it are reset.
+async fn tail(client: Client, keys: Keys, log: Arc<EventLog>, tailing: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let raise = Script::new(RAISE_SEQ);
+    let mut failures: u32 = 0;
+    'connect: loop {
+        if failures > 0 {
+            let delay = Duration::from_millis((100u64 << failures.min(4)).min(1000));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        // A dedicated connection: XREAD BLOCK would stall every other command sharing it.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        let mut conn: MultiplexedConnection = match client.get_multiplexed_async_connection_with_config(&config).await {
+            Ok(c) => c,
+            Err(err) => {
+                tailing.store(false, Ordering::Relaxed);
+                failures += 1;
+                tracing::warn!(%err, "cannot reach Redis; retrying");
+                continue;
+            }
+        };
+        if let Err(err) = raise.key(&keys.seq).arg(log.latest()).invoke_async::<i64>(&mut conn).await {
+            tracing::warn!(%err, "cannot restore the id sequence; retrying");
+            failures += 1;
+            continue;
+        }
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(crate::log::BATCH)
+                .arg("BLOCK")
+                .arg(2000)
+                .arg("STREAMS")
+                .arg(&keys.log)
+                .arg(format!("{}-0", log.latest()));
+            let read = cmd.query_async::<Option<Vec<(String, Vec<Entry>)>>>(&mut conn);
+            let reply = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = read => r,
+            };
+            match reply {
+                Ok(reply) => {
+                    if failures > 0 {
+                        tracing::info!("Redis tail resumed");
+                    }
+                    failures = 0;
+                    tailing.store(true, Ordering::Relaxed);
+                    let events: Vec<Arc<StoredEvent>> = reply
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|(_, entries)| entries)
+                        .filter_map(parse_entry)
+                        .map(Arc::new)
+                        .collect();
+                    log.append(&events);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "Redis tail interrupted; reconnecting");
+                    tailing.store(false, Ordering::Relaxed);
+                    failures += 1;
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps (or tries to take) the demo lease every few seconds. The lease outlives a renewal
+/// period three times over, so one slow renewal does not hand the simulators over, and a
+/// dead leader is replaced within its expiry.
+async fn lease(mut conn: ConnectionManager, key: String, leader: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let me = format!("{:016x}", rand::random::<u64>());
+    let script = Script::new(LEASE);
+    loop {
+        let won: Result<i64, _> = script.key(&key).arg(&me).arg(9000).invoke_async(&mut conn).await;
+        let now = matches!(won, Ok(1));
+        if now != leader.swap(now, Ordering::Relaxed) {
+            tracing::info!(leader = now, "demo lease changed");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use app::protocol::{ChatMessage, Tick};
+
+    #[test]
+    fn lua_event_json_matches_serde() {
+        for payload in [
+            Payload::Chat(ChatMessage { author: "a \"q\"".into(), body: "<b>é</b>\n".into() }),
+            Payload::Ticker(Tick { symbol: "AB".into(), price: 1.25, change: -0.5 }),
+        ] {
+            let e = Event { id: 7, ts: 99, payload: payload.clone() };
+            let ours = event_json(7, 99, payload.stream(), &data_json(&payload));
+            assert_eq!(ours, serde_json::to_string(&e).unwrap());
+        }
+    }
+
+    #[test]
+    fn entries_parse() {
+        let e = parse_entry(("12-0".into(), vec!["s".into(), "chat".into(), "e".into(), "{}".into()])).unwrap();
+        assert_eq!((e.id, e.stream), (12, Stream::Chat));
+        assert!(parse_entry(("x".into(), vec![])).is_none());
+    }
+}
