@@ -50,10 +50,16 @@ fi
 
 # --- Test side -------------------------------------------------------------------------
 if [ "${1:-}" = "--test" ]; then
-  if [ ! -x /usr/bin/chromium ]; then
-    say "installing Debian's Chromium"
+  # Chromium for Playwright; Redis and nginx for the cluster tests (the tests start their
+  # own instances; no system service is used).
+  missing=()
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing from Debian: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   if [ ! -d end2end/node_modules/@playwright/test ] || [ end2end/package-lock.json -nt end2end/node_modules/.package-lock.json ]; then
     say "installing Playwright (npm ci in end2end/)"

@@ -1,7 +1,8 @@
 // Starts real Tidings servers (the binary cargo built) on free ports, each with its own
 // data dir, and talks to their HTTP API the way any client would.
 import { spawn, ChildProcess } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createNetServer } from 'node:net';
 import { createServer, Server as HttpServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -87,4 +88,61 @@ export async function staticSite(): Promise<{ base: string; close: () => Promise
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as any).port;
   return { base: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(() => r())) };
+}
+
+/** Redis + N Tidings servers in cluster mode + nginx round robin (deploy/nginx.conf). */
+export class ClusterSetup {
+  private constructor(
+    private redis: ChildProcess,
+    public servers: Server[],
+    private nginx: ChildProcess,
+    public readonly port: number,
+  ) {}
+
+  get base() { return `http://127.0.0.1:${this.port}`; }
+
+  static async start(n: number): Promise<ClusterSetup> {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tidings-cluster-'));
+    const sock = path.join(dir, 'redis.sock');
+    const redis = spawn('redis-server', ['--port', '0', '--unixsocket', sock, '--dir', dir, '--save', ''], { stdio: 'ignore' });
+    await waitFor(() => existsSync(sock), 'redis socket');
+    const servers: Server[] = [];
+    for (let i = 0; i < n; i++) {
+      servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`], dataDir: path.join(dir, `data${i}`) }));
+    }
+    const shipped = readFileSync(path.join(ROOT, 'deploy', 'nginx.conf'), 'utf8');
+    const port = await freePort();
+    const upstreams = servers.map((s) => `        server 127.0.0.1:${s.port} max_fails=1 fail_timeout=5s;`).join('\n');
+    let conf = shipped.replace(/^\s*server 127\.0\.0\.1:300\d[^\n]*\n/gm, '');
+    conf = conf.replace('upstream tidings {', `upstream tidings {\n${upstreams}`);
+    conf = conf.replace('listen 127.0.0.1:8080;', `listen 127.0.0.1:${port};`);
+    writeFileSync(path.join(dir, 'nginx.conf'), conf);
+    const nginx = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-g', `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;`], { stdio: 'ignore' });
+    await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null))?.ok ?? false, 'nginx');
+    return new ClusterSetup(redis, servers, nginx, port);
+  }
+
+  async stop() {
+    this.nginx.kill('SIGTERM');
+    for (const s of this.servers) await s.stop();
+    this.redis.kill('SIGTERM');
+  }
+}
+
+async function waitFor(cond: () => boolean | Promise<boolean>, what: string) {
+  const deadline = Date.now() + 15_000;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createNetServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as any).port;
+      s.close(() => resolve(port));
+    });
+  });
 }

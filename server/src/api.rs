@@ -31,7 +31,11 @@ impl AppState {
 
     /// A subscription for a streaming transport, from `cursor` (after catching up to it) or
     /// from now.
-    pub async fn subscribe(&self, filter: app::protocol::StreamSet, cursor: Option<u64>) -> crate::log::Subscription {
+    pub async fn subscribe(
+        &self,
+        filter: app::protocol::StreamSet,
+        cursor: Option<u64>,
+    ) -> crate::log::Subscription {
         let cursor = match cursor {
             Some(c) => {
                 self.catch_up(c).await;
@@ -52,7 +56,9 @@ impl AppState {
         }
         match self.engine.head().await {
             Some(head) if cursor <= head => {
-                self.log.wait_for(cursor, std::time::Duration::from_secs(3)).await;
+                self.log
+                    .wait_for(cursor, std::time::Duration::from_secs(3))
+                    .await;
             }
             _ => {}
         }

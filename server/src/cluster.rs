@@ -71,7 +71,11 @@ struct Keys {
 impl Keys {
     fn new(prefix: &str) -> Keys {
         let p = format!("{{{prefix}}}");
-        Keys { seq: format!("{p}:seq"), log: format!("{p}:log"), prefix: p }
+        Keys {
+            seq: format!("{p}:seq"),
+            log: format!("{p}:log"),
+            prefix: p,
+        }
     }
     fn history(&self, s: Stream) -> String {
         format!("{}:history:{s}", self.prefix)
@@ -141,14 +145,32 @@ impl Cluster {
             .arg(retention)
             .query_async(&mut conn)
             .await?;
-        let recent: Vec<Arc<StoredEvent>> = entries.into_iter().rev().filter_map(parse_entry).map(Arc::new).collect();
-        let seq: Option<u64> = redis::cmd("GET").arg(&keys.seq).query_async(&mut conn).await?;
+        let recent: Vec<Arc<StoredEvent>> = entries
+            .into_iter()
+            .rev()
+            .filter_map(parse_entry)
+            .map(Arc::new)
+            .collect();
+        let seq: Option<u64> = redis::cmd("GET")
+            .arg(&keys.seq)
+            .query_async(&mut conn)
+            .await?;
         let latest = seq.unwrap_or(0).max(recent.last().map_or(0, |e| e.id));
-        tracing::info!(latest, loaded = recent.len(), "cluster log loaded from Redis");
+        tracing::info!(
+            latest,
+            loaded = recent.len(),
+            "cluster log loaded from Redis"
+        );
         let log = Arc::new(EventLog::new(retention, recent, latest));
 
         let tailing = Arc::new(AtomicBool::new(false));
-        tokio::spawn(tail(client.clone(), keys.clone(), log.clone(), tailing.clone(), shutdown.clone()));
+        tokio::spawn(tail(
+            client.clone(),
+            keys.clone(),
+            log.clone(),
+            tailing.clone(),
+            shutdown.clone(),
+        ));
         if let Some(flag) = demo_leader {
             tokio::spawn(lease(conn.clone(), keys.leader(), flag, shutdown));
         }
@@ -184,11 +206,24 @@ impl Cluster {
                 tracing::warn!(%err, "publish to Redis failed");
                 PublishFailed::Unavailable
             })?;
-        Ok(Arc::new(StoredEvent::from_json(id, stream, event_json(id, ts, stream, &data))))
+        Ok(Arc::new(StoredEvent::from_json(
+            id,
+            stream,
+            event_json(id, ts, stream, &data),
+        )))
     }
 
-    pub async fn history(&self, stream: Stream, before: u64, limit: usize) -> Result<Vec<Event>, String> {
-        let end = if before == u64::MAX { "+".to_string() } else { format!("({before}-0") };
+    pub async fn history(
+        &self,
+        stream: Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, String> {
+        let end = if before == u64::MAX {
+            "+".to_string()
+        } else {
+            format!("({before}-0")
+        };
         let mut conn = self.conn.clone();
         let entries: Vec<Entry> = redis::cmd("XREVRANGE")
             .arg(self.keys.history(stream))
@@ -202,13 +237,20 @@ impl Cluster {
         Ok(entries
             .into_iter()
             .rev()
-            .filter_map(|(_, f)| f.chunks(2).find(|p| p[0] == "e").and_then(|p| serde_json::from_str(p.get(1)?).ok()))
+            .filter_map(|(_, f)| {
+                f.chunks(2)
+                    .find(|p| p[0] == "e")
+                    .and_then(|p| serde_json::from_str(p.get(1)?).ok())
+            })
             .collect())
     }
 
     pub async fn ready(&self) -> Result<(), String> {
         let mut conn = self.conn.clone();
-        let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| e.to_string())?;
+        let pong: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
         if pong != "PONG" {
             return Err(format!("unexpected PING answer {pong}"));
         }
@@ -220,7 +262,11 @@ impl Cluster {
 
     pub async fn head(&self) -> Option<u64> {
         let mut conn = self.conn.clone();
-        let seq: Option<u64> = redis::cmd("GET").arg(&self.keys.seq).query_async(&mut conn).await.ok()?;
+        let seq: Option<u64> = redis::cmd("GET")
+            .arg(&self.keys.seq)
+            .query_async(&mut conn)
+            .await
+            .ok()?;
         seq
     }
 }
@@ -230,7 +276,13 @@ impl Cluster {
 /// delivery but leaves no gap (provided Redis kept the entries: see the AOF note in the
 /// README). If Redis trimmed entries this server never saw, the window notices the hole and
 /// clients resuming across it are reset.
-async fn tail(client: Client, keys: Keys, log: Arc<EventLog>, tailing: Arc<AtomicBool>, shutdown: CancellationToken) {
+async fn tail(
+    client: Client,
+    keys: Keys,
+    log: Arc<EventLog>,
+    tailing: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let raise = Script::new(RAISE_SEQ);
     let mut failures: u32 = 0;
     'connect: loop {
@@ -245,7 +297,10 @@ async fn tail(client: Client, keys: Keys, log: Arc<EventLog>, tailing: Arc<Atomi
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let mut conn: MultiplexedConnection = match client.get_multiplexed_async_connection_with_config(&config).await {
+        let mut conn: MultiplexedConnection = match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(c) => c,
             Err(err) => {
                 tailing.store(false, Ordering::Relaxed);
@@ -254,11 +309,18 @@ async fn tail(client: Client, keys: Keys, log: Arc<EventLog>, tailing: Arc<Atomi
                 continue;
             }
         };
-        if let Err(err) = raise.key(&keys.seq).arg(log.latest()).invoke_async::<i64>(&mut conn).await {
+        if let Err(err) = raise
+            .key(&keys.seq)
+            .arg(log.latest())
+            .invoke_async::<i64>(&mut conn)
+            .await
+        {
             tracing::warn!(%err, "cannot restore the id sequence; retrying");
             failures += 1;
             continue;
         }
+        // Connected, and XREAD below continues from our last id: nothing can be skipped.
+        tailing.store(true, Ordering::Relaxed);
         loop {
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
@@ -303,11 +365,21 @@ async fn tail(client: Client, keys: Keys, log: Arc<EventLog>, tailing: Arc<Atomi
 /// Keeps (or tries to take) the demo lease every few seconds. The lease outlives a renewal
 /// period three times over, so one slow renewal does not hand the simulators over, and a
 /// dead leader is replaced within its expiry.
-async fn lease(mut conn: ConnectionManager, key: String, leader: Arc<AtomicBool>, shutdown: CancellationToken) {
+async fn lease(
+    mut conn: ConnectionManager,
+    key: String,
+    leader: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
     let me = format!("{:016x}", rand::random::<u64>());
     let script = Script::new(LEASE);
     loop {
-        let won: Result<i64, _> = script.key(&key).arg(&me).arg(9000).invoke_async(&mut conn).await;
+        let won: Result<i64, _> = script
+            .key(&key)
+            .arg(&me)
+            .arg(9000)
+            .invoke_async(&mut conn)
+            .await;
         let now = matches!(won, Ok(1));
         if now != leader.swap(now, Ordering::Relaxed) {
             tracing::info!(leader = now, "demo lease changed");
@@ -327,10 +399,21 @@ mod tests {
     #[test]
     fn lua_event_json_matches_serde() {
         for payload in [
-            Payload::Chat(ChatMessage { author: "a \"q\"".into(), body: "<b>é</b>\n".into() }),
-            Payload::Ticker(Tick { symbol: "AB".into(), price: 1.25, change: -0.5 }),
+            Payload::Chat(ChatMessage {
+                author: "a \"q\"".into(),
+                body: "<b>é</b>\n".into(),
+            }),
+            Payload::Ticker(Tick {
+                symbol: "AB".into(),
+                price: 1.25,
+                change: -0.5,
+            }),
         ] {
-            let e = Event { id: 7, ts: 99, payload: payload.clone() };
+            let e = Event {
+                id: 7,
+                ts: 99,
+                payload: payload.clone(),
+            };
             let ours = event_json(7, 99, payload.stream(), &data_json(&payload));
             assert_eq!(ours, serde_json::to_string(&e).unwrap());
         }
@@ -338,7 +421,11 @@ mod tests {
 
     #[test]
     fn entries_parse() {
-        let e = parse_entry(("12-0".into(), vec!["s".into(), "chat".into(), "e".into(), "{}".into()])).unwrap();
+        let e = parse_entry((
+            "12-0".into(),
+            vec!["s".into(), "chat".into(), "e".into(), "{}".into()],
+        ))
+        .unwrap();
         assert_eq!((e.id, e.stream), (12, Stream::Chat));
         assert!(parse_entry(("x".into(), vec![])).is_none());
     }

@@ -28,9 +28,17 @@ impl Engine {
     }
 
     /// Up to `limit` events of `stream` before `before`, oldest first.
-    pub async fn history(&self, stream: Stream, before: u64, limit: usize) -> Result<Vec<Event>, String> {
+    pub async fn history(
+        &self,
+        stream: Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, String> {
         match self {
-            Engine::Embedded { store, .. } => store.history(stream, before, limit).await.map_err(|e| e.to_string()),
+            Engine::Embedded { store, .. } => store
+                .history(stream, before, limit)
+                .await
+                .map_err(|e| e.to_string()),
             Engine::Cluster(c) => c.history(stream, before, limit).await,
         }
     }

@@ -66,7 +66,8 @@ impl From<crate::publish::PublishFailed> for ApiError {
             }
             crate::publish::PublishFailed::Closed => "the server is shutting down".into(),
             crate::publish::PublishFailed::Unavailable => {
-                "the shared event log (Redis) is unavailable; nothing was published, try again".into()
+                "the shared event log (Redis) is unavailable; nothing was published, try again"
+                    .into()
             }
         })
     }

@@ -114,7 +114,11 @@ pub async fn run(
             tracing::info!(latest, loaded = recent.len(), "store opened");
             let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
             let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
-            (log, engine::Engine::Embedded { store, publisher }, Some(writer))
+            (
+                log,
+                engine::Engine::Embedded { store, publisher },
+                Some(writer),
+            )
         }
         Some(url) => {
             let lease = (!config.no_demo).then(|| demo_leader.clone());
@@ -135,7 +139,13 @@ pub async fn run(
         engine::Engine::Embedded { store, .. } => Some(store.clone()),
         engine::Engine::Cluster(_) => None,
     };
-    let state = AppState(Arc::new(Shared { log, engine, config, demo_leader, shutdown: token.clone() }));
+    let state = AppState(Arc::new(Shared {
+        log,
+        engine,
+        config,
+        demo_leader,
+        shutdown: token.clone(),
+    }));
     if !state.config.no_demo {
         demo::spawn(state.clone());
     }
@@ -154,7 +164,10 @@ pub async fn run(
     // Every Publisher clone is gone once connections and simulators have ended; the
     // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.
     if let Some(writer) = writer {
-        if tokio::time::timeout(Duration::from_secs(10), writer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .is_err()
+        {
             tracing::warn!("writer did not finish within 10 s");
         }
     }

@@ -126,7 +126,11 @@ impl EventLog {
             let mut w = self.window.write().expect("log lock poisoned");
             let expected = self.latest() + 1;
             if events[0].id != expected && self.latest() != 0 {
-                tracing::warn!(expected, got = events[0].id, "hole in the event log; resetting the window");
+                tracing::warn!(
+                    expected,
+                    got = events[0].id,
+                    "hole in the event log; resetting the window"
+                );
                 w.clear();
             }
             for e in events {
@@ -189,7 +193,9 @@ impl EventLog {
     /// Waits (at most `timeout`) until the window has reached `id`. Returns whether it did.
     pub async fn wait_for(&self, id: u64, timeout: std::time::Duration) -> bool {
         let mut rx = self.latest.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|latest| *latest >= id)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|latest| *latest >= id))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
@@ -345,7 +351,10 @@ mod tests {
     fn a_hole_in_the_ids_resets_readers_before_it() {
         let log = log_with(5, 100);
         log.append(&[ev(9, Stream::Chat), ev(10, Stream::Chat)]);
-        assert!(matches!(log.read(5, StreamSet::ALL, 100), Read::Reset { cursor: 10 }));
+        assert!(matches!(
+            log.read(5, StreamSet::ALL, 100),
+            Read::Reset { cursor: 10 }
+        ));
         assert_eq!(ids(&log.read(8, StreamSet::ALL, 100)).0, vec![9, 10]);
     }
 

@@ -15,6 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
+        // Logs go to stderr; stdout carries only the "listening on" line, for scripts.
+        .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
     let listener = tokio::net::TcpListener::bind(config.bind).await?;

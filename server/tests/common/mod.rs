@@ -153,6 +153,16 @@ impl SseClient {
         }
     }
 
+    /// Wraps a response already known to be an event stream.
+    pub fn from_response(resp: reqwest::Response) -> SseClient {
+        let headers = resp.headers().clone();
+        SseClient {
+            stream: resp.bytes_stream().boxed(),
+            buf: String::new(),
+            response_headers: headers,
+        }
+    }
+
     /// The next message (comments included); `None` when the stream ended.
     pub async fn next(&mut self) -> Option<SseMessage> {
         loop {

@@ -1,0 +1,683 @@
+//! Cluster mode, for real: a redis-server and nginx (Debian's packages) started by the test
+//! on a private socket and a free port, three `tidings` processes in cluster mode behind
+//! nginx's plain round robin, and real clients on every transport going through nginx.
+//!
+//! The followers below behave like browsers: when their connection drops they reconnect
+//! (through nginx, so usually to another server) and resume from the last id they hold.
+//! They record every id they receive, so losses and duplicates are counted, not hidden.
+
+mod common;
+
+use app::protocol::{Event, PollResponse, ServerFrame};
+use common::{SseClient, DEADLINE};
+use futures_util::StreamExt;
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+// ---------------------------------------------------------------- processes
+
+struct Redis {
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start(dir: &Path) -> Redis {
+        let mut r = Redis {
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("redis.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// Starts (again) on the same socket and data dir. AOF with fsync on every write: the
+    /// setting the README recommends, under which nothing acknowledged is lost.
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args(["--unixsocketperm", "700", "--dir"])
+            .arg(&self.dir)
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let ok = Command::new("redis-cli")
+                .arg("-s")
+                .arg(self.socket())
+                .arg("PING")
+                .output();
+            if ok.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("PONG")) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A clean stop (SIGTERM): Redis finishes writing its AOF and exits.
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, "TERM");
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+}
+
+struct Instance {
+    child: Child,
+    port: u16,
+}
+
+impl Instance {
+    fn start(redis: &str, data_dir: &Path) -> Instance {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--no-demo",
+                "--redis",
+                redis,
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        Instance { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    /// Runs `deploy/nginx.conf` with its upstreams and listen port replaced.
+    fn start(dir: &Path, upstreams: &[u16]) -> Nginx {
+        let shipped =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/nginx.conf"))
+                .unwrap();
+        for attempt in 0.. {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let servers: String = upstreams
+                .iter()
+                .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=5s;\n"))
+                .collect();
+            let mut conf = String::new();
+            let mut replaced = false;
+            for line in shipped.lines() {
+                if line.trim_start().starts_with("server 127.0.0.1:300") {
+                    if !replaced {
+                        conf.push_str(&servers);
+                        replaced = true;
+                    }
+                } else if line.trim() == "listen 127.0.0.1:8080;" {
+                    conf.push_str(&format!("        listen 127.0.0.1:{port};\n"));
+                } else {
+                    conf.push_str(line);
+                    conf.push('\n');
+                }
+            }
+            assert!(
+                replaced && conf.contains(&format!("listen 127.0.0.1:{port};")),
+                "deploy/nginx.conf changed shape"
+            );
+            std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+            let child = Command::new("nginx")
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-g")
+                .arg(format!(
+                    "daemon off; pid {0}/nginx.pid; error_log {0}/error.log;",
+                    dir.display()
+                ))
+                .spawn()
+                .expect("nginx (apt-get install nginx)");
+            let mut n = Nginx { child, port };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return n;
+                }
+                if let Ok(Some(_)) = n.child.try_wait() {
+                    break; // port taken between our probe and nginx's bind: try another
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            signal(&n.child, "TERM");
+            let _ = n.child.wait();
+            assert!(
+                attempt < 3,
+                "nginx did not start: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
+        unreachable!()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
+        signal(&self.child, "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+struct Cluster {
+    redis: Redis,
+    instances: Vec<Instance>,
+    nginx: Nginx,
+    _tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let redis = Redis::start(tmp.path());
+        let instances: Vec<Instance> = (0..n)
+            .map(|i| Instance::start(&redis.url(), &tmp.path().join(format!("data{i}"))))
+            .collect();
+        let nginx = Nginx::start(
+            tmp.path(),
+            &instances.iter().map(|i| i.port).collect::<Vec<_>>(),
+        );
+        Cluster {
+            redis,
+            instances,
+            nginx,
+            _tmp: tmp,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+async fn publish(url: &str, body: &str) -> Result<Event, (u16, String)> {
+    let r = reqwest::Client::new()
+        .post(url)
+        .json(&json!({"stream": "chat", "data": {"author": "load", "body": body}}))
+        .send()
+        .await
+        .map_err(|e| (0, e.to_string()))?;
+    let status = r.status().as_u16();
+    if status != 201 {
+        return Err((status, r.text().await.unwrap_or_default()));
+    }
+    Ok(r.json().await.unwrap())
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Ws,
+    Sse,
+    Poll,
+}
+
+/// What one follower saw.
+#[derive(Default, Debug)]
+struct Seen {
+    ids: Vec<u64>,
+    connects: u32,
+}
+
+/// A client that follows the chat stream through `base` (nginx) from the start, and
+/// reconnects + resumes from its last id whenever its connection ends, until `stop`.
+fn follow(kind: Kind, base: String, stop: CancellationToken) -> Arc<Mutex<Seen>> {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while !stop.is_cancelled() {
+            let last = out.lock().unwrap().ids.last().copied().unwrap_or(0);
+            out.lock().unwrap().connects += 1;
+            let record = |e: Event| out.lock().unwrap().ids.push(e.id);
+            match kind {
+                Kind::Ws => {
+                    let url = format!(
+                        "{}/api/ws?streams=chat&since={last}",
+                        base.replacen("http", "ws", 1)
+                    );
+                    if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+                        loop {
+                            let msg = tokio::select! { _ = stop.cancelled() => return, m = ws.next() => m };
+                            match msg {
+                                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                                    if let Ok(ServerFrame::Event { event }) =
+                                        serde_json::from_str(&t)
+                                    {
+                                        record(event);
+                                    }
+                                }
+                                Some(Ok(_)) => {}
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+                Kind::Sse => {
+                    let resp = reqwest::Client::new()
+                        .get(format!("{base}/api/sse?streams=chat&since=0"))
+                        .header("Last-Event-ID", last.to_string())
+                        .send()
+                        .await;
+                    if let Ok(r) = resp.and_then(|r| r.error_for_status()) {
+                        let mut sse = SseClient::from_response(r);
+                        loop {
+                            let m = tokio::select! { _ = stop.cancelled() => return, m = sse.next() => m };
+                            match m {
+                                Some(m) if !m.data.is_empty() => {
+                                    record(serde_json::from_str(&m.data).unwrap())
+                                }
+                                Some(_) => {}
+                                None => break,
+                            }
+                        }
+                    }
+                }
+                Kind::Poll => {
+                    // Each poll is a new request, so round robin spreads them over every server.
+                    let mut cursor = last;
+                    loop {
+                        let url = format!("{base}/api/poll?streams=chat&since={cursor}&wait=1");
+                        let r = tokio::select! { _ = stop.cancelled() => return, r = reqwest::get(url) => r };
+                        let Ok(r) = r else { break };
+                        let Ok(p) = r.json::<PollResponse>().await else {
+                            break;
+                        };
+                        assert!(!p.reset, "a poll through the cluster was reset");
+                        p.events.into_iter().for_each(record);
+                        cursor = p.cursor;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    seen
+}
+
+/// Waits until every follower has seen `last`, then stops them.
+async fn settle(followers: &[(Kind, Arc<Mutex<Seen>>)], last: u64, stop: CancellationToken) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while followers
+        .iter()
+        .any(|(_, s)| s.lock().unwrap().ids.last().copied().unwrap_or(0) < last)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "followers did not catch up: {followers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+}
+
+/// Checks one follower against what was acknowledged; returns (lost, duplicated, extra).
+fn audit(seen: &Seen, acked: &BTreeSet<u64>) -> (usize, usize, usize) {
+    let got: BTreeSet<u64> = seen.ids.iter().copied().collect();
+    let duplicated = seen.ids.len() - got.len();
+    assert!(
+        seen.ids.windows(2).all(|w| w[0] < w[1]) || duplicated > 0,
+        "out of order: {:?}",
+        seen.ids
+    );
+    let lost = acked.difference(&got).count();
+    let extra = got.difference(acked).count();
+    (lost, duplicated, extra)
+}
+
+fn spawn_followers(
+    base: &str,
+    stop: &CancellationToken,
+    n_each: usize,
+    kinds: &[Kind],
+) -> Vec<(Kind, Arc<Mutex<Seen>>)> {
+    kinds
+        .iter()
+        .flat_map(|k| (0..n_each).map(move |_| *k))
+        .map(|k| (k, follow(k, base.to_string(), stop.clone())))
+        .collect()
+}
+
+async fn ready(url: &str) -> bool {
+    reqwest::get(url).await.is_ok_and(|r| r.status() == 200)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_sees_every_event_once_in_order_whichever_server_it_lands_on() {
+    let c = Cluster::start(3);
+    let stop = CancellationToken::new();
+    let followers = spawn_followers(
+        &c.nginx.url(""),
+        &stop,
+        3,
+        &[Kind::Ws, Kind::Sse, Kind::Poll],
+    );
+    // Let them connect before publishing (they start from id 0 anyway).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut acked = BTreeSet::new();
+    for i in 0..90 {
+        // Publish directly on each server in turn, and through nginx.
+        let url = if i % 4 == 3 {
+            c.nginx.url("/api/publish")
+        } else {
+            c.instances[i % 3].url("/api/publish")
+        };
+        let e = publish(&url, &format!("m{i}")).await.expect("publish");
+        acked.insert(e.id);
+    }
+    // One id sequence for the whole cluster: 90 publishes, ids 1..=90.
+    assert_eq!(acked, (1..=90).collect());
+    settle(&followers, 90, stop).await;
+    for (kind, seen) in &followers {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.ids, (1..=90).collect::<Vec<_>>(), "{kind:?}");
+    }
+    // History is the same from every server.
+    for i in &c.instances {
+        let h: app::protocol::HistoryResponse =
+            reqwest::get(i.url("/api/history?stream=chat&limit=3"))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(common::ids(&h.events), vec![88, 89, 90]);
+    }
+    println!(
+        "fan-out through nginx: 90 published, 9 followers x 90 delivered, 0 lost, 0 duplicated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_one_server_while_publishing_and_clients_resume_elsewhere() {
+    let mut c = Cluster::start(3);
+    let stop = CancellationToken::new();
+    let followers = spawn_followers(
+        &c.nginx.url(""),
+        &stop,
+        3,
+        &[Kind::Ws, Kind::Sse, Kind::Poll],
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let publish_url = c.nginx.url("/api/publish");
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let failed = Arc::new(Mutex::new(0u32));
+    let publisher = {
+        let (acked, failed) = (acked.clone(), failed.clone());
+        tokio::spawn(async move {
+            for i in 0..300 {
+                match publish(&publish_url, &format!("k{i}")).await {
+                    Ok(e) => {
+                        acked.lock().unwrap().insert(e.id);
+                    }
+                    // A publish that hit the dying server: nginx does not retry POSTs; it
+                    // may or may not have been stored.
+                    Err(_) => *failed.lock().unwrap() += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut victim = c.instances.remove(0);
+    victim.child.kill().unwrap(); // SIGKILL
+    victim.child.wait().unwrap();
+    publisher.await.unwrap();
+
+    let acked = acked.lock().unwrap().clone();
+    let last = *acked.last().unwrap();
+    settle(&followers, last, stop).await;
+    let mut reconnected = 0;
+    for (kind, seen) in &followers {
+        let seen = seen.lock().unwrap();
+        let (lost, dup, extra) = audit(&seen, &acked);
+        assert_eq!(
+            (lost, dup),
+            (0, 0),
+            "{kind:?}: lost {lost}, duplicated {dup}"
+        );
+        assert!(
+            extra as u32 <= *failed.lock().unwrap(),
+            "only unacknowledged publishes may appear unacked"
+        );
+        if seen.connects > 1 {
+            reconnected += 1;
+        }
+    }
+    // Round robin put some streaming clients on the victim; they must have reconnected.
+    assert!(reconnected >= 1, "nobody was on the killed server?");
+    // nginx routes around the dead server: every request succeeds.
+    for _ in 0..12 {
+        assert!(ready(&c.nginx.url("/readyz")).await);
+    }
+    println!(
+        "kill -9: {} publishes acknowledged, {} failed at the dying server, {} followers ({} reconnected): 0 lost, 0 duplicated",
+        acked.len(),
+        failed.lock().unwrap(),
+        followers.len(),
+        reconnected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_answers_503_loses_nothing_and_delivery_resumes() {
+    let mut c = Cluster::start(2);
+    let stop = CancellationToken::new();
+    let followers = spawn_followers(&c.nginx.url(""), &stop, 2, &[Kind::Ws, Kind::Sse]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..10 {
+        acked.insert(
+            publish(&c.instances[i % 2].url("/api/publish"), &format!("a{i}"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+
+    c.redis.stop();
+    let down_since = Instant::now();
+    // Publishing is refused with a clear 503 (never a silent drop) and readiness is off.
+    let mut refused = 0;
+    for i in 0..2 {
+        match publish(&c.instances[i].url("/api/publish"), "during outage").await {
+            Err((503, body)) => {
+                assert!(body.contains("Redis"), "{body}");
+                refused += 1;
+            }
+            other => panic!("expected 503 while Redis is down, got {other:?}"),
+        }
+        let r = reqwest::get(c.instances[i].url("/readyz")).await.unwrap();
+        assert_eq!(r.status(), 503);
+        // Liveness stays up: the process is fine, only Redis is gone.
+        assert!(ready(&c.instances[i].url("/healthz")).await);
+    }
+    // Keep Redis away for a few seconds in all.
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(down_since.elapsed())).await;
+    c.redis.restart();
+
+    // Ready again once the tails have reconnected.
+    let deadline = Instant::now() + DEADLINE;
+    for i in &c.instances {
+        while !ready(&i.url("/readyz")).await {
+            assert!(Instant::now() < deadline, "not ready after Redis came back");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for i in 0..10 {
+        acked.insert(
+            publish(&c.instances[i % 2].url("/api/publish"), &format!("b{i}"))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    assert_eq!(
+        acked,
+        (1..=20).collect(),
+        "ids continue after the outage (AOF kept the sequence)"
+    );
+    settle(&followers, 20, stop).await;
+    for (kind, seen) in &followers {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.ids, (1..=20).collect::<Vec<_>>(), "{kind:?}");
+        assert_eq!(
+            seen.connects, 1,
+            "{kind:?} stayed connected through the outage"
+        );
+    }
+    println!("redis outage: 20 acknowledged, {refused} refused with 503 during the outage, 4 followers: 0 lost, 0 duplicated, 0 reconnects");
+}
+
+/// The price of cluster mode: publish-to-receive latency, embedded vs Redis, one machine.
+/// `cargo test -p server --test cluster -- --ignored --nocapture latency`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test; run it by name"]
+async fn latency_embedded_vs_cluster() {
+    async fn measure(base: &str, n: usize) -> (f64, f64) {
+        let ws_url = format!("{}/api/ws?streams=chat", base.replacen("http", "ws", 1));
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let sent = Instant::now();
+            publish(&format!("{base}/api/publish"), &format!("l{i}"))
+                .await
+                .unwrap();
+            loop {
+                if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = ws.next().await
+                {
+                    if let Ok(ServerFrame::Event { .. }) = serde_json::from_str(&t) {
+                        break;
+                    }
+                }
+            }
+            lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(f64::total_cmp);
+        (lat[n / 2], lat[n * 99 / 100])
+    }
+    let n = 500;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut embedded = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
+        .arg(tmp.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(embedded.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line.trim().trim_start_matches("listening on ").to_string();
+    let (e50, e99) = measure(&base, n).await;
+    let _ = embedded.kill();
+    let c = Cluster::start(2);
+    // Publish on one server, receive on another: the cross-server path.
+    let (c50, c99) = {
+        let sub = c.instances[1].url("");
+        let ws_url = format!("{}/api/ws?streams=chat", sub.replacen("http", "ws", 1));
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+        let mut lat = Vec::with_capacity(n);
+        for i in 0..n {
+            let sent = Instant::now();
+            publish(&c.instances[0].url("/api/publish"), &format!("c{i}"))
+                .await
+                .unwrap();
+            loop {
+                if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = ws.next().await
+                {
+                    if let Ok(ServerFrame::Event { .. }) = serde_json::from_str(&t) {
+                        break;
+                    }
+                }
+            }
+            lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(f64::total_cmp);
+        (lat[n / 2], lat[n * 99 / 100])
+    };
+    println!("publish-to-receive over WebSocket, {n} sequential publishes (ms):");
+    println!("  embedded (SQLite, one server):            p50 {e50:.2}  p99 {e99:.2}");
+    println!("  cluster (Redis, publish A -> receive B):  p50 {c50:.2}  p99 {c99:.2}");
+}
