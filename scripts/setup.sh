@@ -66,4 +66,11 @@ if [ "${1:-}" = "--test" ]; then
     (cd end2end && npm ci --no-audit --no-fund --silent)
   fi
 fi
+# The Node.js peer the benchmarks compare against (npm's `ws`).
+if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--bench" ]; then
+  if [ ! -d bench/peers/node_modules/ws ] || [ bench/peers/package-lock.json -nt bench/peers/node_modules/.package-lock.json ]; then
+    say "installing the benchmark peers (npm ci in bench/peers/)"
+    (cd bench/peers && npm ci --no-audit --no-fund --silent)
+  fi
+fi
 say "tools ready"

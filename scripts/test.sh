@@ -12,7 +12,7 @@ step() { printf '\n\033[1;35m== %s\033[0m\n' "$*"; }
 step "unit + integration tests (cargo)"
 # The app crate's library is tested natively (protocol and validation); its wasm build
 # only ever goes through trunk, so csr and ssr are never enabled together.
-cargo test -p app -p server 2>&1 | tee /tmp/tidings-cargo-test.log
+cargo test -p app -p server -p bench 2>&1 | tee /tmp/tidings-cargo-test.log
 
 step "browser app (trunk, release)"
 (cd app && trunk build --release)
@@ -22,6 +22,10 @@ step "end-to-end (Playwright, Chromium)"
 cargo build -p server
 export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
 (cd end2end && npx playwright test) 2>&1 | tee /tmp/tidings-e2e.log
+
+step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)"
+cargo build -p bench
+"$TARGET_DIR/debug/tidings-bench" compare --smoke --tidings "$TARGET_DIR/debug/tidings" --node-peer bench/peers/node-peer.js
 
 # One closing line for the whole run.
 cargo_passed=$(grep -o '[0-9]* passed' /tmp/tidings-cargo-test.log | awk '{s+=$1} END {print s+0}')

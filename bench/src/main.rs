@@ -1,0 +1,552 @@
+//! `tidings-bench`: a load generator for any Tidings deployment, and the side-by-side
+//! comparison with the Node.js `ws` / SSE peer and the raw-socket ceiling.
+//!
+//! ```sh
+//! tidings-bench fanout --url http://127.0.0.1:3000 --transport ws --subscribers 1000 --events 1000
+//! tidings-bench compare            # starts every server itself; see docs/performance.md
+//! tidings-bench compare --smoke    # seconds, tiny N (run by scripts/test.sh)
+//! ```
+//!
+//! - `load`: subscribers on each transport, the publisher, latency/loss accounting.
+//! - `ceiling`: the raw tokio ceiling and the bare axum poll handler.
+//! - `procstat`: CPU seconds and RSS of a local server process.
+
+mod ceiling;
+mod load;
+mod procstat;
+
+use clap::{Parser, Subcommand};
+use load::{Fanout, FanoutResult, IdleResult, PollRateResult, Transport};
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "tidings-bench",
+    about = "Load generator and benchmarks for Tidings"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// N subscribers on one transport; publish E events at rate R; report deliveries/s,
+    /// latency percentiles, loss, duplicates, requests and bytes per event.
+    Fanout {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, value_enum, default_value = "ws")]
+        transport: Transport,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        /// Events per second (0: as fast as the server accepts).
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 1000)]
+        events: usize,
+        /// New connections per second while ramping up.
+        #[arg(long, default_value_t = 1000)]
+        ramp: u32,
+        /// Poll interval (ms) for `--transport poll`.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// A local server's pid, for its CPU seconds and RSS.
+        #[arg(long)]
+        pid: Option<u32>,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// N idle connections (half WebSocket, half SSE): server memory per connection.
+    Idle {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long)]
+        pid: u32,
+    },
+    /// The highest empty-poll rate (requests/s) from C concurrent pollers.
+    Poll {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Add subscribers in steps until p99 exceeds a bound (websocket-shootout style).
+    Ramp {
+        #[arg(long, default_value = "http://127.0.0.1:3000")]
+        url: String,
+        #[arg(long, value_enum, default_value = "ws")]
+        transport: Transport,
+        #[arg(long, default_value_t = 500)]
+        step: usize,
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 10.0)]
+        bound_ms: f64,
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Run the raw-socket ceiling server.
+    Ceiling {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: String,
+    },
+    /// Run the bare axum empty-poll server.
+    BarePoll {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        bind: String,
+    },
+    /// Start Tidings, the Node peer and the ceilings one after another, run every scenario
+    /// against each, print the table with ratios.
+    Compare {
+        /// Seconds and tiny N: checks the tool works, measures nothing meaningful.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings: PathBuf,
+        #[arg(long, default_value = "bench/peers/node-peer.js")]
+        node_peer: PathBuf,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    match Cli::parse().cmd {
+        Cmd::Fanout {
+            url,
+            transport,
+            subscribers,
+            rate,
+            events,
+            ramp,
+            interval_ms,
+            pid,
+            json,
+        } => {
+            let r = load::fanout(Fanout {
+                base: url,
+                transport,
+                subscribers,
+                rate,
+                events,
+                ramp,
+                interval: Duration::from_millis(interval_ms),
+                pid,
+                quiet: false,
+            })
+            .await;
+            print_fanout(&r);
+            write_json(json, &r)?;
+        }
+        Cmd::Idle {
+            url,
+            connections,
+            pid,
+        } => {
+            let r = load::idle(&url, connections, 2000, pid, false).await;
+            println!(
+                "{} idle connections: RSS {} -> {} KiB, {:.0} B per connection",
+                r.connections, r.rss_before_kib, r.rss_after_kib, r.bytes_per_connection
+            );
+        }
+        Cmd::Poll {
+            url,
+            concurrency,
+            seconds,
+        } => {
+            let r = load::empty_poll_rate(&url, concurrency, Duration::from_secs(seconds)).await;
+            println!(
+                "empty polls: {:.0} requests/s ({} requests, {} errors)",
+                r.requests_per_sec, r.requests, r.errors
+            );
+        }
+        Cmd::Ramp {
+            url,
+            transport,
+            step,
+            max,
+            rate,
+            bound_ms,
+            pid,
+        } => {
+            let steps = load::ramp(&url, transport, step, max, rate, bound_ms, pid).await;
+            let ok = steps
+                .iter()
+                .filter(|r| r.p99_ms <= bound_ms && r.lost == 0)
+                .map(|r| r.subscribers)
+                .max();
+            println!(
+                "largest N with p99 <= {bound_ms} ms at {rate} events/s: {}",
+                ok.map_or("none".into(), |n| n.to_string())
+            );
+        }
+        Cmd::Ceiling { bind } => {
+            let l = tokio::net::TcpListener::bind(&bind).await?;
+            println!("listening on http://{}", l.local_addr()?);
+            ceiling::raw(l).await?;
+        }
+        Cmd::BarePoll { bind } => {
+            let l = tokio::net::TcpListener::bind(&bind).await?;
+            println!("listening on http://{}", l.local_addr()?);
+            ceiling::bare_poll(l).await?;
+        }
+        Cmd::Compare {
+            smoke,
+            tidings,
+            node_peer,
+            json,
+        } => compare(smoke, tidings, node_peer, json).await?,
+    }
+    Ok(())
+}
+
+fn print_fanout(r: &FanoutResult) {
+    println!(
+        "{:?} x{}: {} published, {} deliveries, {:.0}/s; latency p50 {:.2} p90 {:.2} p99 {:.2} max {:.2} ms; lost {}, duplicated {}; {:.3} requests and {:.0} bytes per event; server {:.2} CPU s, {} KiB RSS",
+        r.transport.unwrap_or(Transport::Ws), r.subscribers, r.published, r.deliveries, r.deliveries_per_sec, r.p50_ms, r.p90_ms,
+        r.p99_ms, r.max_ms, r.lost, r.duplicated, r.requests_per_event, r.bytes_per_event, r.server_cpu_secs, r.server_rss_kib
+    );
+}
+
+fn write_json<T: Serialize>(path: Option<PathBuf>, v: &T) -> std::io::Result<()> {
+    if let Some(p) = path {
+        std::fs::write(p, serde_json::to_string_pretty(v).expect("serialisable"))?;
+    }
+    Ok(())
+}
+
+/// A server under test, as a child process on a free port.
+struct Server {
+    child: Child,
+    base: String,
+    _tmp: Option<PathBuf>,
+}
+
+impl Server {
+    fn start(mut cmd: Command, tmp: Option<PathBuf>) -> std::io::Result<Server> {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .map(str::to_string)
+            .ok_or_else(|| {
+                std::io::Error::other(format!("{cmd:?} did not print its address: {line:?}"))
+            })?;
+        Ok(Server {
+            child,
+            base,
+            _tmp: tmp,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(t) = &self._tmp {
+            let _ = std::fs::remove_dir_all(t);
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+struct Report {
+    smoke: bool,
+    subscribers: usize,
+    events: usize,
+    ws_fanout: Vec<(String, FanoutResult)>,
+    sse_fanout: Vec<(String, FanoutResult)>,
+    latency: Vec<(String, FanoutResult)>,
+    latency_large: Vec<(String, FanoutResult)>,
+    idle: Vec<(String, IdleResult)>,
+    empty_poll: Vec<(String, PollRateResult)>,
+}
+
+async fn compare(
+    smoke: bool,
+    tidings: PathBuf,
+    node_peer: PathBuf,
+    json: Option<PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let me = std::env::current_exe()?;
+    let (subs, events, lat_n, lat_events, large_n, idle_n, poll_secs) = if smoke {
+        (20, 50, 20, 50, 50, 100, 1)
+    } else {
+        (1000, 1000, 1000, 1000, 10_000, 10_000, 5)
+    };
+    let mut report = Report {
+        smoke,
+        subscribers: subs,
+        events,
+        ..Default::default()
+    };
+
+    let start_tidings = || {
+        let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut c = Command::new(&tidings);
+        c.args([
+            "--bind",
+            "127.0.0.1:0",
+            "--no-demo",
+            "--static-dir",
+            "/nonexistent",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("RUST_LOG", "error");
+        Server::start(c, Some(dir))
+    };
+    let start_node = || {
+        let mut c = Command::new("node");
+        c.arg(&node_peer).arg("0");
+        Server::start(c, None)
+    };
+    let start_raw = || {
+        let mut c = Command::new(&me);
+        c.args(["ceiling", "--bind", "127.0.0.1:0"]);
+        Server::start(c, None)
+    };
+    let fan = |base: &str, t: Transport, n: usize, rate: u32, ev: usize, pid: u32| Fanout {
+        base: base.to_string(),
+        transport: t,
+        subscribers: n,
+        rate,
+        events: ev,
+        ramp: 2000,
+        interval: Duration::from_secs(1),
+        pid: Some(pid),
+        quiet: smoke,
+    };
+
+    for (name, start) in [
+        (
+            "tidings",
+            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
+        ),
+        ("node", &start_node),
+        ("raw", &start_raw),
+    ] {
+        for (t, into) in [(Transport::Ws, 0), (Transport::Sse, 1)] {
+            let s = start()?;
+            eprintln!(
+                "{name} {t:?} fan-out: {subs} subscribers, {events} events as fast as accepted"
+            );
+            let r = load::fanout(fan(&s.base, t, subs, 0, events, s.pid())).await;
+            print_fanout(&r);
+            if into == 0 {
+                report.ws_fanout.push((name.into(), r))
+            } else {
+                report.sse_fanout.push((name.into(), r))
+            }
+        }
+    }
+    for (name, start) in [
+        (
+            "tidings",
+            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
+        ),
+        ("node", &start_node),
+    ] {
+        let s = start()?;
+        eprintln!("{name} latency: {lat_n} WS subscribers x 100 events/s");
+        let r = load::fanout(fan(&s.base, Transport::Ws, lat_n, 100, lat_events, s.pid())).await;
+        print_fanout(&r);
+        report.latency.push((name.into(), r));
+    }
+    {
+        let s = start_tidings()?;
+        eprintln!("tidings latency: {large_n} WS subscribers x 100 events/s");
+        let r = load::fanout(fan(
+            &s.base,
+            Transport::Ws,
+            large_n,
+            100,
+            lat_events / 2,
+            s.pid(),
+        ))
+        .await;
+        print_fanout(&r);
+        report.latency_large.push(("tidings".into(), r));
+    }
+    for (name, start) in [
+        (
+            "tidings",
+            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
+        ),
+        ("node", &start_node),
+    ] {
+        let s = start()?;
+        eprintln!("{name} idle: {idle_n} connections");
+        let r = load::idle(&s.base, idle_n, 2000, s.pid(), smoke).await;
+        report.idle.push((name.into(), r));
+    }
+    let start_bare = || {
+        let mut c = Command::new(&me);
+        c.args(["bare-poll", "--bind", "127.0.0.1:0"]);
+        Server::start(c, None)
+    };
+    for (name, start) in [
+        (
+            "tidings",
+            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
+        ),
+        ("bare-axum", &start_bare),
+    ] {
+        let s = start()?;
+        eprintln!("{name} empty polls for {poll_secs} s");
+        let r = load::empty_poll_rate(&s.base, 32, Duration::from_secs(poll_secs)).await;
+        report.empty_poll.push((name.into(), r));
+    }
+
+    print_table(&report);
+    write_json(json, &report)?;
+    let lost: u64 = report
+        .ws_fanout
+        .iter()
+        .chain(&report.sse_fanout)
+        .chain(&report.latency)
+        .filter(|(n, _)| n == "tidings")
+        .map(|(_, r)| r.lost + r.duplicated)
+        .sum();
+    if lost > 0 {
+        return Err(format!("Tidings lost or duplicated {lost} deliveries").into());
+    }
+    Ok(())
+}
+
+fn get<'a, T>(v: &'a [(String, T)], name: &str) -> Option<&'a T> {
+    v.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".into()
+    }
+}
+
+fn print_table(r: &Report) {
+    let d = |v: &[(String, FanoutResult)], n: &str| get(v, n).map_or(0.0, |x| x.deliveries_per_sec);
+    println!();
+    println!(
+        "{}",
+        if r.smoke {
+            "SMOKE RUN (tiny N: checks the tool, not the server)"
+        } else {
+            "TIDINGS BENCHMARK"
+        }
+    );
+    println!(
+        "{:<44} {:>14} {:>14} {:>14} {:>10} {:>10}",
+        "scenario", "tidings", "node", "ceiling", "vs node", "vs ceiling"
+    );
+    let row = |label: &str, t: f64, n: f64, c: f64| {
+        println!(
+            "{label:<44} {t:>14.0} {n:>14.0} {c:>14.0} {:>10} {:>10}",
+            ratio(t, n),
+            ratio(t, c)
+        );
+    };
+    row(
+        &format!("WS fan-out x{} (deliveries/s)", r.subscribers),
+        d(&r.ws_fanout, "tidings"),
+        d(&r.ws_fanout, "node"),
+        d(&r.ws_fanout, "raw"),
+    );
+    row(
+        &format!("SSE fan-out x{} (deliveries/s)", r.subscribers),
+        d(&r.sse_fanout, "tidings"),
+        d(&r.sse_fanout, "node"),
+        d(&r.sse_fanout, "raw"),
+    );
+    println!(
+        "{:<44} {:>14}",
+        "SSE / WS fan-out (tidings)",
+        ratio(d(&r.sse_fanout, "tidings"), d(&r.ws_fanout, "tidings"))
+    );
+    if let (Some(t), Some(n)) = (get(&r.latency, "tidings"), get(&r.latency, "node")) {
+        println!(
+            "{:<44} {:>14.2} {:>14.2} {:>14} {:>10}",
+            format!("p99 latency ms, x{} at 100 ev/s", t.subscribers),
+            t.p99_ms,
+            n.p99_ms,
+            "",
+            ratio(n.p99_ms, t.p99_ms)
+        );
+        println!(
+            "{:<44} {:>14.2} {:>14.2}",
+            "p50 latency ms", t.p50_ms, n.p50_ms
+        );
+    }
+    if let Some(t) = get(&r.latency_large, "tidings") {
+        println!(
+            "{:<44} {:>14.2}   (p50 {:.2}, lost {})",
+            format!("p99 latency ms, x{} at 100 ev/s", t.subscribers),
+            t.p99_ms,
+            t.p50_ms,
+            t.lost
+        );
+    }
+    if let (Some(t), Some(n)) = (get(&r.idle, "tidings"), get(&r.idle, "node")) {
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>14} {:>10}",
+            format!("idle RSS bytes/connection (x{})", t.connections),
+            t.bytes_per_connection,
+            n.bytes_per_connection,
+            "",
+            ratio(n.bytes_per_connection, t.bytes_per_connection)
+        );
+    }
+    if let (Some(t), Some(b)) = (
+        get(&r.empty_poll, "tidings"),
+        get(&r.empty_poll, "bare-axum"),
+    ) {
+        println!(
+            "{:<44} {:>14.0} {:>14} {:>14.0} {:>10} {:>10}",
+            "empty polls/s (ceiling: bare axum)",
+            t.requests_per_sec,
+            "",
+            b.requests_per_sec,
+            "",
+            ratio(t.requests_per_sec, b.requests_per_sec)
+        );
+    }
+    let lost: Vec<String> = r
+        .ws_fanout
+        .iter()
+        .chain(&r.sse_fanout)
+        .chain(&r.latency)
+        .chain(&r.latency_large)
+        .map(|(n, x)| {
+            format!(
+                "{n} {:?}: lost {} dup {}",
+                x.transport.unwrap_or(Transport::Ws),
+                x.lost,
+                x.duplicated
+            )
+        })
+        .collect();
+    println!("losses: {}", lost.join("; "));
+    println!("(vs node and vs ceiling: ratio of Tidings to the peer; for latency and memory, peer / Tidings, so > 1 means Tidings is better)");
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The full benchmark: Tidings against the Node.js ws/SSE peer and the raw-socket ceiling,
+# all built/installed here and run one after another on this machine. Prints the table
+# (see docs/performance.md) and writes bench-results.json. Takes a few minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --bench
+. scripts/env.sh
+cargo build --release -p server -p bench
+exec "$TARGET_DIR/release/tidings-bench" compare --tidings "$TARGET_DIR/release/tidings" \
+  --node-peer bench/peers/node-peer.js --json bench-results.json "$@"
