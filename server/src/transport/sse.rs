@@ -14,9 +14,10 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use std::pin::Pin;
 use std::time::Duration;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 /// How long the browser waits before reconnecting after the stream ends (ms).
 const RETRY_MS: u32 = 1000;
@@ -49,7 +50,7 @@ pub async fn handler(
         id_sent: sub.cursor(),
         sub,
         ticks,
-        shutdown: state.shutdown.clone(),
+        shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
     };
     let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {
@@ -78,7 +79,8 @@ pub async fn handler(
 struct Conn {
     sub: Subscription,
     ticks: Interval,
-    shutdown: CancellationToken,
+    /// Created once per connection (see the same note in `ws.rs`).
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// The last `id:` the browser has seen; heartbeats move it up to the cursor.
     id_sent: u64,
     started: bool,
@@ -92,7 +94,7 @@ impl Conn {
             return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
         }
         tokio::select! {
-            _ = self.shutdown.cancelled() => None,
+            _ = &mut self.shutdown => None,
             d = self.sub.next(BATCH) => Some(self.encode(d)),
             _ = self.ticks.tick() => {
                 // A bare `id:` line updates the browser's Last-Event-ID without firing an

@@ -57,6 +57,11 @@ pub async fn handler(
     Ok(upgrade
         .max_message_size(TRANSPORT_LIMIT)
         .max_frame_size(TRANSPORT_LIMIT)
+        // tungstenite's defaults are 128 KiB each, allocated per socket: most of a mostly
+        // idle connection's memory. Client frames are small (16 KiB at most) and writes are
+        // flushed per batch, so small buffers cost nothing in throughput.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
         .on_upgrade(move |socket| serve_socket(socket, state, sub, admin)))
 }
 
@@ -78,7 +83,13 @@ where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Unpin,
     E: std::fmt::Display,
 {
-    let (mut tx, mut rx) = socket.split();
+    // Not split: frames are read inside `select!` and written after it, never at the same
+    // time, so one owner suffices and the split halves' shared lock is not needed.
+    let mut socket = socket;
+    // Created once: a fresh `cancelled()` per loop turn would register with the token's
+    // waiter list (a mutex shared by every connection) on every event.
+    let cancelled = state.shutdown.clone().cancelled_owned();
+    tokio::pin!(cancelled);
     let mut in_flight = FuturesUnordered::new();
     let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
     let idle_timeout = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
@@ -90,7 +101,7 @@ where
     // Each arm yields what to send, or ends the loop with the close frame to send (if any).
     let last: Option<Message> = loop {
         let out: Vec<Message> = tokio::select! {
-            _ = state.shutdown.cancelled() => break close(1001, "server shutting down"),
+            _ = &mut cancelled => break close(1001, "server shutting down"),
 
             d = sub.next(BATCH) => match d {
                 Delivery::Reset { cursor } => {
@@ -103,7 +114,7 @@ where
                 }
             },
 
-            msg = rx.next(), if in_flight.len() < MAX_IN_FLIGHT => {
+            msg = socket.next(), if in_flight.len() < MAX_IN_FLIGHT => {
                 last_heard = Instant::now();
                 match msg {
                     None | Some(Ok(Message::Close(_))) => break None,
@@ -158,19 +169,19 @@ where
         // Queue the whole batch, then one flush: many events, one write.
         let mut ok = true;
         for m in out {
-            if tx.feed(m).await.is_err() {
+            if socket.feed(m).await.is_err() {
                 ok = false;
                 break;
             }
         }
-        if !ok || tx.flush().await.is_err() {
+        if !ok || socket.flush().await.is_err() {
             break None;
         }
     };
     if let Some(m) = last {
-        let _ = tx.send(m).await;
+        let _ = socket.send(m).await;
     }
-    let _ = tx.close().await;
+    let _ = socket.close().await;
 }
 
 fn error_frame(reference: Option<String>, e: &PublishError) -> Message {
