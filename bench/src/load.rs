@@ -422,9 +422,16 @@ pub struct IdleResult {
     pub bytes_per_connection: f64,
 }
 
-/// Opens `n` idle connections (half WebSocket, half SSE) and reports the server's memory
+/// Opens `n` idle connections (half WebSocket, half SSE, unless `only` says which) and reports the server's memory
 /// growth per connection.
-pub async fn idle(base: &str, n: usize, ramp: u32, pid: u32, quiet: bool) -> IdleResult {
+pub async fn idle(
+    base: &str,
+    n: usize,
+    ramp: u32,
+    pid: u32,
+    quiet: bool,
+    only: Option<Transport>,
+) -> IdleResult {
     let before = ProcStat::read(pid).map_or(0, |s| s.rss_kib);
     let progress = bar(quiet, n as u64, "idle connections");
     let mut held = Vec::with_capacity(n);
@@ -435,7 +442,11 @@ pub async fn idle(base: &str, n: usize, ramp: u32, pid: u32, quiet: bool) -> Idl
         .expect("client");
     let mut opened = 0;
     for i in 0..n {
-        if i % 2 == 0 {
+        let ws = match only {
+            Some(t) => t == Transport::Ws,
+            None => i % 2 == 0,
+        };
+        if ws {
             if let Ok((ws, _)) =
                 tokio_tungstenite::connect_async(format!("{}/api/ws?streams=chat", ws_url(base)))
                     .await

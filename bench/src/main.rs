@@ -69,6 +69,9 @@ enum Cmd {
         connections: usize,
         #[arg(long)]
         pid: u32,
+        /// Only this transport (ws or sse); default half and half.
+        #[arg(long, value_enum)]
+        only: Option<Transport>,
     },
     /// The highest empty-poll rate (requests/s) from C concurrent pollers.
     Poll {
@@ -154,8 +157,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             url,
             connections,
             pid,
+            only,
         } => {
-            let r = load::idle(&url, connections, 2000, pid, false).await;
+            let r = load::idle(&url, connections, 2000, pid, false, only).await;
             println!(
                 "{} idle connections: RSS {} -> {} KiB, {:.0} B per connection",
                 r.connections, r.rss_before_kib, r.rss_after_kib, r.bytes_per_connection
@@ -397,7 +401,7 @@ async fn compare(
     ] {
         let s = start()?;
         eprintln!("{name} idle: {idle_n} connections");
-        let r = load::idle(&s.base, idle_n, 2000, s.pid(), smoke).await;
+        let r = load::idle(&s.base, idle_n, 2000, s.pid(), smoke, None).await;
         report.idle.push((name.into(), r));
     }
     let start_bare = || {
