@@ -370,6 +370,7 @@ async fn compare(
             &start_tidings as &dyn Fn() -> std::io::Result<Server>,
         ),
         ("node", &start_node),
+        ("raw", &start_raw),
     ] {
         let s = start()?;
         eprintln!("{name} latency: {lat_n} WS subscribers x 100 events/s");
@@ -489,18 +490,23 @@ fn print_table(r: &Report) {
         "SSE / WS fan-out (tidings)",
         ratio(d(&r.sse_fanout, "tidings"), d(&r.ws_fanout, "tidings"))
     );
-    if let (Some(t), Some(n)) = (get(&r.latency, "tidings"), get(&r.latency, "node")) {
+    if let (Some(t), Some(n), Some(c)) = (
+        get(&r.latency, "tidings"),
+        get(&r.latency, "node"),
+        get(&r.latency, "raw"),
+    ) {
         println!(
-            "{:<44} {:>14.2} {:>14.2} {:>14} {:>10}",
+            "{:<44} {:>14.2} {:>14.2} {:>14.2} {:>10} {:>10}",
             format!("p99 latency ms, x{} at 100 ev/s", t.subscribers),
             t.p99_ms,
             n.p99_ms,
-            "",
-            ratio(n.p99_ms, t.p99_ms)
+            c.p99_ms,
+            ratio(n.p99_ms, t.p99_ms),
+            ratio(c.p99_ms, t.p99_ms)
         );
         println!(
-            "{:<44} {:>14.2} {:>14.2}",
-            "p50 latency ms", t.p50_ms, n.p50_ms
+            "{:<44} {:>14.2} {:>14.2} {:>14.2}",
+            "p50 latency ms", t.p50_ms, n.p50_ms, c.p50_ms
         );
     }
     if let Some(t) = get(&r.latency_large, "tidings") {
