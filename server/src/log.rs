@@ -139,8 +139,11 @@ impl EventLog {
             }
             let excess = w.len().saturating_sub(self.retention);
             w.drain(..excess);
+            // Announced while the write lock is held: a reader holding the read lock then
+            // always sees a `latest` at least as new as the window it scans, so a cursor
+            // taken from the window can never look "ahead of the latest id".
+            self.latest.send_replace(last.id);
         }
-        self.latest.send_replace(last.id);
     }
 
     /// Reads at most `limit` matching events after `after`.
@@ -158,10 +161,12 @@ impl EventLog {
                 more: false,
             };
         }
+        let w = self.window.read().expect("log lock poisoned");
+        // Read again under the lock (see `append`): the value before it may be stale.
+        let latest = self.latest();
         if after > latest {
             return Read::Reset { cursor: latest };
         }
-        let w = self.window.read().expect("log lock poisoned");
         let oldest = w.front().map_or(latest + 1, |e| e.id);
         if after != 0 && after + 1 < oldest {
             return Read::Reset { cursor: latest };
@@ -345,6 +350,48 @@ mod tests {
             log.read(11, StreamSet::ALL, 100),
             Read::Reset { cursor: 10 }
         ));
+    }
+
+    /// Readers racing the writer never see a reset or an event twice. (Found by the
+    /// benchmark: a reader could take events from the window before `latest` announced
+    /// them, then see its own cursor "ahead of the latest id" and be reset.)
+    #[test]
+    fn concurrent_readers_never_reset_or_repeat() {
+        let log = Arc::new(EventLog::new(100_000, vec![], 0));
+        let writer = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for id in 1..=20_000 {
+                    log.append(&[ev(id, Stream::Chat)]);
+                }
+            })
+        };
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut cursor = 0;
+                    while cursor < 20_000 {
+                        match log.read(cursor, StreamSet::ALL, 7) {
+                            Read::Events {
+                                events, cursor: c, ..
+                            } => {
+                                for e in &events {
+                                    assert_eq!(e.id, cursor + 1, "gap or repeat");
+                                    cursor = e.id;
+                                }
+                                assert_eq!(c, cursor);
+                            }
+                            Read::Reset { cursor: c } => panic!("reset at {cursor} (latest {c})"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
     }
 
     #[test]
