@@ -202,18 +202,7 @@ async fn subscriber(
         }
         Transport::Poll | Transport::Longpoll => {
             let client = reqwest::Client::new();
-            let head = async {
-                let r = client
-                    .get(format!("{}/api/poll?streams=chat", f.base))
-                    .send()
-                    .await
-                    .ok()?;
-                r.json::<app::protocol::PollResponse>()
-                    .await
-                    .ok()
-                    .map(|p| p.cursor)
-            };
-            let Some(mut cursor) = head.await else {
+            let Some(mut cursor) = head_cursor(&client, &f.base).await else {
                 return t;
             };
             t.requests += 1;
@@ -250,6 +239,19 @@ async fn subscriber(
         }
     }
     t
+}
+
+/// The current head of the log (`GET /api/poll` without `since`), where a poller starts.
+async fn head_cursor(client: &reqwest::Client, base: &str) -> Option<u64> {
+    let r = client
+        .get(format!("{base}/api/poll?streams=chat"))
+        .send()
+        .await
+        .ok()?;
+    r.json::<app::protocol::PollResponse>()
+        .await
+        .ok()
+        .map(|p| p.cursor)
 }
 
 fn bar(quiet: bool, len: u64, msg: &str) -> ProgressBar {
@@ -489,18 +491,7 @@ pub struct PollRateResult {
 /// Hammers empty polls (`since` = the head) from `concurrency` loops for `duration`.
 pub async fn empty_poll_rate(base: &str, concurrency: usize, duration: Duration) -> PollRateResult {
     let client = reqwest::Client::new();
-    let head = async {
-        let r = client
-            .get(format!("{base}/api/poll?streams=chat"))
-            .send()
-            .await
-            .ok()?;
-        r.json::<app::protocol::PollResponse>()
-            .await
-            .ok()
-            .map(|p| p.cursor)
-    };
-    let cursor = head.await.unwrap_or(0);
+    let cursor = head_cursor(&client, base).await.unwrap_or(0);
     let url = format!("{base}/api/poll?streams=chat&since={cursor}");
     let count = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

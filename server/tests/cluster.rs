@@ -113,16 +113,19 @@ struct Instance {
 
 impl Instance {
     fn start(redis: &str, data_dir: &Path) -> Instance {
+        Self::spawn(&["--redis", redis], data_dir)
+    }
+
+    /// A server in the embedded (SQLite) mode, for comparisons.
+    fn start_embedded(data_dir: &Path) -> Instance {
+        Self::spawn(&[], data_dir)
+    }
+
+    fn spawn(args: &[&str], data_dir: &Path) -> Instance {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args([
-                "--bind",
-                "127.0.0.1:0",
-                "--no-demo",
-                "--redis",
-                redis,
-                "--data-dir",
-            ])
+            .args(["--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
@@ -615,13 +618,17 @@ async fn a_redis_outage_answers_503_loses_nothing_and_delivery_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test; run it by name"]
 async fn latency_embedded_vs_cluster() {
-    async fn measure(base: &str, n: usize) -> (f64, f64) {
-        let ws_url = format!("{}/api/ws?streams=chat", base.replacen("http", "ws", 1));
+    /// Publishes on `publish_base`, receives on `receive_base`; returns (p50, p99) in ms.
+    async fn measure(publish_base: &str, receive_base: &str, n: usize) -> (f64, f64) {
+        let ws_url = format!(
+            "{}/api/ws?streams=chat",
+            receive_base.replacen("http", "ws", 1)
+        );
         let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
         let mut lat = Vec::with_capacity(n);
         for i in 0..n {
             let sent = Instant::now();
-            publish(&format!("{base}/api/publish"), &format!("l{i}"))
+            publish(&format!("{publish_base}/api/publish"), &format!("l{i}"))
                 .await
                 .unwrap();
             loop {
@@ -639,44 +646,13 @@ async fn latency_embedded_vs_cluster() {
     }
     let n = 500;
     let tmp = tempfile::tempdir().unwrap();
-    let mut embedded = Command::new(env!("CARGO_BIN_EXE_tidings"))
-        .args(["--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
-        .arg(tmp.path())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(embedded.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line.trim().trim_start_matches("listening on ").to_string();
-    let (e50, e99) = measure(&base, n).await;
-    let _ = embedded.kill();
+    let embedded = Instance::start_embedded(tmp.path());
+    let base = embedded.url("");
+    let (e50, e99) = measure(&base, &base, n).await;
+    drop(embedded);
     let c = Cluster::start(2);
     // Publish on one server, receive on another: the cross-server path.
-    let (c50, c99) = {
-        let sub = c.instances[1].url("");
-        let ws_url = format!("{}/api/ws?streams=chat", sub.replacen("http", "ws", 1));
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
-        let mut lat = Vec::with_capacity(n);
-        for i in 0..n {
-            let sent = Instant::now();
-            publish(&c.instances[0].url("/api/publish"), &format!("c{i}"))
-                .await
-                .unwrap();
-            loop {
-                if let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) = ws.next().await
-                {
-                    if let Ok(ServerFrame::Event { .. }) = serde_json::from_str(&t) {
-                        break;
-                    }
-                }
-            }
-            lat.push(sent.elapsed().as_secs_f64() * 1000.0);
-        }
-        lat.sort_by(f64::total_cmp);
-        (lat[n / 2], lat[n * 99 / 100])
-    };
+    let (c50, c99) = measure(&c.instances[0].url(""), &c.instances[1].url(""), n).await;
     println!("publish-to-receive over WebSocket, {n} sequential publishes (ms):");
     println!("  embedded (SQLite, one server):            p50 {e50:.2}  p99 {e99:.2}");
     println!("  cluster (Redis, publish A -> receive B):  p50 {c50:.2}  p99 {c99:.2}");

@@ -3,7 +3,8 @@
 //! One task per socket, one `select!` loop over: the subscription (events out), the socket
 //! (publish frames in), publishes in flight (acks out), a heartbeat timer and shutdown.
 //! When any of them ends the connection, the loop exits and everything it owns is dropped.
-//! [`serve_socket`] is generic over `Sink`/`Stream`, so it runs without a real socket too.
+//! [`serve_socket`] is generic over `Sink`/`Stream` (axum's socket in production), so any
+//! frame transport, e.g. an in-memory pair, can drive it.
 
 use super::SubscribeParams;
 use crate::api::{bearer, query};
