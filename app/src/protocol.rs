@@ -253,6 +253,10 @@ pub struct ServerInfo {
     pub demo: bool,
     /// Whether publishing to feed/ticker needs the admin token.
     pub admin_protected: bool,
+    /// Whether this server is the one running the simulators (in cluster mode only the
+    /// holder of the demo lease does).
+    #[serde(default)]
+    pub demo_leader: bool,
 }
 
 /// Why a publish was refused. The kind maps to an HTTP status (400 / 422 / 413) and the

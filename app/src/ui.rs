@@ -125,7 +125,7 @@ pub fn App() -> impl IntoView {
             {move || match info.get() {
                 Some(i) => format!(
                     "server {} · resume window ids {}–{} (keeps {}) · demo {}",
-                    i.version, i.oldest_id, i.latest_id, i.retention, if i.demo { "on" } else { "off" }
+                    i.version, i.oldest_id, i.latest_id, i.retention, match (i.demo, i.demo_leader) { (false, _) => "off", (true, true) => "on (run here)", (true, false) => "on (run by another server)" }
                 ),
                 None => "server info loading…".to_string(),
             }}

@@ -83,6 +83,8 @@ impl AppState {
             retention: self.log.retention(),
             demo: !self.config.no_demo,
             admin_protected: self.config.admin_token.is_some(),
+            demo_leader: !self.config.no_demo
+                && self.demo_leader.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 

@@ -116,15 +116,25 @@ impl Instance {
         Self::spawn(&["--redis", redis], data_dir)
     }
 
+    /// A cluster-mode server with the demo simulators on.
+    fn spawn_with_demo(redis: &str, data_dir: &Path) -> Instance {
+        Self::spawn_raw(&["--redis", redis], data_dir, true)
+    }
+
     /// A server in the embedded (SQLite) mode, for comparisons.
     fn start_embedded(data_dir: &Path) -> Instance {
         Self::spawn(&[], data_dir)
     }
 
     fn spawn(args: &[&str], data_dir: &Path) -> Instance {
+        Self::spawn_raw(args, data_dir, false)
+    }
+
+    fn spawn_raw(args: &[&str], data_dir: &Path, demo: bool) -> Instance {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
-            .args(["--bind", "127.0.0.1:0", "--no-demo", "--data-dir"])
+            .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(if demo { None } else { Some("--no-demo") })
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -611,6 +621,66 @@ async fn a_redis_outage_answers_503_loses_nothing_and_delivery_resumes() {
         );
     }
     println!("redis outage: 20 acknowledged, {refused} refused with 503 during the outage, 4 followers: 0 lost, 0 duplicated, 0 reconnects");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_demo_for_the_whole_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let redis = Redis::start(tmp.path());
+    let mut servers: Vec<Instance> = (0..3)
+        .map(|i| Instance::spawn_with_demo(&redis.url(), &tmp.path().join(format!("d{i}"))))
+        .collect();
+    let leaders = |servers: &Vec<Instance>| {
+        let urls: Vec<String> = servers.iter().map(|s| s.url("/api/info")).collect();
+        async move {
+            let mut n = 0;
+            for u in urls {
+                let info: app::protocol::ServerInfo = reqwest::Client::new()
+                    .post(u)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(info.demo);
+                n += info.demo_leader as usize;
+            }
+            n
+        }
+    };
+    assert_eq!(
+        leaders(&servers).await,
+        1,
+        "exactly one server runs the simulators"
+    );
+    // The leader dies: another takes the lease over once it expires (9 s), still just one.
+    let leader = {
+        let mut found = None;
+        for (i, s) in servers.iter().enumerate() {
+            let info: app::protocol::ServerInfo = reqwest::Client::new()
+                .post(s.url("/api/info"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if info.demo_leader {
+                found = Some(i);
+            }
+        }
+        found.unwrap()
+    };
+    let mut dead = servers.remove(leader);
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while leaders(&servers).await != 1 {
+        assert!(Instant::now() < deadline, "no server took the demo over");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(leaders(&servers).await, 1);
 }
 
 /// The price of cluster mode: publish-to-receive latency, embedded vs Redis, one machine.
