@@ -29,13 +29,20 @@ impl AppState {
         Ok(self.engine.publish(payload).await?)
     }
 
-    /// A subscription for a streaming transport, from `cursor` (after catching up to it) or
-    /// from now.
+    /// A subscription for a streaming transport or a waiting long poll, from `cursor` (after
+    /// catching up to it) or from now. It holds one of the `--max-streams` permits for as long
+    /// as it lives; when none is left the client gets a 503 instead of exhausting the
+    /// server's file descriptors for everyone.
     pub async fn subscribe(
         &self,
         filter: app::protocol::StreamSet,
         cursor: Option<u64>,
-    ) -> crate::log::Subscription {
+    ) -> Result<crate::log::Subscription, ApiError> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            ApiError::Unavailable(
+                "this server holds as many open streams as it is allowed; try again later".into(),
+            )
+        })?;
         let cursor = match cursor {
             Some(c) => {
                 self.catch_up(c).await;
@@ -43,7 +50,7 @@ impl AppState {
             }
             None => self.log.latest(),
         };
-        self.log.subscribe(filter, cursor)
+        Ok(self.log.subscribe(filter, cursor).with_permit(permit))
     }
 
     /// Where a reader with `cursor` can start. In cluster mode a client may arrive with a

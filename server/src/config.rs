@@ -59,6 +59,11 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_HISTORY_MAX", default_value_t = 100_000)]
     pub history_max: usize,
 
+    /// Most open streams (SSE, WebSocket, waiting long polls) this server holds; past it,
+    /// new ones get 503 with a JSON error. Keep it under the process's open-file limit.
+    #[arg(long, env = "TIDINGS_MAX_STREAMS", default_value_t = 16_000)]
+    pub max_streams: usize,
+
     /// Seconds between SSE heartbeats and WebSocket pings.
     #[arg(
         long,

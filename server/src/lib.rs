@@ -59,6 +59,8 @@ pub struct Shared {
     /// Whether this server runs the simulators (always in embedded mode; in cluster mode
     /// only the holder of the Redis lease, so N servers do not mean N tickers).
     pub demo_leader: Arc<AtomicBool>,
+    /// One permit per open stream (`--max-streams`), held by its [`log::Subscription`].
+    pub streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
     /// with 1001, simulators stop.
     pub shutdown: CancellationToken,
@@ -135,6 +137,7 @@ pub async fn run(
             (log, engine::Engine::Cluster(cluster), None)
         }
     };
+    let config_max_streams = config.max_streams.max(1);
     let store = match &engine {
         engine::Engine::Embedded { store, .. } => Some(store.clone()),
         engine::Engine::Cluster(_) => None,
@@ -144,6 +147,7 @@ pub async fn run(
         engine,
         config,
         demo_leader,
+        streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
         shutdown: token.clone(),
     }));
     if !state.config.no_demo {

@@ -205,6 +205,7 @@ impl EventLog {
 
     pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
         Subscription {
+            _permit: None,
             log: self.clone(),
             rx: self.latest.subscribe(),
             filter,
@@ -216,6 +217,8 @@ impl EventLog {
 /// One reader's position in the log: the state behind an SSE stream, a WebSocket or a
 /// long poll. Transports call [`Subscription::next`] and encode what it returns.
 pub struct Subscription {
+    /// The stream-count permit this reader holds for as long as it lives (see `--max-streams`).
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     log: Arc<EventLog>,
     rx: watch::Receiver<u64>,
     filter: StreamSet,
@@ -235,6 +238,11 @@ pub enum Delivery {
 pub const BATCH: usize = 512;
 
 impl Subscription {
+    pub fn with_permit(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Subscription {
+        self._permit = Some(permit);
+        self
+    }
+
     pub fn cursor(&self) -> u64 {
         self.cursor
     }

@@ -678,3 +678,46 @@ async fn demo_simulators_publish_feed_and_ticker() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn open_streams_are_limited_with_a_clear_503() {
+    let s = TestServer::start_with(|c| c.max_streams = 2).await;
+    let mut ws = ws_connect(&s.ws_url("/api/ws")).await;
+    let _sse = SseClient::connect(&s.url("/api/sse"), None).await;
+    // A third stream of any kind is refused, with a reason.
+    match tokio_tungstenite::connect_async(s.ws_url("/api/ws")).await {
+        Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    expect_error(
+        reqwest::get(s.url("/api/sse")).await.unwrap(),
+        503,
+        "open streams",
+    )
+    .await;
+    expect_error(
+        reqwest::get(s.url("/api/poll?since=0&wait=5"))
+            .await
+            .unwrap(),
+        503,
+        "open streams",
+    )
+    .await;
+    // Short polls hold nothing and keep working.
+    assert_eq!(poll(&s, "since=0").await.cursor, 0);
+    // Closing a stream frees its place.
+    ws.close(None).await.unwrap();
+    within(async {
+        loop {
+            if tokio_tungstenite::connect_async(s.ws_url("/api/ws"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    s.stop().await;
+}

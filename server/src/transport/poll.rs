@@ -55,7 +55,7 @@ pub async fn handler(
     let mut read = state.log.read(since, filter, limit);
     if let Read::Events { events, cursor, .. } = &read {
         if events.is_empty() && wait > 0 {
-            let mut sub = state.log.subscribe(filter, *cursor);
+            let mut sub = state.subscribe(filter, Some(*cursor)).await?;
             tokio::select! {
                 _ = sub.next(limit) => {}
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}

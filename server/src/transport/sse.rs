@@ -42,7 +42,7 @@ pub async fn handler(
                 })?,
         ),
     };
-    let sub = state.subscribe(filter, last_event_id.or(p.since)).await;
+    let sub = state.subscribe(filter, last_event_id.or(p.since)).await?;
     let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
     let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

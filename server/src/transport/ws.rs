@@ -54,7 +54,7 @@ pub async fn handler(
     })?;
     let filter = super::streams(p.streams.as_deref())?;
     let admin = state.is_admin(bearer(&headers).or(p.token.as_deref()));
-    let sub = state.subscribe(filter, p.since).await;
+    let sub = state.subscribe(filter, p.since).await?;
     Ok(upgrade
         .max_message_size(TRANSPORT_LIMIT)
         .max_frame_size(TRANSPORT_LIMIT)
