@@ -3,8 +3,8 @@
 //! One task per socket, one `select!` loop over: the subscription (events out), the socket
 //! (publish frames in), publishes in flight (acks out), a heartbeat timer and shutdown.
 //! When any of them ends the connection, the loop exits and everything it owns is dropped.
-//! [`serve_socket`] is generic over `Sink`/`Stream` (axum's socket in production), so any
-//! frame transport, e.g. an in-memory pair, can drive it.
+//! [`serve_socket`] is generic over `Sink`/`Stream` (axum's socket in production); the unit
+//! test below drives it through an in-memory pipe.
 
 use super::SubscribeParams;
 use crate::api::{bearer, query};
@@ -190,4 +190,117 @@ fn error_frame(reference: Option<String>, e: &PublishError) -> Message {
         reference,
         error: e.message(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The socket loop driven through an in-memory pipe: no network, no upgrade.
+    use super::*;
+    use crate::{
+        config::Config, engine::Engine, log::EventLog, publish::spawn_writer, store::Store, Shared,
+    };
+    use std::pin::Pin;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+    use tokio::sync::mpsc;
+
+    /// Frames in from the "client" (`rx`), frames out to it (`tx`).
+    struct Pipe {
+        rx: mpsc::UnboundedReceiver<Message>,
+        tx: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for Pipe {
+        type Item = Result<Message, std::convert::Infallible>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.rx.poll_recv(cx).map(|m| m.map(Ok))
+        }
+    }
+
+    impl Sink<Message> for Pipe {
+        type Error = ();
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, m: Message) -> Result<(), ()> {
+            self.tx.send(m).map_err(|_| ())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), ()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn frame_from(out: &mut mpsc::UnboundedReceiver<Message>) -> ServerFrame {
+        loop {
+            match out.recv().await.expect("socket loop ended") {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_ack_error_and_shutdown_without_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let log = Arc::new(EventLog::new(100, vec![], 0));
+        let (publisher, _writer) = spawn_writer(store.clone(), log.clone());
+        let state = AppState(Arc::new(Shared {
+            log: log.clone(),
+            engine: Engine::Embedded { store, publisher },
+            config: Config::for_tests(dir.path().to_path_buf()),
+            demo_leader: Arc::new(AtomicBool::new(true)),
+            streams: Arc::new(tokio::sync::Semaphore::new(10)),
+            shutdown: Default::default(),
+        }));
+        let (in_tx, in_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut out) = mpsc::unbounded_channel();
+        let sub = log.subscribe(app::protocol::StreamSet::ALL, 0);
+        let task = tokio::spawn(serve_socket(
+            Pipe {
+                rx: in_rx,
+                tx: out_tx,
+            },
+            state.clone(),
+            sub,
+            false,
+        ));
+
+        in_tx
+            .send(Message::Text(
+                r#"{"type":"publish","ref":"a","stream":"chat","data":{"author":"x","body":"y"}}"#
+                    .into(),
+            ))
+            .unwrap();
+        let mut got = vec![frame_from(&mut out).await, frame_from(&mut out).await];
+        got.sort_by_key(|f| matches!(f, ServerFrame::Event { .. }));
+        assert_eq!(
+            got[0],
+            ServerFrame::Ack {
+                reference: "a".into(),
+                id: 1
+            }
+        );
+        assert!(matches!(&got[1], ServerFrame::Event { event } if event.id == 1));
+
+        in_tx.send(Message::Text("{}".into())).unwrap();
+        assert!(matches!(
+            frame_from(&mut out).await,
+            ServerFrame::Error { .. }
+        ));
+
+        state.shutdown.cancel();
+        let close = loop {
+            if let Message::Close(c) = out.recv().await.unwrap() {
+                break c.unwrap();
+            }
+        };
+        assert_eq!(close.code, 1001);
+        task.await.unwrap();
+    }
 }
