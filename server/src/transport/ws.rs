@@ -277,7 +277,7 @@ mod tests {
                     .into(),
             ))
             .unwrap();
-        let mut got = vec![frame_from(&mut out).await, frame_from(&mut out).await];
+        let mut got = [frame_from(&mut out).await, frame_from(&mut out).await];
         got.sort_by_key(|f| matches!(f, ServerFrame::Event { .. }));
         assert_eq!(
             got[0],
