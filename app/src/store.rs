@@ -189,20 +189,26 @@ impl LiveStore {
                 o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if delivered.contains(&id)))
             });
         }
-        if !ticks.is_empty() {
-            self.ticker.update(|rows| {
-                for t in ticks {
-                    match rows.iter_mut().find(|r| r.tick.symbol == t.symbol) {
-                        Some(r) => {
-                            r.moved = (t.price - r.tick.price).signum() as i8;
-                            r.tick = t;
-                        }
-                        None => rows.push(TickerEntry { tick: t, moved: 0 }),
-                    }
-                }
-                rows.sort_by(|a, b| a.tick.symbol.cmp(&b.tick.symbol));
-            });
+        self.apply_ticks(ticks);
+    }
+
+    /// Folds ticks (oldest first) into the one row per symbol.
+    fn apply_ticks(&self, ticks: Vec<Tick>) {
+        if ticks.is_empty() {
+            return;
         }
+        self.ticker.update(|rows| {
+            for t in ticks {
+                match rows.iter_mut().find(|r| r.tick.symbol == t.symbol) {
+                    Some(r) => {
+                        r.moved = (t.price - r.tick.price).signum() as i8;
+                        r.tick = t;
+                    }
+                    None => rows.push(TickerEntry { tick: t, moved: 0 }),
+                }
+            }
+            rows.sort_by(|a, b| a.tick.symbol.cmp(&b.tick.symbol));
+        });
     }
 
     /// Moves the cursor past events of streams this page does not show (never backwards).
@@ -214,7 +220,23 @@ impl LiveStore {
 
     /// Shows history up to `upto` (first load, or after a reset), keeping anything newer
     /// that a transport delivered meanwhile. Does not move the cursor.
-    pub fn load(&self, upto: u64, feed: Vec<Event>, chat: Vec<Event>) {
+    pub fn load(&self, upto: u64, feed: Vec<Event>, chat: Vec<Event>, ticks: Vec<Event>) {
+        // The latest prices, so the ticker is not empty until the next move; never over a
+        // price a transport already delivered (that one is newer).
+        let known: Vec<String> = self
+            .ticker
+            .with_untracked(|rows| rows.iter().map(|r| r.tick.symbol.clone()).collect());
+        self.apply_ticks(
+            ticks
+                .into_iter()
+                .filter(|e| e.id <= upto)
+                .filter(|e| !matches!(&e.payload, Payload::Ticker(t) if known.contains(&t.symbol)))
+                .filter_map(|e| match e.payload {
+                    Payload::Ticker(t) => Some(t),
+                    _ => None,
+                })
+                .collect(),
+        );
         self.feed.update(|f| {
             let newer: Vec<FeedEntry> = f.drain(..).filter(|e| e.id > upto).collect();
             let old = feed.into_iter().rev().filter_map(|e| match e.payload {

@@ -30,7 +30,7 @@ fn store_item(key: &str, value: &str) {
     }
 }
 
-/// Loads the latest feed items and chat messages up to `upto` into the store.
+/// Loads the latest feed items, chat messages and prices up to `upto` into the store.
 pub async fn load_history(store: LiveStore, upto: u64) {
     let feed = api::history(Stream::Feed, upto + 1, 20)
         .await
@@ -38,7 +38,10 @@ pub async fn load_history(store: LiveStore, upto: u64) {
     let chat = api::history(Stream::Chat, upto + 1, 50)
         .await
         .unwrap_or_default();
-    store.load(upto, feed, chat);
+    let ticks = api::history(Stream::Ticker, upto + 1, 50)
+        .await
+        .unwrap_or_default();
+    store.load(upto, feed, chat, ticks);
 }
 
 fn clock(ts: u64) -> String {

@@ -92,7 +92,10 @@ test('switching transports mid-stream loses and duplicates nothing', async ({ br
 test('feed and ticker update live', async ({ browser }) => {
   const server = await Server.start({ demo: true });
   try {
+    // A price published before the page opens is shown at once, from history.
+    await server.publish('ticker', { symbol: 'HIST', price: 5, change: 0.25 });
     const page = await open(browser, server.base, 'sse', 'reader');
+    await expect(page.locator('[data-testid=tick][data-symbol=HIST] .price')).toHaveText('5.00');
     // The simulated ticker moves several times a second.
     await expect(page.getByTestId('tick').first()).toBeVisible();
     const price = page.getByTestId('tick').first().locator('.price');
