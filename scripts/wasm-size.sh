@@ -4,7 +4,8 @@
 # plus a small margin, so growth is a decision, not an accident.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-153600}   # bytes = 150 KiB, the goal; measured 152,932 on 2026-11-29
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-155000}   # bytes; measured 153,442 (149.8 KiB) on 2026-11-29
+GOAL_GZIP=153600                              # 150 KiB: the product goal (docs/performance.md)
 wasm=$(ls app/dist/*_bg.wasm)
 js=$(ls app/dist/app-*.js)
 raw_wasm=$(stat -c %s "$wasm"); raw_js=$(stat -c %s "$js")
@@ -12,6 +13,9 @@ gz_wasm=$(gzip -9 -c "$wasm" | wc -c); gz_js=$(gzip -9 -c "$js" | wc -c)
 total=$((gz_wasm + gz_js))
 printf 'app size: wasm %d B raw / %d B gzip; js %d B raw / %d B gzip; total gzip %d B (%.1f KiB), budget %d B\n' \
   "$raw_wasm" "$gz_wasm" "$raw_js" "$gz_js" "$total" "$(awk "BEGIN {print $total/1024}")" "$BUDGET_GZIP"
+if [ "$total" -gt "$GOAL_GZIP" ]; then
+  echo "app size: WARNING: above the 150 KiB goal by $((total - GOAL_GZIP)) bytes" >&2
+fi
 if [ "$total" -gt "$BUDGET_GZIP" ]; then
   echo "app size: over budget by $((total - BUDGET_GZIP)) bytes" >&2
   exit 1
