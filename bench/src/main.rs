@@ -121,6 +121,10 @@ enum Cmd {
         node_peer: PathBuf,
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Pin each server to CPU 0 and this load generator to CPU 1 (taskset), so the
+        /// server under test has one core of its own instead of sharing both.
+        #[arg(long)]
+        pin: bool,
     },
 }
 
@@ -211,7 +215,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             tidings,
             node_peer,
             json,
-        } => compare(smoke, tidings, node_peer, json).await?,
+            pin,
+        } => compare(smoke, tidings, node_peer, json, pin).await?,
     }
     Ok(())
 }
@@ -275,6 +280,7 @@ impl Drop for Server {
 #[derive(Serialize, Default)]
 struct Report {
     smoke: bool,
+    pinned: bool,
     subscribers: usize,
     events: usize,
     ws_fanout: Vec<(String, FanoutResult)>,
@@ -290,14 +296,34 @@ async fn compare(
     tidings: PathBuf,
     node_peer: PathBuf,
     json: Option<PathBuf>,
+    pin: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let me = std::env::current_exe()?;
+    // A server command, on CPU 0 when pinning (taskset execs, so the pid is the server's).
+    let command = |program: &std::ffi::OsStr| {
+        if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0"]).arg(program);
+            c
+        } else {
+            Command::new(program)
+        }
+    };
+    if pin {
+        // Every thread of this process (the runtime's workers exist already) to CPU 1.
+        Command::new("taskset")
+            .args(["-a", "-p", "-c", "1"])
+            .arg(std::process::id().to_string())
+            .stdout(Stdio::null())
+            .status()?;
+    }
     let (subs, events, lat_n, lat_events, large_n, idle_n, poll_secs) = if smoke {
         (20, 50, 20, 50, 50, 100, 1)
     } else {
         (1000, 1000, 1000, 1000, 10_000, 10_000, 5)
     };
     let mut report = Report {
+        pinned: pin,
         smoke,
         subscribers: subs,
         events,
@@ -307,7 +333,7 @@ async fn compare(
     let start_tidings = || {
         let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut c = Command::new(&tidings);
+        let mut c = command(tidings.as_os_str());
         c.args([
             "--bind",
             "127.0.0.1:0",
@@ -321,12 +347,12 @@ async fn compare(
         Server::start(c, Some(dir))
     };
     let start_node = || {
-        let mut c = Command::new("node");
+        let mut c = command("node".as_ref());
         c.arg(&node_peer).arg("0");
         Server::start(c, None)
     };
     let start_raw = || {
-        let mut c = Command::new(&me);
+        let mut c = command(me.as_os_str());
         c.args(["ceiling", "--bind", "127.0.0.1:0"]);
         Server::start(c, None)
     };
@@ -406,7 +432,7 @@ async fn compare(
         report.idle.push((name.into(), r));
     }
     let start_bare = || {
-        let mut c = Command::new(&me);
+        let mut c = command(me.as_os_str());
         c.args(["bare-poll", "--bind", "127.0.0.1:0"]);
         Server::start(c, None)
     };
@@ -462,6 +488,9 @@ fn print_table(r: &Report) {
             "TIDINGS BENCHMARK"
         }
     );
+    if r.pinned {
+        println!("(servers pinned to CPU 0, load generator to CPU 1)");
+    }
     println!(
         "{:<44} {:>14} {:>14} {:>14} {:>10} {:>10}",
         "scenario", "tidings", "node", "ceiling", "vs node", "vs ceiling"
