@@ -2,6 +2,7 @@
 # The full benchmark: Tidings against the Node.js ws/SSE peer and the raw-socket ceiling,
 # all built/installed here and run one after another on this machine. Prints the table
 # (see docs/performance.md) and writes bench-results.json. Takes a few minutes.
+# `scripts/bench.sh --pin` puts servers on CPU 0 and the load generator on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --bench
