@@ -161,7 +161,7 @@ impl Payload {
 /// `id` is > 0, strictly increasing in delivery order across all streams and never reused;
 /// it is the cursor every transport resumes from. `ts` is the server's publish time in
 /// milliseconds since the Unix epoch (clients compute latency as receive time minus `ts`).
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[derive(Serialize, Clone, PartialEq, Debug)]
 pub struct Event {
     pub id: u64,
     pub ts: u64,
@@ -169,8 +169,78 @@ pub struct Event {
     pub payload: Payload,
 }
 
+// Decoding by hand: serde's derived `flatten` and internally tagged enums buffer every value
+// through a generic intermediate form, which costs the browser app several KB of wasm and
+// time per message. These read plain structs instead; the JSON is the same.
+impl<'de> Deserialize<'de> for Event {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Repr {
+            id: u64,
+            ts: u64,
+            stream: Stream,
+            data: serde_json::Value,
+        }
+        let r = Repr::deserialize(d)?;
+        let e = |e: serde_json::Error| <D::Error as serde::de::Error>::custom(e);
+        let payload = match r.stream {
+            Stream::Feed => Payload::Feed(serde_json::from_value(r.data).map_err(e)?),
+            Stream::Chat => Payload::Chat(serde_json::from_value(r.data).map_err(e)?),
+            Stream::Ticker => Payload::Ticker(serde_json::from_value(r.data).map_err(e)?),
+        };
+        Ok(Event {
+            id: r.id,
+            ts: r.ts,
+            payload,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for ServerFrame {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Repr {
+            #[serde(rename = "type")]
+            kind: String,
+            event: Option<Event>,
+            #[serde(rename = "ref")]
+            reference: Option<String>,
+            id: Option<u64>,
+            error: Option<String>,
+            cursor: Option<u64>,
+        }
+        let r = Repr::deserialize(d)?;
+        let missing = |f: &'static str| <D::Error as serde::de::Error>::missing_field(f);
+        Ok(match r.kind.as_str() {
+            "event" => ServerFrame::Event {
+                event: r.event.ok_or_else(|| missing("event"))?,
+            },
+            "ack" => ServerFrame::Ack {
+                reference: r.reference.ok_or_else(|| missing("ref"))?,
+                id: r.id.ok_or_else(|| missing("id"))?,
+            },
+            "error" => ServerFrame::Error {
+                reference: r.reference,
+                error: r.error.ok_or_else(|| missing("error"))?,
+            },
+            "reset" => ServerFrame::Reset {
+                cursor: r.cursor.ok_or_else(|| missing("cursor"))?,
+            },
+            "cursor" => ServerFrame::Cursor {
+                cursor: r.cursor.ok_or_else(|| missing("cursor"))?,
+            },
+            other => {
+                return Err(<D::Error as serde::de::Error>::unknown_variant(
+                    other,
+                    &["event", "ack", "error", "reset", "cursor"],
+                ))
+            }
+        })
+    }
+}
+
 /// Frames the server sends on a WebSocket (JSON text frames).
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[derive(Serialize, Clone, PartialEq, Debug)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
     /// A live or resumed event.
@@ -503,6 +573,12 @@ mod tests {
             assert_eq!(serde_json::to_string(&frame).unwrap(), text);
             assert_eq!(serde_json::from_str::<ServerFrame>(text).unwrap(), frame);
         }
+        assert!(serde_json::from_str::<ServerFrame>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ServerFrame>(r#"{"type":"ack","ref":"r1"}"#).is_err());
+        assert!(serde_json::from_str::<Event>(
+            r#"{"id":1,"ts":2,"stream":"chat","data":{"author":"a"}}"#
+        )
+        .is_err());
     }
 
     #[test]
