@@ -206,6 +206,7 @@ impl EventLog {
     pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
         Subscription {
             _permit: None,
+            announced: cursor,
             log: self.clone(),
             rx: self.latest.subscribe(),
             filter,
@@ -224,6 +225,9 @@ pub struct Subscription {
     filter: StreamSet,
     /// Everything up to here has been delivered (or skipped by the filter).
     cursor: u64,
+    /// The resume position the client was last given: the id of the last event (or reset)
+    /// it received, or a cursor announced by [`Subscription::unannounced`].
+    announced: u64,
 }
 
 /// What a subscription yields.
@@ -255,13 +259,27 @@ impl Subscription {
         match self.log.read(self.cursor, self.filter, limit) {
             Read::Reset { cursor } => {
                 self.cursor = cursor;
+                self.announced = cursor;
                 Some(Delivery::Reset { cursor })
             }
             Read::Events { events, cursor, .. } => {
                 self.cursor = cursor;
-                (!events.is_empty()).then_some(Delivery::Events(events))
+                let last = events.last()?.id;
+                self.announced = last;
+                Some(Delivery::Events(events))
             }
         }
+    }
+
+    /// The cursor, if it moved past events of other streams since the client last heard of
+    /// its position. Transports send it on heartbeats (SSE: a bare `id:`, WS: a `cursor`
+    /// frame), so a client of quiet streams resumes from near the head instead of from a
+    /// cursor that fell out of retention while other streams were busy.
+    pub fn unannounced(&mut self) -> Option<u64> {
+        (self.cursor > self.announced).then(|| {
+            self.announced = self.cursor;
+            self.cursor
+        })
     }
 
     /// Waits for the next events (or a reset). Cancel-safe: dropping the future loses
@@ -400,6 +418,20 @@ mod tests {
         for r in readers {
             r.join().unwrap();
         }
+    }
+
+    #[test]
+    fn the_cursor_is_announced_once_when_it_passes_other_streams() {
+        let log = log_with(10, 100); // odd ids chat, even ids ticker
+        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
+        assert_eq!(sub.unannounced(), None);
+        assert!(matches!(sub.try_next(BATCH), Some(Delivery::Events(e)) if e.last().unwrap().id == 9));
+        // The client holds 9; the subscription has scanned to 10.
+        assert_eq!(sub.unannounced(), Some(10));
+        assert_eq!(sub.unannounced(), None);
+        log.append(&[ev(11, Stream::Chat)]);
+        assert!(sub.try_next(BATCH).is_some());
+        assert_eq!(sub.unannounced(), None, "a delivered event already told the client");
     }
 
     #[test]

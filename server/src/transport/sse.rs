@@ -47,7 +47,6 @@ pub async fn handler(
     let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let conn = Conn {
-        id_sent: sub.cursor(),
         sub,
         ticks,
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
@@ -81,8 +80,6 @@ struct Conn {
     ticks: Interval,
     /// Created once per connection (see the same note in `ws.rs`).
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// The last `id:` the browser has seen; heartbeats move it up to the cursor.
-    id_sent: u64,
     started: bool,
 }
 
@@ -97,30 +94,21 @@ impl Conn {
             _ = &mut self.shutdown => None,
             d = self.sub.next(BATCH) => Some(self.encode(d)),
             _ = self.ticks.tick() => {
-                // A bare `id:` line updates the browser's Last-Event-ID without firing an
-                // event: a client of quiet streams then resumes from near the head, not
-                // from a cursor that fell out of retention while other streams were busy.
-                let cursor = self.sub.cursor();
-                if cursor > self.id_sent {
-                    self.id_sent = cursor;
-                    Some(Bytes::from(format!(": heartbeat\nid: {cursor}\n\n")))
-                } else {
-                    Some(Bytes::from_static(b": heartbeat\n\n"))
+                // A bare `id:` line updates the browser's Last-Event-ID without firing an event.
+                match self.sub.unannounced() {
+                    Some(cursor) => Some(Bytes::from(format!(": heartbeat\nid: {cursor}\n\n"))),
+                    None => Some(Bytes::from_static(b": heartbeat\n\n")),
                 }
             }
         }
     }
 
-    fn encode(&mut self, d: Delivery) -> Bytes {
+    fn encode(&self, d: Delivery) -> Bytes {
         match d {
-            Delivery::Reset { cursor } => {
-                self.id_sent = cursor;
-                Bytes::from(format!(
-                    "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
-                ))
-            }
+            Delivery::Reset { cursor } => Bytes::from(format!(
+                "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
+            )),
             Delivery::Events(events) => {
-                self.id_sent = events.last().map_or(self.id_sent, |e| e.id);
                 if let [one] = events.as_slice() {
                     return one.sse.clone();
                 }

@@ -97,7 +97,6 @@ where
     let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    let mut cursor_sent = sub.cursor();
 
     // Each arm yields what to send, or ends the loop with the close frame to send (if any).
     let last: Option<Message> = loop {
@@ -105,14 +104,8 @@ where
             _ = &mut cancelled => break close(1001, "server shutting down"),
 
             d = sub.next(BATCH) => match d {
-                Delivery::Reset { cursor } => {
-                    cursor_sent = cursor;
-                    vec![frame(&ServerFrame::Reset { cursor })]
-                }
-                Delivery::Events(events) => {
-                    cursor_sent = events.last().map_or(cursor_sent, |e| e.id);
-                    events.iter().map(|e| Message::Text(e.ws.clone())).collect()
-                }
+                Delivery::Reset { cursor } => vec![frame(&ServerFrame::Reset { cursor })],
+                Delivery::Events(events) => events.iter().map(|e| Message::Text(e.ws.clone())).collect(),
             },
 
             msg = socket.next(), if in_flight.len() < MAX_IN_FLIGHT => {
@@ -160,9 +153,8 @@ where
                     break close(1001, "idle timeout");
                 }
                 let mut out = vec![Message::Ping(Default::default())];
-                if sub.cursor() > cursor_sent {
-                    cursor_sent = sub.cursor();
-                    out.push(frame(&ServerFrame::Cursor { cursor: cursor_sent }));
+                if let Some(cursor) = sub.unannounced() {
+                    out.push(frame(&ServerFrame::Cursor { cursor }));
                 }
                 out
             }
