@@ -80,7 +80,6 @@ fn set_down(store: LiveStore) {
 
 /// An open transport. Dropping it closes the socket/stream and stops its loops.
 pub struct Connection {
-    pub kind: Kind,
     alive: Rc<Cell<bool>>,
     es: Rc<RefCell<Option<EventSource>>>,
     ws: Rc<RefCell<Option<WebSocket>>>,
@@ -110,7 +109,6 @@ pub fn activate(store: LiveStore, kind: Kind) {
     store.stats.set(Default::default());
     store.conn.set(ConnState::Connecting);
     let conn = Connection {
-        kind,
         alive: Rc::new(Cell::new(true)),
         es: Rc::new(RefCell::new(None)),
         ws: Rc::new(RefCell::new(None)),
