@@ -425,13 +425,19 @@ mod tests {
         let log = log_with(10, 100); // odd ids chat, even ids ticker
         let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
         assert_eq!(sub.unannounced(), None);
-        assert!(matches!(sub.try_next(BATCH), Some(Delivery::Events(e)) if e.last().unwrap().id == 9));
+        assert!(
+            matches!(sub.try_next(BATCH), Some(Delivery::Events(e)) if e.last().unwrap().id == 9)
+        );
         // The client holds 9; the subscription has scanned to 10.
         assert_eq!(sub.unannounced(), Some(10));
         assert_eq!(sub.unannounced(), None);
         log.append(&[ev(11, Stream::Chat)]);
         assert!(sub.try_next(BATCH).is_some());
-        assert_eq!(sub.unannounced(), None, "a delivered event already told the client");
+        assert_eq!(
+            sub.unannounced(),
+            None,
+            "a delivered event already told the client"
+        );
     }
 
     #[test]
