@@ -22,6 +22,7 @@
 //! - [`api`]: publish, history, health, the Leptos server function and origin rules.
 //! - [`demo`]: the simulated newsroom and stock ticker.
 //! - [`error`]: the JSON error answers.
+//! - [`serve`]: the accept loop (hyper HTTP/1.1, `TCP_NODELAY`, upgrades, graceful stop).
 
 pub mod api;
 pub mod cluster;
@@ -31,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod log;
 pub mod publish;
+pub mod serve;
 pub mod store;
 pub mod transport;
 
@@ -155,15 +157,14 @@ pub async fn run(
     }
 
     let stop = token.clone();
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = shutdown => {}
-                _ = stop.cancelled() => {}
-            }
-            stop.cancel();
-        })
-        .await?;
+    serve::serve(listener, app(state), async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop.cancelled() => {}
+        }
+        stop.cancel();
+    })
+    .await;
     token.cancel();
     // Every Publisher clone is gone once connections and simulators have ended; the
     // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.

@@ -9,7 +9,6 @@
 //! is bounded by the window (`retention` events), whatever the number of clients.
 
 use app::protocol::{Event, Stream, StreamSet};
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
@@ -25,9 +24,10 @@ pub struct StoredEvent {
     pub json: Bytes,
     /// The SSE message: `id: <id>\ndata: <json>\n\n`.
     pub sse: Bytes,
-    /// The WebSocket text frame: `{"type":"event","event":<json>}` (already UTF-8-checked,
-    /// so sending it to each socket is a reference-count bump).
-    pub ws: Utf8Bytes,
+    /// The whole WebSocket frame (header included) of the text message
+    /// `{"type":"event","event":<json>}`: a server's frames are unmasked, so these bytes are
+    /// the same for every socket.
+    pub ws: Bytes,
 }
 
 impl StoredEvent {
@@ -40,13 +40,18 @@ impl StoredEvent {
     /// possibly before a restart, when it is read back from the store).
     pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
         let sse = format!("id: {id}\ndata: {json}\n\n");
-        let ws = format!("{{\"type\":\"event\",\"event\":{json}}}");
+        let mut ws = Vec::new();
+        crate::transport::wsframe::encode(
+            &mut ws,
+            crate::transport::wsframe::OP_TEXT,
+            format!("{{\"type\":\"event\",\"event\":{json}}}").as_bytes(),
+        );
         StoredEvent {
             id,
             stream,
             json: Bytes::from(json),
             sse: Bytes::from(sse),
-            ws: Utf8Bytes::from(ws),
+            ws: Bytes::from(ws),
         }
     }
 }
@@ -63,6 +68,20 @@ pub enum Read {
     },
     /// The cursor was older than the window or ahead of the latest id: events may have
     /// been missed, so the reader must be told. Reading continues from `cursor` (the latest).
+    Reset { cursor: u64 },
+}
+
+/// How a [`EventLog::scan`] ended.
+#[derive(Debug)]
+pub enum Scan {
+    /// `cursor`: where the next read starts (the last event looked at, matching or not);
+    /// `last`: the id of the last event taken, if any.
+    Read {
+        cursor: u64,
+        last: Option<u64>,
+        more: bool,
+    },
+    /// As [`Read::Reset`].
     Reset { cursor: u64 },
 }
 
@@ -152,12 +171,36 @@ impl EventLog {
     /// still holds the event right after it (or it is the latest id); anything else is a
     /// [`Read::Reset`], never a silent skip.
     pub fn read(&self, after: u64, filter: StreamSet, limit: usize) -> Read {
+        let mut events = Vec::new();
+        match self.scan(after, filter, limit, |e| {
+            events.push(e.clone());
+            true
+        }) {
+            Scan::Reset { cursor } => Read::Reset { cursor },
+            Scan::Read { cursor, more, .. } => Read::Events {
+                events,
+                cursor,
+                more,
+            },
+        }
+    }
+
+    /// The one place that walks the window: hands each matching event after `after` to
+    /// `take` (under the read lock, so `take` must be quick), at most `limit` of them, or
+    /// fewer if `take` returns false ("that one, then no more").
+    pub fn scan(
+        &self,
+        after: u64,
+        filter: StreamSet,
+        limit: usize,
+        mut take: impl FnMut(&Arc<StoredEvent>) -> bool,
+    ) -> Scan {
         let latest = self.latest();
         if after == latest {
             // The common case for a caught-up client: no lock, no scan.
-            return Read::Events {
-                events: Vec::new(),
+            return Scan::Read {
                 cursor: latest,
+                last: None,
                 more: false,
             };
         }
@@ -165,32 +208,36 @@ impl EventLog {
         // Read again under the lock (see `append`): the value before it may be stale.
         let latest = self.latest();
         if after > latest {
-            return Read::Reset { cursor: latest };
+            return Scan::Reset { cursor: latest };
         }
         let oldest = w.front().map_or(latest + 1, |e| e.id);
         if after != 0 && after + 1 < oldest {
-            return Read::Reset { cursor: latest };
+            return Scan::Reset { cursor: latest };
         }
         let start = w.partition_point(|e| e.id <= after);
-        let mut events = Vec::new();
-        let mut cursor = after;
+        let (mut taken, mut cursor, mut last) = (0, after, None);
         for e in w.range(start..) {
-            if events.len() == limit {
-                return Read::Events {
-                    events,
+            if taken == limit {
+                return Scan::Read {
                     cursor,
+                    last,
                     more: true,
                 };
             }
             cursor = e.id;
             if filter.contains(e.stream) {
-                events.push(e.clone());
+                taken += 1;
+                last = Some(e.id);
+                if !take(e) {
+                    let more = w.back().is_some_and(|b| b.id > e.id);
+                    return Scan::Read { cursor, last, more };
+                }
             }
         }
         // The window may end below `latest` only transiently; report what was scanned.
-        Read::Events {
-            events,
+        Scan::Read {
             cursor,
+            last,
             more: false,
         }
     }
@@ -253,20 +300,57 @@ impl Subscription {
 
     /// Reads what is available now without waiting; `None` when nothing is.
     pub fn try_next(&mut self, limit: usize) -> Option<Delivery> {
+        let mut events = Vec::new();
+        match self.try_scan(limit, |e| {
+            events.push(e.clone());
+            true
+        })? {
+            Some(cursor) => Some(Delivery::Reset { cursor }),
+            None => Some(Delivery::Events(events)),
+        }
+    }
+
+    /// Like [`Subscription::try_next`], but appends each event's `encoding` to `out` instead
+    /// of handing out the events, stopping early once `out` holds `max_bytes`.
+    ///
+    /// This is the fan-out path of SSE and WebSocket: copying an event's few hundred bytes
+    /// costs less than two atomic operations on a reference count that every connection
+    /// shares (and that both cores fight over).
+    pub fn try_next_into(
+        &mut self,
+        limit: usize,
+        max_bytes: usize,
+        encoding: fn(&StoredEvent) -> &[u8],
+        out: &mut Vec<u8>,
+    ) -> Option<Delivery> {
+        match self.try_scan(limit, |e| {
+            out.extend_from_slice(encoding(e));
+            out.len() < max_bytes
+        })? {
+            Some(cursor) => Some(Delivery::Reset { cursor }),
+            None => Some(Delivery::Events(Vec::new())),
+        }
+    }
+
+    /// `None`: nothing new; `Some(Some(cursor))`: a reset; `Some(None)`: events were taken.
+    fn try_scan(
+        &mut self,
+        limit: usize,
+        take: impl FnMut(&Arc<StoredEvent>) -> bool,
+    ) -> Option<Option<u64>> {
         // Mark the current version seen *before* reading, so a publish that lands after
         // the read still wakes `next`.
         self.rx.borrow_and_update();
-        match self.log.read(self.cursor, self.filter, limit) {
-            Read::Reset { cursor } => {
+        match self.log.scan(self.cursor, self.filter, limit, take) {
+            Scan::Reset { cursor } => {
                 self.cursor = cursor;
                 self.announced = cursor;
-                Some(Delivery::Reset { cursor })
+                Some(Some(cursor))
             }
-            Read::Events { events, cursor, .. } => {
+            Scan::Read { cursor, last, .. } => {
                 self.cursor = cursor;
-                let last = events.last()?.id;
-                self.announced = last;
-                Some(Delivery::Events(events))
+                self.announced = last?;
+                Some(None)
             }
         }
     }
@@ -289,10 +373,31 @@ impl Subscription {
             if let Some(d) = self.try_next(limit) {
                 return d;
             }
-            if self.rx.changed().await.is_err() {
-                // The log is gone (server shutting down): nothing more will come.
-                std::future::pending::<()>().await;
+            self.changed().await;
+        }
+    }
+
+    /// Waits, then as [`Subscription::try_next_into`]: `Delivery::Events` comes back empty,
+    /// the events being in `out`. Cancel-safe like [`Subscription::next`].
+    pub async fn next_into(
+        &mut self,
+        limit: usize,
+        max_bytes: usize,
+        encoding: fn(&StoredEvent) -> &[u8],
+        out: &mut Vec<u8>,
+    ) -> Delivery {
+        loop {
+            if let Some(d) = self.try_next_into(limit, max_bytes, encoding, out) {
+                return d;
             }
+            self.changed().await;
+        }
+    }
+
+    async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The log is gone (server shutting down): nothing more will come.
+            std::future::pending::<()>().await;
         }
     }
 }
@@ -487,7 +592,43 @@ mod tests {
         let e = ev(7, Stream::Chat);
         let json = std::str::from_utf8(&e.json).unwrap();
         assert_eq!(e.sse, format!("id: 7\ndata: {json}\n\n"));
-        let frame: app::protocol::ServerFrame = serde_json::from_str(e.ws.as_str()).unwrap();
+        // A FIN text frame with a 7-bit length, then the message.
+        assert_eq!((e.ws[0], e.ws[1] as usize), (0x81, e.ws.len() - 2));
+        let frame: app::protocol::ServerFrame = serde_json::from_slice(&e.ws[2..]).unwrap();
         assert!(matches!(frame, app::protocol::ServerFrame::Event { event } if event.id == 7));
+    }
+
+    #[test]
+    fn next_into_copies_encodings_and_stops_at_the_byte_bound() {
+        let log = Arc::new(EventLog::new(100, vec![], 0));
+        log.append(&[
+            ev(1, Stream::Chat),
+            ev(2, Stream::Ticker),
+            ev(3, Stream::Chat),
+        ]);
+        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
+        let mut out = Vec::new();
+        // A bound of 1 byte: one event per call, and the cursor moves only past what was taken.
+        assert!(matches!(
+            sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out),
+            Some(Delivery::Events(_))
+        ));
+        assert_eq!(
+            (out.as_slice(), sub.cursor()),
+            (&ev(1, Stream::Chat).sse[..], 1)
+        );
+        out.clear();
+        sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out).unwrap();
+        assert_eq!(
+            (out.as_slice(), sub.cursor()),
+            (&ev(3, Stream::Chat).sse[..], 3)
+        );
+        assert!(sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out).is_none());
+        // Resets come through this path too.
+        let mut ahead = log.subscribe(StreamSet::ALL, 99);
+        assert!(matches!(
+            ahead.try_next_into(BATCH, 1 << 16, |e| &e.ws, &mut out),
+            Some(Delivery::Reset { cursor: 3 })
+        ));
     }
 }

@@ -7,6 +7,7 @@
 pub mod poll;
 pub mod sse;
 pub mod ws;
+pub mod wsframe;
 
 use crate::error::ApiError;
 use app::protocol::StreamSet;
