@@ -289,6 +289,152 @@ async fn bad_queries_get_400() {
 
 // ---------------------------------------------------------------- SSE
 
+/// Raw HTTP over a socket: the tests below check the bytes of event-stream responses,
+/// which are written by the server's own code when a connection opens with `GET /api/sse`.
+struct Raw {
+    tcp: tokio::net::TcpStream,
+    got: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(s: &TestServer) -> Raw {
+        Raw {
+            tcp: tokio::net::TcpStream::connect(s.addr).await.unwrap(),
+            got: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(bytes.as_bytes()).await.unwrap();
+    }
+
+    /// Reads until `needle` has been received (or the connection ends); returns all so far.
+    async fn until(&mut self, needle: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        within(async {
+            while !String::from_utf8_lossy(&self.got).contains(needle) {
+                let mut buf = [0u8; 4096];
+                match self.tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        String::from_utf8_lossy(&self.got).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn sse_connections_speak_http_1_1_chunked_and_http_1_0() {
+    let s = TestServer::start().await;
+    let mut a = Raw::connect(&s).await;
+    // The request line arrives in pieces.
+    a.send("GE").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    a.send("T /api/sse?streams=chat HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let head = a.until("retry: 1000").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    for h in [
+        "content-type: text/event-stream",
+        "cache-control: no-cache",
+        "transfer-encoding: chunked",
+        "connection: close",
+        "date: ",
+    ] {
+        assert!(head.contains(h), "{h} missing from {head}");
+    }
+    let mut old = Raw::connect(&s).await;
+    old.send("GET /api/sse?streams=chat HTTP/1.0\r\n\r\n").await;
+    let head = old.until("retry: 1000").await;
+    assert!(!head.contains("transfer-encoding"), "{head}");
+
+    let e = s.chat("over raw http").await;
+    for raw in [&mut a, &mut old] {
+        let text = raw.until("over raw http").await;
+        assert!(text.contains(&format!("id: {}\n", e.id)), "{text}");
+    }
+    // A chunk is its size in hex, the bytes, CRLF.
+    let text = a.until("over raw http").await;
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let size_line = body.lines().next().unwrap();
+    let size = usize::from_str_radix(size_line.trim(), 16).unwrap();
+    assert_eq!(
+        &body[size_line.len() + 2 + size..size_line.len() + 4 + size],
+        "\r\n"
+    );
+
+    // Ends properly when the server stops: the last chunk, then the connection closes.
+    s.stop().await;
+    assert!(a.until("never sent").await.ends_with("0\r\n\r\n"));
+}
+
+#[tokio::test]
+async fn sse_connection_errors_are_json_and_the_stream_is_freed_when_the_client_leaves() {
+    let s = TestServer::start_with(|c| c.max_streams = 1).await;
+    let mut bad = Raw::connect(&s).await;
+    bad.send("GET /api/sse?streams=nope HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let text = bad.until("}").await;
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+    assert!(
+        text.contains("content-length: ") && text.contains("unknown stream"),
+        "{text}"
+    );
+
+    let mut garbled = Raw::connect(&s).await;
+    garbled
+        .send("GET /api/sse HTTP/1.1\r\nno colon here\r\n\r\n")
+        .await;
+    let text = garbled.until("}").await;
+    assert!(
+        text.starts_with("HTTP/1.1 400") && text.contains("malformed"),
+        "{text}"
+    );
+
+    // One stream allowed: a second is refused while the first is open...
+    let mut first = Raw::connect(&s).await;
+    first.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+    first.until("retry:").await;
+    let mut second = Raw::connect(&s).await;
+    second.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+    assert!(second.until("}").await.starts_with("HTTP/1.1 503"));
+    // ...and accepted once the first client has gone (no write needed to notice).
+    drop(first);
+    within(async {
+        loop {
+            let mut again = Raw::connect(&s).await;
+            again.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+            if again.until("\r\n\r\n").await.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sse_after_another_request_on_the_same_connection_works_too() {
+    // Only a connection's first request is looked at; later ones are hyper's.
+    let s = TestServer::start().await;
+    let mut c = Raw::connect(&s).await;
+    c.send("GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert!(c.until("ok").await.starts_with("HTTP/1.1 200"));
+    c.send("GET /api/sse?streams=chat HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    c.until("retry: 1000").await;
+    s.chat("second request").await;
+    assert!(c
+        .until("second request")
+        .await
+        .contains("text/event-stream"));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn sse_delivers_live_and_resumes_with_no_gap_or_duplicate() {
     let s = TestServer::start().await;

@@ -19,6 +19,9 @@ use std::time::Duration;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+/// Bytes of events gathered into one chunk (a lagging client catches up in chunks this size).
+const MAX_CHUNK: usize = 64 * 1024;
+
 /// How long the browser waits before reconnecting after the stream ends (ms).
 const RETRY_MS: u32 = 1000;
 
@@ -90,33 +93,22 @@ impl Conn {
             self.started = true;
             return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
         }
+        // One chunk per wake-up: every event available, copied out of the log.
+        let mut out = Vec::new();
         tokio::select! {
             _ = &mut self.shutdown => None,
-            d = self.sub.next(BATCH) => Some(self.encode(d)),
+            d = self.sub.next_into(BATCH, MAX_CHUNK, |e| &e.sse, &mut out) => Some(match d {
+                Delivery::Reset { cursor } => Bytes::from(format!(
+                    "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
+                )),
+                Delivery::Events(_) => Bytes::from(out),
+            }),
             _ = self.ticks.tick() => {
                 // A bare `id:` line updates the browser's Last-Event-ID without firing an event.
                 match self.sub.unannounced() {
                     Some(cursor) => Some(Bytes::from(format!(": heartbeat\nid: {cursor}\n\n"))),
                     None => Some(Bytes::from_static(b": heartbeat\n\n")),
                 }
-            }
-        }
-    }
-
-    fn encode(&self, d: Delivery) -> Bytes {
-        match d {
-            Delivery::Reset { cursor } => Bytes::from(format!(
-                "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
-            )),
-            Delivery::Events(events) => {
-                if let [one] = events.as_slice() {
-                    return one.sse.clone();
-                }
-                let mut out = Vec::with_capacity(events.iter().map(|e| e.sse.len()).sum());
-                for e in &events {
-                    out.extend_from_slice(&e.sse);
-                }
-                Bytes::from(out)
             }
         }
     }

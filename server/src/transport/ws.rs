@@ -147,6 +147,8 @@ pub async fn serve_socket(
 ) {
     let mut reader = FrameReader::new(MAX_PUBLISH_BYTES);
     reader.buf.extend_from_slice(&already_read);
+    // A view into hyper's 8 KiB read buffer: holding it would keep that buffer alive.
+    drop(already_read);
     // Everything to write next: event frames, acks, errors, pongs; one write per turn.
     let mut out = Vec::new();
     // Created once: a fresh `cancelled()` per loop turn would register with the token's
