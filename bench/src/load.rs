@@ -6,6 +6,7 @@
 //! publisher saw it, in microseconds, with one clock.
 
 use crate::procstat::ProcStat;
+use crate::wsclient::WsClient;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -143,12 +144,7 @@ async fn subscriber(
     tokio::pin!(stop);
     match f.transport {
         Transport::Ws => {
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(format!(
-                "{}/api/ws?streams=chat",
-                ws_url(&f.base)
-            ))
-            .await
-            else {
+            let Ok(mut ws) = WsClient::connect(&f.base, "/api/ws?streams=chat").await else {
                 return t;
             };
             t.requests += 1;
@@ -156,14 +152,13 @@ async fn subscriber(
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
-                    m = ws.next() => match m {
-                        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) => {
-                            let before = t.deliveries;
-                            t.record(&clock, &text);
-                            delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
+                    more = ws.read() => {
+                        let before = t.deliveries;
+                        let open = ws.process(|text| t.record(&clock, text)).await;
+                        delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
+                        if !more || !open {
+                            break;
                         }
-                        Some(Ok(_)) => {}
-                        _ => break,
                     }
                 }
             }
@@ -376,7 +371,14 @@ pub async fn fanout(f: Fanout) -> FanoutResult {
 async fn publish(f: &Fanout, clock: &Arc<Clock>) -> u64 {
     let client = reqwest::Client::new();
     let ok = Arc::new(AtomicU64::new(0));
-    let in_flight = Arc::new(Semaphore::new(if f.rate == 0 { 8 } else { 64 }));
+    let in_flight = Arc::new(Semaphore::new(if f.rate == 0 {
+        std::env::var("INFL")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8)
+    } else {
+        64
+    }));
     let mut tick = (f.rate > 0).then(|| {
         let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / f.rate as f64));
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

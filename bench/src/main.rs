@@ -14,6 +14,7 @@
 mod ceiling;
 mod load;
 mod procstat;
+mod wsclient;
 
 use clap::{Parser, Subcommand};
 use load::{Fanout, FanoutResult, IdleResult, PollRateResult, Transport};

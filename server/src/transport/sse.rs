@@ -98,10 +98,19 @@ impl Conn {
         tokio::select! {
             _ = &mut self.shutdown => None,
             d = self.sub.next_into(BATCH, MAX_CHUNK, |e| &e.sse, &mut out) => Some(match d {
-                Delivery::Reset { cursor } => Bytes::from(format!(
-                    "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
-                )),
-                Delivery::Events(_) => Bytes::from(out),
+                Delivery::Reset { cursor } => reset(cursor),
+                Delivery::Events(_) => {
+                    // As in ws.rs: let the other woken streams run, then top up the chunk.
+                    tokio::task::yield_now().await;
+                    match self.sub.try_next_into(BATCH, MAX_CHUNK, |e| &e.sse, &mut out) {
+                        // The events gathered first still go out, before the reset.
+                        Some(Delivery::Reset { cursor }) => {
+                            out.extend_from_slice(&reset(cursor));
+                            Bytes::from(out)
+                        }
+                        _ => Bytes::from(out),
+                    }
+                }
             }),
             _ = self.ticks.tick() => {
                 // A bare `id:` line updates the browser's Last-Event-ID without firing an event.
@@ -112,4 +121,10 @@ impl Conn {
             }
         }
     }
+}
+
+fn reset(cursor: u64) -> Bytes {
+    Bytes::from(format!(
+        "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
+    ))
 }
