@@ -5,9 +5,8 @@
 //! server) and look up when `seq` was sent. Latency is therefore publish-to-receive as the
 //! publisher saw it, in microseconds, with one clock.
 
+use crate::lean::{SseClient, WsClient};
 use crate::procstat::ProcStat;
-use crate::wsclient::WsClient;
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -164,33 +163,21 @@ async fn subscriber(
             }
         }
         Transport::Sse => {
-            let client = reqwest::Client::new();
-            let Ok(resp) = client
-                .get(format!("{}/api/sse?streams=chat", f.base))
-                .send()
-                .await
-            else {
+            let Ok(mut sse) = SseClient::connect(&f.base, "/api/sse?streams=chat").await else {
                 return t;
             };
             t.requests += 1;
             connected.fetch_add(1, Ordering::Relaxed);
-            let mut body = resp.bytes_stream();
-            let mut pending = String::new();
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
-                    c = body.next() => match c {
-                        Some(Ok(chunk)) => {
-                            pending.push_str(&String::from_utf8_lossy(&chunk));
-                            // Only complete messages; keep a partial tail for the next chunk.
-                            if let Some(end) = pending.rfind("\n\n") {
-                                let before = t.deliveries;
-                                t.record(&clock, &pending[..end]);
-                                delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
-                                pending.drain(..end + 2);
-                            }
+                    more = sse.read() => {
+                        let before = t.deliveries;
+                        sse.process(|text| t.record(&clock, text));
+                        delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
+                        if !more {
+                            break;
                         }
-                        _ => break,
                     }
                 }
             }

@@ -12,9 +12,9 @@
 //! - `procstat`: CPU seconds and RSS of a local server process.
 
 mod ceiling;
+mod lean;
 mod load;
 mod procstat;
-mod wsclient;
 
 use clap::{Parser, Subcommand};
 use load::{Fanout, FanoutResult, IdleResult, PollRateResult, Transport};
