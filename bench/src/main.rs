@@ -126,6 +126,10 @@ enum Cmd {
         /// server under test has one core of its own instead of sharing both.
         #[arg(long)]
         pin: bool,
+        /// Runs of each fan-out and latency scenario per server, interleaved; the median
+        /// run is reported (this machine's noise is about +-15 % run to run). 1 for --smoke.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
 }
 
@@ -217,7 +221,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             node_peer,
             json,
             pin,
-        } => compare(smoke, tidings, node_peer, json, pin).await?,
+            rounds,
+        } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
     }
     Ok(())
 }
@@ -298,7 +303,9 @@ async fn compare(
     node_peer: PathBuf,
     json: Option<PathBuf>,
     pin: bool,
+    rounds: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let rounds = if smoke { 1 } else { rounds.max(1) };
     let me = std::env::current_exe()?;
     // A server command, on CPU 0 when pinning (taskset execs, so the pid is the server's).
     let command = |program: &std::ffi::OsStr| {
@@ -369,41 +376,56 @@ async fn compare(
         quiet: smoke,
     };
 
-    for (name, start) in [
-        (
-            "tidings",
-            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
-        ),
+    let servers: [(&str, &dyn Fn() -> std::io::Result<Server>); 3] = [
+        ("tidings", &start_tidings),
         ("node", &start_node),
         ("raw", &start_raw),
-    ] {
-        for (t, into) in [(Transport::Ws, 0), (Transport::Sse, 1)] {
-            let s = start()?;
-            eprintln!(
-                "{name} {t:?} fan-out: {subs} subscribers, {events} events as fast as accepted"
-            );
-            let r = load::fanout(fan(&s.base, t, subs, 0, events, s.pid())).await;
-            print_fanout(&r);
-            if into == 0 {
-                report.ws_fanout.push((name.into(), r))
-            } else {
-                report.sse_fanout.push((name.into(), r))
+    ];
+    // Every run of every server, rounds interleaved so that a slow minute of this shared
+    // machine falls on all servers alike; the median run of each is reported.
+    let (mut ws_runs, mut sse_runs, mut latency_runs) =
+        (vec![vec![]; 3], vec![vec![]; 3], vec![vec![]; 3]);
+    for round in 1..=rounds {
+        for (i, (name, start)) in servers.iter().enumerate() {
+            for t in [Transport::Ws, Transport::Sse] {
+                let s = start()?;
+                eprintln!(
+                    "[{round}/{rounds}] {name} {t:?} fan-out: {subs} subscribers, {events} events as fast as accepted"
+                );
+                let r = load::fanout(fan(&s.base, t, subs, 0, events, s.pid())).await;
+                print_fanout(&r);
+                let runs = if t == Transport::Ws {
+                    &mut ws_runs
+                } else {
+                    &mut sse_runs
+                };
+                runs[i].push(r);
             }
         }
+        for (i, (name, start)) in servers.iter().enumerate() {
+            let s = start()?;
+            eprintln!("[{round}/{rounds}] {name} latency: {lat_n} WS subscribers x 100 events/s");
+            let r =
+                load::fanout(fan(&s.base, Transport::Ws, lat_n, 100, lat_events, s.pid())).await;
+            print_fanout(&r);
+            latency_runs[i].push(r);
+        }
     }
-    for (name, start) in [
-        (
-            "tidings",
-            &start_tidings as &dyn Fn() -> std::io::Result<Server>,
-        ),
-        ("node", &start_node),
-        ("raw", &start_raw),
-    ] {
-        let s = start()?;
-        eprintln!("{name} latency: {lat_n} WS subscribers x 100 events/s");
-        let r = load::fanout(fan(&s.base, Transport::Ws, lat_n, 100, lat_events, s.pid())).await;
-        print_fanout(&r);
-        report.latency.push((name.into(), r));
+    for (i, (name, _)) in servers.iter().enumerate() {
+        let name = name.to_string();
+        let by_rate = |r: &FanoutResult| -r.deliveries_per_sec;
+        report.ws_fanout.push((
+            name.clone(),
+            median(std::mem::take(&mut ws_runs[i]), by_rate),
+        ));
+        report.sse_fanout.push((
+            name.clone(),
+            median(std::mem::take(&mut sse_runs[i]), by_rate),
+        ));
+        report.latency.push((
+            name,
+            median(std::mem::take(&mut latency_runs[i]), |r| r.p99_ms),
+        ));
     }
     {
         let s = start_tidings()?;
@@ -464,6 +486,18 @@ async fn compare(
         return Err(format!("Tidings lost or duplicated {lost} deliveries").into());
     }
     Ok(())
+}
+
+/// The middle run by `key` (of an even count, the better of the two middle ones). All runs
+/// count for losses: the loss figures are summed over every run.
+fn median(mut runs: Vec<FanoutResult>, key: impl Fn(&FanoutResult) -> f64) -> FanoutResult {
+    let (lost, duplicated) = runs
+        .iter()
+        .fold((0, 0), |(l, d), r| (l + r.lost, d + r.duplicated));
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mut m = runs.swap_remove((runs.len() - 1) / 2);
+    (m.lost, m.duplicated) = (lost, duplicated);
+    m
 }
 
 fn get<'a, T>(v: &'a [(String, T)], name: &str) -> Option<&'a T> {

@@ -54,7 +54,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         let (router, stopping, done) = (router.clone(), stopping.clone(), done.clone());
         tokio::spawn(async move {
             if starts_with_sse(&tcp).await {
-                if let Err(e) = sse_connection(tcp, router).await {
+                if let Err(e) = sse_connection(tcp, router, stopping).await {
                     tracing::trace!(error = %e, "event stream connection ended with an error");
                 }
             } else {
@@ -129,8 +129,17 @@ const MAX_HEAD: usize = 16 * 1024;
 /// measured, two thirds of an idle SSE connection's memory. Here the head is read into a
 /// buffer that is freed before the stream starts, and each batch of events is written from
 /// a buffer that lives only for that write.
-async fn sse_connection(mut tcp: TcpStream, router: Router) -> io::Result<()> {
-    let (request, http10) = match read_head(&mut tcp).await? {
+async fn sse_connection(
+    mut tcp: TcpStream,
+    router: Router,
+    mut stopping: watch::Receiver<()>,
+) -> io::Result<()> {
+    let head = tokio::select! {
+        head = read_head(&mut tcp) => head?,
+        // Shutting down: a request not yet read in full is dropped, as hyper does.
+        _ = stopping.changed() => return Ok(()),
+    };
+    let (request, http10) = match head {
         Some(Ok(head)) => head,
         Some(Err(message)) => {
             let response = crate::error::ApiError::BadRequest(message).into_response();
