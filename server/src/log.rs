@@ -11,6 +11,7 @@
 use app::protocol::{Event, Stream, StreamSet};
 use bytes::Bytes;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
@@ -91,8 +92,12 @@ pub enum Scan {
 pub struct EventLog {
     /// The resume window, oldest first, at most `retention` events; ids strictly increasing.
     window: RwLock<VecDeque<Arc<StoredEvent>>>,
-    /// Latest id published (0 = none yet). Doubles as the wake-up signal for readers; it is
-    /// only sent after the window holds that event, so a woken reader always finds it.
+    /// Latest id published (0 = none yet), for reading: every connection reads it on every
+    /// wake-up, and a plain atomic load keeps that cache line shared between the cores
+    /// (the watch channel's value sits behind a lock that every read would write to).
+    head: AtomicU64,
+    /// The same id as the wake-up signal for readers; it is only sent after the window
+    /// holds that event, so a woken reader always finds it.
     latest: watch::Sender<u64>,
     /// How many events the window keeps.
     retention: usize,
@@ -109,13 +114,14 @@ impl EventLog {
         }
         EventLog {
             window: RwLock::new(window),
+            head: AtomicU64::new(latest),
             latest: watch::Sender::new(latest),
             retention,
         }
     }
 
     pub fn latest(&self) -> u64 {
-        *self.latest.borrow()
+        self.head.load(Ordering::Acquire)
     }
 
     pub fn retention(&self) -> usize {
@@ -161,6 +167,7 @@ impl EventLog {
             // Announced while the write lock is held: a reader holding the read lock then
             // always sees a `latest` at least as new as the window it scans, so a cursor
             // taken from the window can never look "ahead of the latest id".
+            self.head.store(last.id, Ordering::Release);
             self.latest.send_replace(last.id);
         }
     }
@@ -339,8 +346,8 @@ impl Subscription {
         take: impl FnMut(&Arc<StoredEvent>) -> bool,
     ) -> Option<Option<u64>> {
         // Mark the current version seen *before* reading, so a publish that lands after
-        // the read still wakes `next`.
-        self.rx.borrow_and_update();
+        // the read still wakes `next` (an atomic load: no lock on the watch's value).
+        self.rx.mark_unchanged();
         match self.log.scan(self.cursor, self.filter, limit, take) {
             Scan::Reset { cursor } => {
                 self.cursor = cursor;
