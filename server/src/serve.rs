@@ -262,6 +262,8 @@ async fn write_response(
     loop {
         tokio::select! {
             chunk = chunks.next() => match chunk {
+                // An empty chunk would read as the end of a chunked body.
+                Some(Ok(data)) if data.is_empty() => {}
                 Some(Ok(data)) => {
                     let mut out = Vec::with_capacity(data.len() + 12);
                     if chunked {
