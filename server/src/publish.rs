@@ -1,5 +1,5 @@
-//! Publishing: the single writer task that assigns ids, makes events durable and only then
-//! appends them to the log (group commit).
+//! Publishing: the single writer (a task on a thread and runtime of its own) that assigns ids,
+//! makes events durable and only then appends them to the log (group commit).
 //!
 //! Why one task: ids must be strictly increasing in delivery order and never reused, also
 //! across a crash. A single writer assigns them in order, writes a whole batch in one
@@ -62,7 +62,7 @@ impl Publisher {
 /// what was already queued: that is the shutdown flush.
 pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Request>(QUEUE);
-    let handle = tokio::spawn(async move {
+    let writer = async move {
         let mut next_id = log.latest() + 1;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -101,8 +101,31 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
                 let _ = req.reply.send(answer);
             }
         }
-    });
-    (Publisher { tx }, handle)
+    };
+    // The writer runs on a thread and runtime of its own. On the shared runtime each of
+    // its steps (take the queue, hand the batch to SQLite's thread, take the result,
+    // append) waited behind every connection task woken by the previous batch, so under
+    // fan-out load publishing slowed down, and with it the events available per write.
+    // Measured, 1,000 subscribers, alternating runs: fan-out +28 % (WS), +46 % (SSE).
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("tidings-writer".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the writer's runtime starts");
+            rt.block_on(writer);
+            let _ = done_tx.send(());
+        })
+        .expect("the writer thread starts");
+    // The handle resolves when the writer has drained its queue and stopped.
+    (
+        Publisher { tx },
+        tokio::spawn(async move {
+            let _ = done_rx.await;
+        }),
+    )
 }
 
 pub fn now_ms() -> u64 {
