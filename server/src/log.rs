@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 
 /// An event as stored in the window, with its wire encodings made once at publish time
-/// and shared (reference-counted) by every connection that delivers it.
+/// and copied (SSE, WebSocket) or shared (poll, history) by every connection that delivers it.
 #[derive(Debug)]
 pub struct StoredEvent {
     pub id: u64,

@@ -1,8 +1,8 @@
 //! `GET /api/sse?streams=..[&since=ID]`: Server-Sent Events.
 //!
-//! The body is written by hand rather than with axum's `Sse` so that each event's frame is
-//! encoded once (at publish) and shared by every connection, and so a batch goes out as
-//! one write.
+//! The body is written by hand rather than with axum's `Sse` so that each event's message is
+//! encoded once (at publish) and every connection only copies it, all it has pending in one
+//! chunk per wake-up. (How the connection itself is served: `crate::serve`.)
 
 use super::SubscribeParams;
 use crate::api::query;
