@@ -126,16 +126,21 @@ async fn sleep(ms: u32) {
     gloo_timers::future::TimeoutFuture::new(ms).await;
 }
 
+/// Where every transport (re)starts: the streams shown, after the store's cursor.
+fn resume_query(store: &LiveStore) -> String {
+    format!(
+        "streams={}&since={}",
+        STREAMS.to_query(),
+        store.cursor.get_untracked()
+    )
+}
+
 /// Short polling (`interval`) or long polling (`None`).
 async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32>) {
     let mut failures = 0u32;
     let wait = if interval.is_none() { "&wait=25" } else { "" };
     while alive.get() {
-        let path = format!(
-            "/api/poll?streams={}&since={}&limit=500{wait}",
-            STREAMS.to_query(),
-            store.cursor.get_untracked()
-        );
+        let path = format!("/api/poll?{}&limit=500{wait}", resume_query(&store));
         store.stats.update(|s| s.requests += 1);
         let answer = api::get_text(&path).await;
         if !alive.get() {
@@ -184,12 +189,7 @@ fn open_sse(
     if !alive.get() {
         return;
     }
-    let url = format!(
-        "{}/api/sse?streams={}&since={}",
-        api::base(),
-        STREAMS.to_query(),
-        store.cursor.get_untracked()
-    );
+    let url = format!("{}/api/sse?{}", api::base(), resume_query(&store));
     let Ok(es) = EventSource::new(&url) else {
         store.conn.set(ConnState::Offline);
         return;
@@ -274,12 +274,7 @@ fn open_ws(
     if !alive.get() {
         return;
     }
-    let url = format!(
-        "{}/api/ws?streams={}&since={}",
-        api::ws_base(),
-        STREAMS.to_query(),
-        store.cursor.get_untracked()
-    );
+    let url = format!("{}/api/ws?{}", api::ws_base(), resume_query(&store));
     let Ok(ws) = WebSocket::new(&url) else {
         store.conn.set(ConnState::Offline);
         return;

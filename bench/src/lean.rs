@@ -41,6 +41,41 @@ async fn open(
     Ok((tcp, head, buf))
 }
 
+/// Reads what has arrived into `buf`. False when the connection has ended. Cancel-safe.
+async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    matches!(tcp.read_buf(buf).await, Ok(n) if n > 0)
+}
+
+/// A fan-out subscriber on either streaming transport.
+pub enum Subscriber {
+    Ws(WsClient),
+    Sse(SseClient),
+}
+
+impl Subscriber {
+    /// Waits for bytes. False when the connection has ended. Cancel-safe.
+    pub async fn read(&mut self) -> bool {
+        match self {
+            Subscriber::Ws(c) => c.read().await,
+            Subscriber::Sse(c) => c.read().await,
+        }
+    }
+
+    /// Hands what was received to `on_text`. False once the server has closed the stream.
+    pub async fn process(&mut self, on_text: impl FnMut(&str)) -> bool {
+        match self {
+            Subscriber::Ws(c) => c.process(on_text).await,
+            Subscriber::Sse(c) => {
+                c.process(on_text);
+                true
+            }
+        }
+    }
+}
+
 pub struct WsClient {
     tcp: TcpStream,
     buf: Vec<u8>,
@@ -65,10 +100,7 @@ impl WsClient {
 
     /// Waits for bytes. False when the connection has ended. Cancel-safe.
     pub async fn read(&mut self) -> bool {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
-        matches!(self.tcp.read_buf(&mut self.buf).await, Ok(n) if n > 0)
+        fill(&mut self.tcp, &mut self.buf).await
     }
 
     /// Hands each complete text message received so far to `on_text` and answers pings.
@@ -159,10 +191,7 @@ impl SseClient {
 
     /// Waits for bytes. False when the connection has ended. Cancel-safe.
     pub async fn read(&mut self) -> bool {
-        if self.raw.capacity() - self.raw.len() < 4096 {
-            self.raw.reserve(16 * 1024);
-        }
-        let open = matches!(self.tcp.read_buf(&mut self.raw).await, Ok(n) if n > 0);
+        let open = fill(&mut self.tcp, &mut self.raw).await;
         self.dechunk.decode(&mut self.raw, &mut self.text);
         open
     }

@@ -5,7 +5,7 @@
 //! server) and look up when `seq` was sent. Latency is therefore publish-to-receive as the
 //! publisher saw it, in microseconds, with one clock.
 
-use crate::lean::{SseClient, WsClient};
+use crate::lean::{SseClient, Subscriber, WsClient};
 use crate::procstat::ProcStat;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -142,8 +142,17 @@ async fn subscriber(
     let stop = done.notified();
     tokio::pin!(stop);
     match f.transport {
-        Transport::Ws => {
-            let Ok(mut ws) = WsClient::connect(&f.base, "/api/ws?streams=chat").await else {
+        Transport::Ws | Transport::Sse => {
+            let client = if f.transport == Transport::Ws {
+                WsClient::connect(&f.base, "/api/ws?streams=chat")
+                    .await
+                    .map(Subscriber::Ws)
+            } else {
+                SseClient::connect(&f.base, "/api/sse?streams=chat")
+                    .await
+                    .map(Subscriber::Sse)
+            };
+            let Ok(mut client) = client else {
                 return t;
             };
             t.requests += 1;
@@ -151,31 +160,11 @@ async fn subscriber(
             loop {
                 tokio::select! {
                     _ = &mut stop => break,
-                    more = ws.read() => {
+                    more = client.read() => {
                         let before = t.deliveries;
-                        let open = ws.process(|text| t.record(&clock, text)).await;
+                        let open = client.process(|text| t.record(&clock, text)).await;
                         delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
                         if !more || !open {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Transport::Sse => {
-            let Ok(mut sse) = SseClient::connect(&f.base, "/api/sse?streams=chat").await else {
-                return t;
-            };
-            t.requests += 1;
-            connected.fetch_add(1, Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    more = sse.read() => {
-                        let before = t.deliveries;
-                        sse.process(|text| t.record(&clock, text));
-                        delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
-                        if !more {
                             break;
                         }
                     }

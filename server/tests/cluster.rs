@@ -415,17 +415,21 @@ fn audit(seen: &Seen, acked: &BTreeSet<u64>) -> (usize, usize, usize) {
     (lost, duplicated, extra)
 }
 
-fn spawn_followers(
+/// Starts `n_each` followers of each kind and gives them time to connect before anything
+/// is published (they start from id 0 anyway).
+async fn spawn_followers(
     base: &str,
     stop: &CancellationToken,
     n_each: usize,
     kinds: &[Kind],
 ) -> Vec<(Kind, Arc<Mutex<Seen>>)> {
-    kinds
+    let followers = kinds
         .iter()
         .flat_map(|k| (0..n_each).map(move |_| *k))
         .map(|k| (k, follow(k, base.to_string(), stop.clone())))
-        .collect()
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    followers
 }
 
 async fn ready(url: &str) -> bool {
@@ -443,9 +447,8 @@ async fn every_client_sees_every_event_once_in_order_whichever_server_it_lands_o
         &stop,
         3,
         &[Kind::Ws, Kind::Sse, Kind::Poll],
-    );
-    // Let them connect before publishing (they start from id 0 anyway).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    )
+    .await;
 
     let mut acked = BTreeSet::new();
     for i in 0..90 {
@@ -490,8 +493,8 @@ async fn kill_9_one_server_while_publishing_and_clients_resume_elsewhere() {
         &stop,
         3,
         &[Kind::Ws, Kind::Sse, Kind::Poll],
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    )
+    .await;
 
     let publish_url = c.nginx.url("/api/publish");
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
@@ -557,8 +560,7 @@ async fn kill_9_one_server_while_publishing_and_clients_resume_elsewhere() {
 async fn a_redis_outage_answers_503_loses_nothing_and_delivery_resumes() {
     let mut c = Cluster::start(2);
     let stop = CancellationToken::new();
-    let followers = spawn_followers(&c.nginx.url(""), &stop, 2, &[Kind::Ws, Kind::Sse]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let followers = spawn_followers(&c.nginx.url(""), &stop, 2, &[Kind::Ws, Kind::Sse]).await;
     let mut acked = BTreeSet::new();
     for i in 0..10 {
         acked.insert(

@@ -10,8 +10,11 @@ pub mod ws;
 pub mod wsframe;
 
 use crate::error::ApiError;
+use crate::AppState;
 use app::protocol::StreamSet;
 use serde::Deserialize;
+use std::time::Duration;
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 /// Query parameters shared by `/api/sse` and `/api/ws`.
 #[derive(Deserialize)]
@@ -25,4 +28,13 @@ pub struct SubscribeParams {
 
 pub fn streams(list: Option<&str>) -> Result<StreamSet, ApiError> {
     StreamSet::parse(list).map_err(ApiError::BadRequest)
+}
+
+/// The heartbeat of a long-lived stream (SSE comment, WS ping): first one after a full
+/// period, and a late tick is not made up for.
+pub fn heartbeat(state: &AppState) -> Interval {
+    let period = Duration::from_secs(state.config.heartbeat_secs.max(1));
+    let mut ticks = interval_at(Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    ticks
 }

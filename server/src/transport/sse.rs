@@ -7,7 +7,7 @@
 use super::SubscribeParams;
 use crate::api::query;
 use crate::error::ApiError;
-use crate::log::{Delivery, Subscription, BATCH};
+use crate::log::Subscription;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -15,12 +15,8 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use std::pin::Pin;
-use std::time::Duration;
-use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+use tokio::time::Interval;
 use tokio_util::sync::WaitForCancellationFutureOwned;
-
-/// Bytes of events gathered into one chunk (a lagging client catches up in chunks this size).
-const MAX_CHUNK: usize = 64 * 1024;
 
 /// How long the browser waits before reconnecting after the stream ends (ms).
 const RETRY_MS: u32 = 1000;
@@ -46,12 +42,9 @@ pub async fn handler(
         ),
     };
     let sub = state.subscribe(filter, last_event_id.or(p.since)).await?;
-    let heartbeat = Duration::from_secs(state.config.heartbeat_secs.max(1));
-    let mut ticks = interval_at(Instant::now() + heartbeat, heartbeat);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let conn = Conn {
         sub,
-        ticks,
+        ticks: super::heartbeat(&state),
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
     };
@@ -97,21 +90,14 @@ impl Conn {
         let mut out = Vec::new();
         tokio::select! {
             _ = &mut self.shutdown => None,
-            d = self.sub.next_into(BATCH, MAX_CHUNK, |e| &e.sse, &mut out) => Some(match d {
-                Delivery::Reset { cursor } => reset(cursor),
-                Delivery::Events(_) => {
-                    // As in ws.rs: let the other woken streams run, then top up the chunk.
-                    tokio::task::yield_now().await;
-                    match self.sub.try_next_into(BATCH, MAX_CHUNK, |e| &e.sse, &mut out) {
-                        // The events gathered first still go out, before the reset.
-                        Some(Delivery::Reset { cursor }) => {
-                            out.extend_from_slice(&reset(cursor));
-                            Bytes::from(out)
-                        }
-                        _ => Bytes::from(out),
-                    }
+            reset_to = self.sub.next_into(|e| &e.sse, &mut out) => {
+                if let Some(cursor) = reset_to {
+                    out.extend_from_slice(
+                        format!("event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n").as_bytes(),
+                    );
                 }
-            }),
+                Some(Bytes::from(out))
+            }
             _ = self.ticks.tick() => {
                 // A bare `id:` line updates the browser's Last-Event-ID without firing an event.
                 match self.sub.unannounced() {
@@ -121,10 +107,4 @@ impl Conn {
             }
         }
     }
-}
-
-fn reset(cursor: u64) -> Bytes {
-    Bytes::from(format!(
-        "event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n"
-    ))
 }
