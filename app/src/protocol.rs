@@ -12,6 +12,9 @@ use std::fmt;
 
 /// Largest publish request accepted (HTTP body or WebSocket frame), in bytes.
 pub const MAX_PUBLISH_BYTES: usize = 16 * 1024;
+
+/// Most stream names one subscription may list (`streams=`).
+pub const MAX_STREAM_NAMES: usize = 8;
 /// Limits on user-supplied text, counted in Unicode scalar values (what a person sees as
 /// characters), not bytes, so the limits are the same for every script.
 pub const MAX_AUTHOR_CHARS: usize = 40;
@@ -77,13 +80,25 @@ impl StreamSet {
 
     /// Parses a comma-separated list. An absent or empty list means every stream;
     /// an unknown name is an error (a typo should not silently subscribe to nothing).
+    /// At most [`MAX_STREAM_NAMES`] names: a subscription is a handful of streams, and a
+    /// list of thousands is an abuse of the parser, not a request.
     pub fn parse(list: Option<&str>) -> Result<StreamSet, String> {
         let list = match list.map(str::trim) {
             None | Some("") => return Ok(StreamSet::ALL),
             Some(l) => l,
         };
         let mut set = StreamSet::default();
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for (i, name) in list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .enumerate()
+        {
+            if i == MAX_STREAM_NAMES {
+                return Err(format!(
+                    "too many streams in one subscription (at most {MAX_STREAM_NAMES})"
+                ));
+            }
             match Stream::parse(name) {
                 Some(s) => set.insert(s),
                 None => return Err(unknown_stream_message(name)),
@@ -207,6 +222,7 @@ impl<'de> Deserialize<'de> for ServerFrame {
             reference: Option<String>,
             id: Option<u64>,
             error: Option<String>,
+            code: Option<String>,
             cursor: Option<u64>,
         }
         let r = Repr::deserialize(d)?;
@@ -222,6 +238,7 @@ impl<'de> Deserialize<'de> for ServerFrame {
             "error" => ServerFrame::Error {
                 reference: r.reference,
                 error: r.error.ok_or_else(|| missing("error"))?,
+                code: r.code.unwrap_or_default(),
             },
             "reset" => ServerFrame::Reset {
                 cursor: r.cursor.ok_or_else(|| missing("cursor"))?,
@@ -256,7 +273,11 @@ pub enum ServerFrame {
     Error {
         #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
         reference: Option<String>,
+        /// For people: what is wrong and what to do.
         error: String,
+        /// For programs: a stable identifier of the kind of error (docs/protocol.md lists
+        /// them), e.g. `rate_limited`.
+        code: String,
     },
     /// The requested cursor is outside the retention window (too old, or ahead of the
     /// latest id, e.g. after the store was wiped): events may have been missed. Delivery
@@ -278,6 +299,36 @@ pub enum ClientFrame {
         #[serde(flatten)]
         payload: Payload,
     },
+}
+
+/// The query of `GET /api/sse` and `GET /api/ws`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct SubscribeQuery {
+    /// Comma-separated stream names; absent or empty: all.
+    pub streams: Option<String>,
+    /// Resume after this event id (SSE: `Last-Event-ID` wins over it).
+    pub since: Option<u64>,
+    /// Admin token for WebSocket publishing to feed/ticker (browsers cannot set headers
+    /// on a WebSocket upgrade).
+    pub token: Option<String>,
+}
+
+/// The query of `GET /api/poll`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct PollQuery {
+    pub streams: Option<String>,
+    pub since: Option<u64>,
+    /// Long poll: seconds to wait for an event when there is none.
+    pub wait: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+/// The query of `GET /api/history`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct HistoryQuery {
+    pub stream: Option<String>,
+    pub before: Option<u64>,
+    pub limit: Option<usize>,
 }
 
 /// `GET /api/poll` answer.
@@ -303,10 +354,14 @@ pub struct HistoryResponse {
     pub events: Vec<Event>,
 }
 
-/// The body of every error answer: `{"error": "..."}`.
+/// The body of every error answer: `{"error": "...", "code": "..."}`.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct ErrorBody {
+    /// For people: what is wrong and what to do.
     pub error: String,
+    /// For programs: a stable identifier of the kind of error (docs/protocol.md).
+    #[serde(default)]
+    pub code: String,
 }
 
 /// What the server says about itself (the `server_info` server function).
@@ -373,9 +428,37 @@ pub fn parse_publish(body: &[u8]) -> Result<Payload, PublishError> {
     payload_from_raw(raw)
 }
 
+/// A WebSocket `publish` frame, parsed and validated.
+#[derive(Clone, PartialEq, Debug)]
+pub struct PublishFrame {
+    /// The client's name for this request, echoed in the ack or error (any string up to
+    /// 64 bytes; need not be unique).
+    pub reference: String,
+    /// Idempotency key: a publish retried with the same key is stored once (see
+    /// [`valid_idempotency_key`]).
+    pub key: Option<String>,
+    pub payload: Payload,
+}
+
+/// Longest idempotency key (`key` of a WS publish, `Idempotency-Key` header).
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// An idempotency key is 1-128 visible ASCII characters (a UUID, say).
+pub fn valid_idempotency_key(key: &str) -> Result<(), PublishError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(PublishError::Malformed(format!(
+            "an idempotency key is 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Parses a WebSocket client frame. On error, also returns the frame's `ref` when it could
 /// be read, so the error frame can be matched to the request.
-pub fn parse_client_frame(text: &str) -> Result<(String, Payload), (Option<String>, PublishError)> {
+pub fn parse_client_frame(text: &str) -> Result<PublishFrame, (Option<String>, PublishError)> {
     if text.len() > MAX_PUBLISH_BYTES {
         return Err((None, PublishError::TooLarge));
     }
@@ -412,12 +495,19 @@ pub fn parse_client_frame(text: &str) -> Result<(String, Payload), (Option<Strin
             PublishError::Malformed("`ref` is longer than 64 bytes".into()),
         ));
     }
+    if let Some(key) = &raw.key {
+        valid_idempotency_key(key).map_err(|e| (reference.clone(), e))?;
+    }
     let payload = payload_from_raw(RawPublish {
         stream: raw.stream,
         data: raw.data,
     })
     .map_err(|e| (reference, e))?;
-    Ok((r, payload))
+    Ok(PublishFrame {
+        reference: r,
+        key: raw.key,
+        payload,
+    })
 }
 
 /// Parsing in two steps gives each mistake its own message and status: first the outer
@@ -434,6 +524,7 @@ struct RawFrame {
     kind: Option<String>,
     #[serde(rename = "ref")]
     reference: Option<String>,
+    key: Option<String>,
     stream: Option<String>,
     data: Option<serde_json::Value>,
 }
@@ -565,8 +656,9 @@ mod tests {
                 ServerFrame::Error {
                     reference: None,
                     error: "x".into(),
+                    code: "rate_limited".into(),
                 },
-                r#"{"type":"error","error":"x"}"#,
+                r#"{"type":"error","error":"x","code":"rate_limited"}"#,
             ),
         ];
         for (frame, text) in frames {
@@ -583,13 +675,16 @@ mod tests {
 
     #[test]
     fn client_frame_parses_and_keeps_ref_on_error() {
-        let (r, p) = parse_client_frame(
-            r#"{"type":"publish","ref":"r1","stream":"chat","data":{"author":" ann ","body":"hi"}}"#,
+        let f = parse_client_frame(
+            r#"{"type":"publish","ref":"r1","key":"k-1","stream":"chat","data":{"author":" ann ","body":"hi"}}"#,
         )
         .unwrap();
-        assert_eq!(r, "r1");
         assert_eq!(
-            p,
+            (f.reference.as_str(), f.key.as_deref()),
+            ("r1", Some("k-1"))
+        );
+        assert_eq!(
+            f.payload,
             Payload::Chat(ChatMessage {
                 author: "ann".into(),
                 body: "hi".into()
@@ -608,6 +703,16 @@ mod tests {
 
         let (_, e) = parse_client_frame(r#"{"type":"subscribe","ref":"r3"}"#).unwrap_err();
         assert!(e.message().contains("unknown frame type"));
+
+        for key in ["", " spaces ", &"k".repeat(129)] {
+            let frame = format!(
+                r#"{{"type":"publish","ref":"r4","key":{},"stream":"chat","data":{{"author":"a","body":"b"}}}}"#,
+                serde_json::to_string(key).unwrap()
+            );
+            let (r, e) = parse_client_frame(&frame).unwrap_err();
+            assert_eq!(r.as_deref(), Some("r4"));
+            assert!(e.message().contains("idempotency key"), "{key:?}");
+        }
     }
 
     #[test]
@@ -700,6 +805,11 @@ mod tests {
         assert!(StreamSet::parse(Some("chat,bogus"))
             .unwrap_err()
             .contains("bogus"));
+        let eight = vec!["chat"; MAX_STREAM_NAMES].join(",");
+        assert!(StreamSet::parse(Some(&eight)).is_ok());
+        assert!(StreamSet::parse(Some(&format!("{eight},feed")))
+            .unwrap_err()
+            .contains("too many streams"));
     }
 
     #[test]

@@ -302,10 +302,12 @@ fn open_ws(
             Ok(ServerFrame::Error {
                 reference: Some(r),
                 error,
+                ..
             }) => store.fail(&r, error),
             Ok(ServerFrame::Error {
                 reference: None,
                 error,
+                ..
             }) => store.notice.set(Some(error)),
             Ok(ServerFrame::Reset { cursor }) => reset(store, cursor),
             Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),

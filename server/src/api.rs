@@ -1,121 +1,43 @@
-//! The HTTP endpoints that are not transports: publish, history, health and the Leptos
-//! server function; plus the origin and admin-token rules every entry point shares.
+//! The HTTP endpoints that are not transports: publish, history, health, metrics and the
+//! Leptos server function; and the extractors every handler shares.
 
 use crate::error::ApiError;
-use crate::log::StoredEvent;
+use crate::limits::ClientAddr;
+use crate::state::Caller;
 use crate::AppState;
 use app::info::InfoSource;
-use app::protocol::{parse_publish, Payload, ServerInfo, Stream};
+use app::protocol::{parse_publish, valid_idempotency_key, HistoryQuery, Stream};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-impl AppState {
-    /// The one publish path (HTTP, WebSocket and the simulators all come through here).
-    /// `payload` is already validated; `admin` says whether the caller showed the token.
-    pub async fn publish(
-        &self,
-        payload: Payload,
-        admin: bool,
-    ) -> Result<Arc<StoredEvent>, ApiError> {
-        if payload.stream() != Stream::Chat && self.config.admin_token.is_some() && !admin {
-            return Err(ApiError::Unauthorized);
-        }
-        Ok(self.engine.publish(payload).await?)
-    }
+/// A query string, refused with our JSON 400 when it does not parse.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct Query<T>(pub T);
 
-    /// A subscription for a streaming transport or a waiting long poll, from `cursor` (after
-    /// catching up to it) or from now. It holds one of the `--max-streams` permits for as long
-    /// as it lives; when none is left the client gets a 503 instead of exhausting the
-    /// server's file descriptors for everyone.
-    pub async fn subscribe(
-        &self,
-        filter: app::protocol::StreamSet,
-        cursor: Option<u64>,
-    ) -> Result<crate::log::Subscription, ApiError> {
-        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::Unavailable(
-                "this server holds as many open streams as it is allowed; try again later".into(),
-            )
-        })?;
-        let cursor = match cursor {
-            Some(c) => {
-                self.catch_up(c).await;
-                c
-            }
-            None => self.log.latest(),
-        };
-        Ok(self.log.subscribe(filter, cursor).with_permit(permit))
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> ApiError {
+        ApiError::BadRequest(format!("invalid query: {}", e.body_text()))
     }
+}
 
-    /// Where a reader with `cursor` can start. In cluster mode a client may arrive with a
-    /// cursor from another server whose events this server's window has not received yet
-    /// (it is milliseconds behind Redis): wait for them briefly rather than reset a client
-    /// that missed nothing. A cursor beyond the cluster's head is left alone: it gets a reset.
-    pub async fn catch_up(&self, cursor: u64) {
-        if cursor <= self.log.latest() {
-            return;
-        }
-        match self.engine.head().await {
-            Some(head) if cursor <= head => {
-                self.log
-                    .wait_for(cursor, std::time::Duration::from_secs(3))
-                    .await;
-            }
-            _ => {}
-        }
-    }
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
 
-    /// Whether `presented` is the admin token (compared in constant time).
-    pub fn is_admin(&self, presented: Option<&str>) -> bool {
-        match (&self.config.admin_token, presented) {
-            (Some(token), Some(p)) => {
-                let (a, b) = (token.as_bytes(), p.as_bytes());
-                a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-            }
-            _ => false,
-        }
-    }
-
-    pub fn info(&self) -> ServerInfo {
-        ServerInfo {
-            version: env!("CARGO_PKG_VERSION").into(),
-            latest_id: self.log.latest(),
-            oldest_id: self.log.oldest(),
-            retention: self.log.retention(),
-            demo: !self.config.no_demo,
-            admin_protected: self.config.admin_token.is_some(),
-            demo_leader: !self.config.no_demo
-                && self.demo_leader.load(std::sync::atomic::Ordering::Relaxed),
-        }
-    }
-
-    /// A browser's `Origin` is acceptable when it is this server's own origin (same
-    /// host:port as the request's `Host`) or one of `--allow-origin`. Requests without an
-    /// `Origin` (curl, native clients) are not browser cross-origin requests and pass.
-    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-            return true;
-        };
-        let own = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .is_some_and(|host| {
-                origin
-                    .strip_prefix("http://")
-                    .or_else(|| origin.strip_prefix("https://"))
-                    == Some(host)
-            });
-        own || self
-            .config
-            .allow_origins
-            .iter()
-            .any(|a| a.trim_end_matches('/') == origin)
+    /// Set by the accept loop on every request. A request that did not come through it
+    /// (a `Router::oneshot` test) is attributed to the unspecified address.
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientAddr>()
+            .copied()
+            .unwrap_or(ClientAddr(std::net::Ipv4Addr::UNSPECIFIED.into())))
     }
 }
 
@@ -150,15 +72,12 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     )
 }
 
-/// Maps a query-string rejection to our JSON 400.
-pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::BadRequest(format!("invalid query: {}", e.body_text())))
-}
-
 /// `POST /api/publish` with `{"stream": ..., "data": {...}}` -> `201` and the stored event.
+/// With an `Idempotency-Key` header, a retry of the same publish answers `201` with the
+/// event stored the first time.
 pub async fn publish(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -169,9 +88,22 @@ pub async fn publish(
             e.body_text()
         )),
     })?;
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().map_err(|_| {
+                ApiError::BadRequest("Idempotency-Key must be visible ASCII".into())
+            })?;
+            valid_idempotency_key(key)?;
+            Some(key.to_owned())
+        }
+    };
     let payload = parse_publish(&body)?;
-    let admin = state.is_admin(bearer(&headers));
-    let event = state.publish(payload, admin).await?;
+    let caller = Caller {
+        admin: state.is_admin(bearer(&headers)),
+        client: Some(client),
+    };
+    let event = state.publish(payload, key, &caller).await?;
     Ok((
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
@@ -180,19 +112,11 @@ pub async fn publish(
         .into_response())
 }
 
-#[derive(Deserialize)]
-pub struct HistoryParams {
-    stream: Option<String>,
-    before: Option<u64>,
-    limit: Option<usize>,
-}
-
 /// `GET /api/history?stream=chat[&before=ID][&limit=N]`: full history from the store.
 pub async fn history(
     State(state): State<AppState>,
-    q: Result<Query<HistoryParams>, QueryRejection>,
+    Query(p): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
-    let p = query(q)?;
     let name = p
         .stream
         .ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
@@ -216,6 +140,35 @@ pub async fn history(
             ApiError::Unavailable("history is unavailable right now".into())
         })?;
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
+}
+
+/// `GET /metrics`: Prometheus text format (see [`crate::metrics`]); with `--metrics-token`,
+/// only for `Authorization: Bearer <token>`.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.metrics_token {
+        if !crate::state::same_secret(token, bearer(&headers)) {
+            return Err(ApiError::Forbidden(
+                "/metrics needs the metrics token (Authorization: Bearer <token>)".into(),
+            ));
+        }
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response())
+}
+
+/// RFC 9112 §3.2 on every path: an HTTP/1.1 request without exactly one `Host` is a 400.
+/// (Event-stream connections are parsed by `wire::http` but come through here too.)
+pub async fn require_host(request: Request, next: axum::middleware::Next) -> Response {
+    match wire::http::check_host(request.version(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(why) => ApiError::BadRequest(why.into()).into_response(),
+    }
 }
 
 /// `GET /healthz`: liveness. Embedded mode: 200 when the store answers. Cluster mode: 200

@@ -8,6 +8,8 @@
 //! - `{p}:history:<stream>`: one stream per stream name, trimmed to `--history-max`, for
 //!   `/api/history`.
 //! - `{p}:demo-leader`: a lease; only its holder runs the simulators.
+//! - `{p}:idem:<key>`: the event a publish with that idempotency key stored, expiring after
+//!   [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL).
 //!
 //! Publishing is one Lua script (INCR + XADD + XADD), atomic in Redis: ids are assigned and
 //! appended in the same order, so the log is ordered by id and has no holes.
@@ -22,12 +24,22 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// KEYS: seq, log, history of the stream, idempotency key (a name under the same hash
+/// tag; unused when ARGV[6] is empty). Returns `{id, ""}` for a new event, or `{0, "<id>
+/// <stream> <json>"}` when the idempotency key was already used (nothing is stored).
 const PUBLISH: &str = r#"
+if ARGV[6] ~= '' then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {0, prev} end
+end
 local id = redis.call('INCR', KEYS[1])
 local json = '{"id":' .. id .. ',"ts":' .. ARGV[1] .. ',"stream":"' .. ARGV[2] .. '","data":' .. ARGV[3] .. '}'
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 's', ARGV[2], 'e', json)
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id .. '-0', 'e', json)
-return id
+if ARGV[6] ~= '' then
+  redis.call('SET', KEYS[4], id .. ' ' .. ARGV[2] .. ' ' .. json, 'EX', ARGV[6])
+end
+return {id, ''}
 "#;
 
 /// If Redis lost data (restarted without persistence), its sequence would start again and
@@ -82,6 +94,9 @@ impl Keys {
     }
     fn leader(&self) -> String {
         format!("{}:demo-leader", self.prefix)
+    }
+    fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
     }
 }
 
@@ -185,32 +200,61 @@ impl Cluster {
         Ok((log, cluster))
     }
 
-    pub async fn publish(&self, payload: Payload) -> Result<Arc<StoredEvent>, PublishFailed> {
+    pub async fn publish(
+        &self,
+        payload: Payload,
+        key: Option<String>,
+    ) -> Result<(Arc<StoredEvent>, bool), PublishFailed> {
         let stream = payload.stream();
         let ts = now_ms();
         let data = data_json(&payload);
         let mut conn = self.conn.clone();
-        let id: u64 = self
+        let ttl = match key {
+            Some(_) => crate::engine::IDEMPOTENCY_TTL.as_secs().to_string(),
+            None => String::new(),
+        };
+        let (id, replayed): (u64, String) = self
             .publish
             .key(&self.keys.seq)
             .key(&self.keys.log)
             .key(self.keys.history(stream))
+            .key(self.keys.idempotency(key.as_deref().unwrap_or("")))
             .arg(ts)
             .arg(stream.as_str())
             .arg(&data)
             .arg(self.log_maxlen)
             .arg(self.history_max)
+            .arg(ttl)
             .invoke_async(&mut conn)
             .await
             .map_err(|err| {
                 tracing::warn!(%err, "publish to Redis failed");
                 PublishFailed::Unavailable
             })?;
-        Ok(Arc::new(StoredEvent::from_json(
-            id,
-            stream,
-            event_json(id, ts, stream, &data),
-        )))
+        if id == 0 {
+            // "<id> <stream> <json>", as the script stored it.
+            let mut parts = replayed.splitn(3, ' ');
+            let parsed = (|| {
+                let id = parts.next()?.parse().ok()?;
+                let stream = Stream::parse(parts.next()?)?;
+                Some(StoredEvent::from_json(id, stream, parts.next()?.to_owned()))
+            })();
+            return match parsed {
+                Some(event) => Ok((Arc::new(event), true)),
+                None => {
+                    tracing::error!("unreadable idempotency record in Redis");
+                    Err(PublishFailed::Unavailable)
+                }
+            };
+        }
+        Ok((
+            Arc::new(StoredEvent::from_json(
+                id,
+                stream,
+                event_json(id, ts, stream, &data),
+            )),
+            false,
+        ))
     }
 
     pub async fn history(

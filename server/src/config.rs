@@ -64,6 +64,55 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_MAX_STREAMS", default_value_t = 16_000)]
     pub max_streams: usize,
 
+    /// Publishes per second one client address may make (HTTP and WebSocket together;
+    /// token bucket). Over it: 429 with `Retry-After`, or a `rate_limited` error frame.
+    /// 0: unlimited.
+    #[arg(long, env = "TIDINGS_PUBLISH_RATE", default_value_t = 20)]
+    pub publish_rate: u32,
+
+    /// Publishes one client address may make in a burst before `--publish-rate` applies.
+    #[arg(long, env = "TIDINGS_PUBLISH_BURST", default_value_t = 50)]
+    pub publish_burst: u32,
+
+    /// Open connections one client address may hold (0: unlimited). Connections from a
+    /// `--trusted-proxy` are not counted (limit those at the proxy).
+    #[arg(long, env = "TIDINGS_MAX_CONNS_PER_IP", default_value_t = 1000)]
+    pub max_conns_per_ip: u32,
+
+    /// A reverse proxy whose `X-Forwarded-For` is believed (its right-most untrusted
+    /// address is the client). Repeatable; comma-separated in the env variable.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TIDINGS_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
+    #[arg(long, env = "TIDINGS_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+
+    /// Seconds a client has to send a whole request head on an event-stream connection
+    /// (and hyper's header timeout on the others): a client trickling bytes cannot hold a
+    /// connection open longer than this.
+    #[arg(
+        long,
+        env = "TIDINGS_HEAD_TIMEOUT_SECS",
+        default_value_t = 10,
+        hide = true
+    )]
+    pub head_timeout_secs: u64,
+
+    /// Seconds a write to a streaming client may take before the client is dropped as
+    /// stuck (it stopped reading; it resumes from its cursor when it reconnects).
+    #[arg(
+        long,
+        env = "TIDINGS_WRITE_TIMEOUT_SECS",
+        default_value_t = 30,
+        hide = true
+    )]
+    pub write_timeout_secs: u64,
+
     /// Seconds between SSE heartbeats and WebSocket pings.
     #[arg(
         long,

@@ -4,6 +4,7 @@
 //! publishes, so a cluster has one newsroom and one ticker, and a new leader takes over
 //! within seconds when the old one dies.
 
+use crate::state::Caller;
 use crate::AppState;
 use app::protocol::{FeedItem, Payload, Tick};
 use rand::rngs::StdRng;
@@ -85,7 +86,10 @@ async fn newsroom(state: AppState) {
             body: body.into(),
             author: author.into(),
         };
-        if let Err(e) = state.publish(Payload::Feed(item), true).await {
+        if let Err(e) = state
+            .publish(Payload::Feed(item), None, &Caller::SERVER)
+            .await
+        {
             tracing::warn!(error = e.message(), "newsroom could not publish");
         }
         let wait = Duration::from_millis(rng.random_range(15_000..25_000));
@@ -119,7 +123,10 @@ async fn ticker(state: AppState) {
         if !state.demo_leader.load(Ordering::Relaxed) {
             continue;
         }
-        if let Err(e) = state.publish(Payload::Ticker(tick), true).await {
+        if let Err(e) = state
+            .publish(Payload::Ticker(tick), None, &Caller::SERVER)
+            .await
+        {
             tracing::warn!(error = e.message(), "ticker could not publish");
         }
     }

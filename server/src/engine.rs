@@ -9,6 +9,14 @@ use crate::publish::{PublishFailed, Publisher};
 use crate::store::Store;
 use app::protocol::{Event, Payload, Stream};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long an idempotency key is remembered: a client retrying a publish whose answer it
+/// did not get (connection cut, server restarted behind a balancer) does so within seconds;
+/// ten minutes covers a laptop waking up. Embedded: in the writer's memory (a restart
+/// forgets the keys). Cluster: a Redis key with this expiry, so a retry that lands on
+/// another server is recognised too.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
 
 pub enum Engine {
     /// One server: SQLite for durability and history; the writer task appends to the window.
@@ -19,11 +27,17 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// Stores a validated payload; the event is durable when this returns `Ok`.
-    pub async fn publish(&self, payload: Payload) -> Result<Arc<StoredEvent>, PublishFailed> {
+    /// Stores a validated payload; the event is durable when this returns `Ok`. With an
+    /// idempotency `key` already used, nothing is stored and the event stored under it is
+    /// returned, with `true` ("replayed").
+    pub async fn publish(
+        &self,
+        payload: Payload,
+        key: Option<String>,
+    ) -> Result<(Arc<StoredEvent>, bool), PublishFailed> {
         match self {
-            Engine::Embedded { publisher, .. } => publisher.publish(payload).await,
-            Engine::Cluster(c) => c.publish(payload).await,
+            Engine::Embedded { publisher, .. } => publisher.publish(payload, key).await,
+            Engine::Cluster(c) => c.publish(payload, key).await,
         }
     }
 

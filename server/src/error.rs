@@ -17,6 +17,8 @@ pub enum ApiError {
     Unprocessable(String),
     /// The store could not take the write (or the server is stopping): try again later.
     Unavailable(String),
+    /// The client publishes faster than `--publish-rate`: it may again after this long.
+    RateLimited(std::time::Duration),
 }
 
 impl ApiError {
@@ -29,6 +31,29 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// The stable `code` of the answer or error frame (docs/protocol.md lists them).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::Unprocessable(_) => "invalid",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    /// `Retry-After` in whole seconds, rounded up (HTTP has no finer unit).
+    fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            ApiError::RateLimited(wait) => Some(wait.as_millis().div_ceil(1000).max(1) as u64),
+            _ => None,
         }
     }
 
@@ -44,6 +69,10 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::Unprocessable(m)
             | ApiError::Unavailable(m) => m.clone(),
+            ApiError::RateLimited(wait) => format!(
+                "too many publishes from this address; try again in {} ms",
+                wait.as_millis().max(1)
+            ),
         }
     }
 }
@@ -75,12 +104,21 @@ impl From<crate::publish::PublishFailed> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        crate::metrics::error_answered(self.code());
+        let retry_after = self.retry_after_secs();
+        let mut response = (
             self.status(),
             Json(ErrorBody {
                 error: self.message(),
+                code: self.code().into(),
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -30,9 +30,12 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod limits;
 pub mod log;
+pub mod metrics;
 pub mod publish;
 pub mod serve;
+pub mod state;
 pub mod store;
 pub mod transport;
 
@@ -47,33 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use config::Config;
-
-/// Everything a request handler needs, shared by all connections.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-pub struct Shared {
-    /// The resume window and wake-ups; read by every transport.
-    pub log: Arc<log::EventLog>,
-    /// Where events are stored and how they reach the log (SQLite or Redis).
-    pub engine: engine::Engine,
-    pub config: Config,
-    /// Whether this server runs the simulators (always in embedded mode; in cluster mode
-    /// only the holder of the Redis lease, so N servers do not mean N tickers).
-    pub demo_leader: Arc<AtomicBool>,
-    /// One permit per open stream (`--max-streams`), held by its [`log::Subscription`].
-    pub streams: Arc<tokio::sync::Semaphore>,
-    /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
-    /// with 1001, simulators stop.
-    pub shutdown: CancellationToken,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
+pub use state::{AppState, Shared};
 
 /// The router: every route and layer, given the shared state (tests drive it with
 /// `oneshot` or a real listener).
@@ -83,6 +60,7 @@ pub fn app(state: AppState) -> Router {
     let router = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
         .route("/api/poll", get(transport::poll::handler))
@@ -93,7 +71,8 @@ pub fn app(state: AppState) -> Router {
         .fallback_service(
             ServeDir::new(&static_dir).fallback(ServeFile::new(static_dir.join("index.html"))),
         )
-        .with_state(state);
+        .with_state(state)
+        .layer(axum::middleware::from_fn(api::require_host));
     match cors {
         Some(cors) => router.layer(cors),
         None => router,
@@ -144,6 +123,16 @@ pub async fn run(
         engine::Engine::Embedded { store, .. } => Some(store.clone()),
         engine::Engine::Cluster(_) => None,
     };
+    let limits = Arc::new(limits::Limits::new(
+        config.trusted_proxies.clone(),
+        config.max_conns_per_ip,
+        config.publish_rate,
+        config.publish_burst,
+    ));
+    let timeouts = serve::Timeouts {
+        head: Duration::from_secs(config.head_timeout_secs.max(1)),
+        write: Duration::from_secs(config.write_timeout_secs.max(1)),
+    };
     let state = AppState(Arc::new(Shared {
         log,
         engine,
@@ -151,13 +140,28 @@ pub async fn run(
         demo_leader,
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
         shutdown: token.clone(),
+        limits: limits.clone(),
+        metrics: metrics::install(),
     }));
+    // Rate-limit buckets of addresses that went quiet are dropped now and then.
+    tokio::spawn({
+        let (limits, token) = (limits.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => limits.forget_idle(),
+                    _ = token.cancelled() => break,
+                }
+            }
+        }
+    });
     if !state.config.no_demo {
         demo::spawn(state.clone());
     }
 
     let stop = token.clone();
-    serve::serve(listener, app(state), async move {
+    serve::serve(listener, app(state), limits, timeouts, async move {
         tokio::select! {
             _ = shutdown => {}
             _ = stop.cancelled() => {}

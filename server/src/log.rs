@@ -42,9 +42,9 @@ impl StoredEvent {
     pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
         let sse = format!("id: {id}\ndata: {json}\n\n");
         let mut ws = Vec::new();
-        crate::transport::wsframe::encode(
+        wire::ws::encode(
             &mut ws,
-            crate::transport::wsframe::OP_TEXT,
+            wire::ws::OpCode::Text,
             format!("{{\"type\":\"event\",\"event\":{json}}}").as_bytes(),
         );
         StoredEvent {
@@ -265,6 +265,7 @@ impl EventLog {
             rx: self.latest.subscribe(),
             filter,
             cursor,
+            delivered: 0,
         }
     }
 }
@@ -282,6 +283,10 @@ pub struct Subscription {
     /// The resume position the client was last given: the id of the last event (or reset)
     /// it received, or a cursor announced by [`Subscription::unannounced`].
     announced: u64,
+    /// Events handed out and not yet added to `tidings_events_delivered_total`: counted
+    /// here and added now and then ([`Subscription::flush_metrics`]), because a shared
+    /// counter touched per delivery would be a cache line both cores fight over.
+    delivered: u64,
 }
 
 /// What a subscription yields.
@@ -348,15 +353,29 @@ impl Subscription {
         })
     }
 
+    /// Adds the deliveries counted since the last call to the process's metrics.
+    pub fn flush_metrics(&mut self, transport: &'static str) {
+        if self.delivered > 0 {
+            metrics::counter!("tidings_events_delivered_total", "transport" => transport)
+                .increment(std::mem::take(&mut self.delivered));
+        }
+    }
+
     fn try_scan(
         &mut self,
         limit: usize,
-        take: impl FnMut(&Arc<StoredEvent>) -> bool,
+        mut take: impl FnMut(&Arc<StoredEvent>) -> bool,
     ) -> Option<Found> {
         // Mark the current version seen *before* reading, so a publish that lands after
         // the read still wakes `next` (an atomic load: no lock on the watch's value).
         self.rx.mark_unchanged();
-        match self.log.scan(self.cursor, self.filter, limit, take) {
+        let mut n = 0;
+        let scan = self.log.scan(self.cursor, self.filter, limit, |e| {
+            n += 1;
+            take(e)
+        });
+        self.delivered += n;
+        match scan {
             Scan::Reset { cursor } => {
                 self.cursor = cursor;
                 self.announced = cursor;

@@ -10,8 +10,9 @@
 use crate::log::{EventLog, StoredEvent};
 use crate::store::Store;
 use app::protocol::{Event, Payload};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -34,9 +35,67 @@ pub enum PublishFailed {
     Unavailable,
 }
 
+/// Most idempotency keys remembered at once; past it the oldest are forgotten early
+/// (bounded memory whatever clients send: at most ~30 MB of keys and shared events).
+const MAX_KEYS: usize = 100_000;
+
+type Reply = Result<(Arc<StoredEvent>, bool), PublishFailed>;
+
 struct Request {
     payload: Payload,
-    reply: oneshot::Sender<Result<Arc<StoredEvent>, PublishFailed>>,
+    key: Option<String>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Idempotency keys of recent publishes and the events they stored, forgotten after
+/// [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL). Owned by the writer task alone: the
+/// check and the insert happen in the one place that assigns ids, so two retries racing
+/// each other cannot both store.
+#[derive(Default)]
+struct Remembered {
+    events: HashMap<String, Arc<StoredEvent>>,
+    /// Keys in the order they were stored, to forget the oldest first.
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Remembered {
+    fn get(&self, key: &str) -> Option<&Arc<StoredEvent>> {
+        self.events.get(key)
+    }
+
+    fn insert(&mut self, key: String, event: Arc<StoredEvent>, now: Instant) {
+        self.order.push_back((now, key.clone()));
+        self.events.insert(key, event);
+        while self.order.len() > MAX_KEYS {
+            self.forget_oldest();
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > crate::engine::IDEMPOTENCY_TTL)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, key)) = self.order.pop_front() {
+            self.events.remove(&key);
+        }
+    }
+}
+
+/// What one request of a batch is answered with.
+enum Answer {
+    /// The `i`-th new event of the batch.
+    New(usize),
+    /// Its key was used by the `i`-th new event of this same batch.
+    SameBatch(usize),
+    /// Its key was used before.
+    Remembered(Arc<StoredEvent>),
 }
 
 /// A cheap, cloneable handle to the writer task.
@@ -47,11 +106,16 @@ pub struct Publisher {
 
 impl Publisher {
     /// Stores `payload` (already validated) and returns the event once it is durable and
-    /// visible to readers.
-    pub async fn publish(&self, payload: Payload) -> Result<Arc<StoredEvent>, PublishFailed> {
+    /// visible to readers; or, for an idempotency `key` already used, the event stored then
+    /// (and `true`).
+    pub async fn publish(&self, payload: Payload, key: Option<String>) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request { payload, reply })
+            .send(Request {
+                payload,
+                key,
+                reply,
+            })
             .await
             .map_err(|_| PublishFailed::Closed)?;
         rx.await.unwrap_or(Err(PublishFailed::Closed))
@@ -65,25 +129,47 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
     let writer = async move {
         let mut next_id = log.latest() + 1;
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut remembered = Remembered::default();
         while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let ts = now_ms();
-            let events: Vec<(Arc<StoredEvent>, u64)> = batch
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let event = Event {
-                        id: next_id + i as u64,
-                        ts,
-                        payload: r.payload.clone(),
-                    };
-                    (Arc::new(StoredEvent::new(&event)), ts)
-                })
-                .collect();
-            let result = match store.insert(&events).await {
+            let now = Instant::now();
+            remembered.expire(now);
+            let mut events: Vec<(Arc<StoredEvent>, u64)> = Vec::with_capacity(batch.len());
+            let mut answers = Vec::with_capacity(batch.len());
+            let mut new_keys: HashMap<&str, usize> = HashMap::new();
+            for r in &batch {
+                if let Some(key) = r.key.as_deref() {
+                    if let Some(e) = remembered.get(key) {
+                        answers.push(Answer::Remembered(e.clone()));
+                        continue;
+                    }
+                    if let Some(&i) = new_keys.get(key) {
+                        answers.push(Answer::SameBatch(i));
+                        continue;
+                    }
+                    new_keys.insert(key, events.len());
+                }
+                let event = Event {
+                    id: next_id + events.len() as u64,
+                    ts,
+                    payload: r.payload.clone(),
+                };
+                answers.push(Answer::New(events.len()));
+                events.push((Arc::new(StoredEvent::new(&event)), ts));
+            }
+            let stored = if events.is_empty() {
+                Ok(())
+            } else {
+                store.insert(&events).await
+            };
+            let result = match stored {
                 Ok(()) => {
                     next_id += events.len() as u64;
                     let stored: Vec<_> = events.into_iter().map(|(e, _)| e).collect();
                     log.append(&stored);
+                    for (key, i) in new_keys {
+                        remembered.insert(key.to_owned(), stored[i].clone(), now);
+                    }
                     Ok(stored)
                 }
                 Err(err) => {
@@ -92,10 +178,12 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
                     Err(PublishFailed::Store)
                 }
             };
-            for (i, req) in batch.drain(..).enumerate() {
-                let answer = match &result {
-                    Ok(stored) => Ok(stored[i].clone()),
-                    Err(e) => Err(e.clone()),
+            for (req, answer) in batch.drain(..).zip(answers) {
+                let answer = match (&result, answer) {
+                    (_, Answer::Remembered(e)) => Ok((e, true)),
+                    (Ok(stored), Answer::New(i)) => Ok((stored[i].clone(), false)),
+                    (Ok(stored), Answer::SameBatch(i)) => Ok((stored[i].clone(), true)),
+                    (Err(e), _) => Err(e.clone()),
                 };
                 // The publisher may have gone away (client disconnected); the event stays.
                 let _ = req.reply.send(answer);

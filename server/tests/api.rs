@@ -379,17 +379,19 @@ async fn sse_connection_errors_are_json_and_the_stream_is_freed_when_the_client_
 
     // One stream allowed: a second is refused while the first is open...
     let mut first = Raw::connect(&s).await;
-    first.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+    first.send("GET /api/sse HTTP/1.1\r\nHost: t\r\n\r\n").await;
     first.until("retry:").await;
     let mut second = Raw::connect(&s).await;
-    second.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+    second
+        .send("GET /api/sse HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
     assert!(second.until("}").await.starts_with("HTTP/1.1 503"));
     // ...and accepted once the first client has gone (no write needed to notice).
     drop(first);
     within(async {
         loop {
             let mut again = Raw::connect(&s).await;
-            again.send("GET /api/sse HTTP/1.1\r\n\r\n").await;
+            again.send("GET /api/sse HTTP/1.1\r\nHost: t\r\n\r\n").await;
             if again.until("\r\n\r\n").await.starts_with("HTTP/1.1 200") {
                 return;
             }
@@ -526,35 +528,41 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
     let s = TestServer::start_with(|c| c.admin_token = Some("sekrit".into())).await;
     let mut ws = ws_connect(&s.ws_url("/api/ws?streams=chat")).await;
     let cases = [
-        ("not json", None, "malformed JSON"),
+        ("not json", None, "malformed JSON", "bad_request"),
         (
             r#"{"type":"publish","ref":"r2","stream":"nope","data":{}}"#,
             Some("r2"),
             "unknown stream",
+            "bad_request",
         ),
         (
             r#"{"type":"publish","ref":"r3","stream":"chat","data":{"author":"","body":"x"}}"#,
             Some("r3"),
             "author must not be empty",
+            "invalid",
         ),
         (
             r#"{"type":"dance","ref":"r4"}"#,
             Some("r4"),
             "unknown frame type",
+            "bad_request",
         ),
         (
             r#"{"type":"publish","ref":"r5","stream":"feed","data":{"title":"t","body":"b","author":"a"}}"#,
             Some("r5"),
             "admin token",
+            "unauthorized",
         ),
     ];
-    for (text, reference, needle) in cases {
+    for (text, reference, needle, want_code) in cases {
         ws.send(Message::text(text)).await.unwrap();
         match ws_frame(&mut ws).await {
             ServerFrame::Error {
                 reference: r,
                 error,
+                code,
             } => {
+                assert_eq!(code, want_code, "{text}");
                 assert_eq!(r.as_deref(), reference, "{text}");
                 assert!(
                     error.contains(needle),

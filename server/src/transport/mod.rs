@@ -7,24 +7,13 @@
 pub mod poll;
 pub mod sse;
 pub mod ws;
-pub mod wsframe;
 
 use crate::error::ApiError;
 use crate::AppState;
 use app::protocol::StreamSet;
-use serde::Deserialize;
+pub use app::protocol::SubscribeQuery as SubscribeParams;
 use std::time::Duration;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
-
-/// Query parameters shared by `/api/sse` and `/api/ws`.
-#[derive(Deserialize)]
-pub struct SubscribeParams {
-    pub streams: Option<String>,
-    pub since: Option<u64>,
-    /// Admin token for WebSocket publishing to feed/ticker (browsers cannot set headers
-    /// on a WebSocket upgrade).
-    pub token: Option<String>,
-}
 
 pub fn streams(list: Option<&str>) -> Result<StreamSet, ApiError> {
     StreamSet::parse(list).map_err(ApiError::BadRequest)

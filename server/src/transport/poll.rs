@@ -1,33 +1,23 @@
 //! `GET /api/poll?streams=..&since=ID[&wait=S][&limit=N]`: short and long polling.
 
-use crate::api::query;
+use crate::api::Query;
 use crate::error::ApiError;
 use crate::log::Read;
 use crate::AppState;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use app::protocol::PollQuery;
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use std::time::Duration;
 
 pub const MAX_WAIT_SECS: u64 = 30;
 pub const DEFAULT_LIMIT: usize = 500;
 pub const MAX_LIMIT: usize = 1000;
 
-#[derive(Deserialize)]
-pub struct PollParams {
-    streams: Option<String>,
-    since: Option<u64>,
-    wait: Option<u64>,
-    limit: Option<usize>,
-}
-
 pub async fn handler(
     State(state): State<AppState>,
-    q: Result<Query<PollParams>, QueryRejection>,
+    Query(p): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
-    let p = query(q)?;
     let filter = super::streams(p.streams.as_deref())?;
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
@@ -56,12 +46,22 @@ pub async fn handler(
     if let Read::Events { events, cursor, .. } = &read {
         if events.is_empty() && wait > 0 {
             let mut sub = state.subscribe(filter, Some(*cursor)).await?;
+            let _open = crate::metrics::OpenStream::new("long_poll");
             tokio::select! {
                 _ = sub.next(limit) => {}
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = state.shutdown.cancelled() => {}
             }
             read = state.log.read(*cursor, filter, limit);
+        }
+    }
+    match &read {
+        Read::Events { events, .. } => {
+            metrics::counter!("tidings_events_delivered_total", "transport" => "poll")
+                .increment(events.len() as u64)
+        }
+        Read::Reset { .. } => {
+            metrics::counter!("tidings_resets_total", "transport" => "poll").increment(1)
         }
     }
     Ok(json(encode(&read)))

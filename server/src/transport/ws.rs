@@ -1,34 +1,37 @@
 //! `GET /api/ws?streams=..[&since=ID][&token=T]`: WebSocket.
 //!
 //! The handshake is answered here and the socket is served over the raw `TcpStream` taken
-//! back from hyper's upgrade; [`super::wsframe`] says why no WebSocket library is used.
-//! One task per socket, one `select!` loop over: the subscription (event frames copied from
-//! the log into one write buffer), the socket becoming readable (client frames in),
-//! publishes in flight (acks out), a heartbeat timer and shutdown. When any of them ends the
-//! connection, the loop exits and everything it owns is dropped.
+//! back from hyper's upgrade; `wire::ws` says why no WebSocket library is used. One task
+//! per socket, one `select!` loop over: the subscription (event frames copied from the log
+//! into one write buffer), the socket becoming readable (client frames in, through a
+//! [`Connection`]), publishes in flight (acks out), a heartbeat timer and shutdown.
+//!
+//! The promise of the loop: every complete message received before a close frame, a
+//! protocol violation or the peer leaving is processed (stored and acknowledged, when the
+//! socket still takes writes) before the connection ends.
 
-use super::wsframe::{self, FrameReader, Incoming, OP_PING, OP_PONG};
 use super::SubscribeParams;
-use crate::api::{bearer, query};
 use crate::error::ApiError;
+use crate::limits::ClientAddr;
 use crate::log::Subscription;
+use crate::state::Caller;
 use crate::AppState;
 use app::protocol::{parse_client_frame, ServerFrame, MAX_PUBLISH_BYTES};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use std::io::ErrorKind;
+use std::future::Future;
+use std::io::{self, ErrorKind};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+use wire::ws::{CloseCode, FrameReader, Message, OpCode, Violation};
 
 /// Publishes one socket may have waiting for the store; past this the socket is not read
 /// until some complete (backpressure instead of an unbounded queue).
@@ -38,25 +41,39 @@ const MAX_IN_FLIGHT: usize = 64;
 /// catches up in writes of up to [`crate::log::BATCH_BYTES`]).
 const KEEP_BUFFER: usize = 4 * 1024;
 
+/// How long publishes still in flight when the connection ends may take to be answered.
+/// The writer keeps what it accepted either way; this only bounds the wait for the acks.
+const DRAIN: Duration = Duration::from_secs(5);
+
 pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<SubscribeParams>, QueryRejection>,
-    upgrade: Result<Upgrade, ApiError>,
-) -> Result<Response, ApiError> {
+    ClientAddr(client): ClientAddr,
+    crate::api::Query(p): crate::api::Query<SubscribeParams>,
+    counted: Option<axum::Extension<crate::limits::Counted>>,
+    upgrade: Result<Upgrade, Response>,
+) -> Result<Response, Response> {
     // Browsers send cookies and credentials with cross-site WebSocket upgrades and no CORS
     // applies to them, so the Origin check is the only guard against cross-site hijacking.
     if !state.origin_allowed(&headers) {
         return Err(ApiError::Forbidden(
             "this origin is not allowed to open a WebSocket here".into(),
-        ));
+        )
+        .into_response());
     }
-    let p = query(q)?;
     let upgrade = upgrade?;
-    let filter = super::streams(p.streams.as_deref())?;
-    let admin = state.is_admin(bearer(&headers).or(p.token.as_deref()));
-    let sub = state.subscribe(filter, p.since).await?;
+    let filter = super::streams(p.streams.as_deref()).map_err(IntoResponse::into_response)?;
+    let caller = Caller {
+        admin: state.is_admin(crate::api::bearer(&headers).or(p.token.as_deref())),
+        client: Some(client),
+    };
+    let sub = state
+        .subscribe(filter, p.since)
+        .await
+        .map_err(IntoResponse::into_response)?;
     tokio::spawn(async move {
+        // The socket keeps counting against its address's `--max-conns-per-ip`.
+        let _counted = counted;
         let upgraded = match upgrade.on_upgrade.await {
             Ok(u) => u,
             Err(e) => return tracing::debug!(error = %e, "websocket upgrade failed"),
@@ -64,7 +81,10 @@ pub async fn handler(
         // `serve::serve` hands hyper a `TokioIo<TcpStream>`, so this is what comes back.
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                serve_socket(parts.io.into_inner(), parts.read_buf, state, sub, admin).await
+                let conn = Connection::from_partially_read(parts.io.into_inner(), &parts.read_buf);
+                // A view into hyper's 8 KiB read buffer: holding it would keep that alive.
+                drop(parts.read_buf);
+                serve_socket(conn, state, sub, caller).await
             }
             Err(_) => tracing::error!("websocket upgrade of a connection that is not plain TCP"),
         }
@@ -80,19 +100,22 @@ pub async fn handler(
     Ok(response)
 }
 
-/// A valid WebSocket handshake request (RFC 6455 section 4.2.1), and the connection it
-/// arrived on, to be taken over once the 101 response is written.
+/// A valid WebSocket handshake request (RFC 6455 §4.2.1), and the connection it arrived
+/// on, to be taken over once the 101 response is written.
 pub struct Upgrade {
     on_upgrade: OnUpgrade,
     accept: String,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
-    type Rejection = ApiError;
+    /// A JSON error; for a version other than 13, a 426 that says which version this
+    /// server speaks (§4.2.2).
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Upgrade, ApiError> {
-        let bad =
-            |what: &str| ApiError::BadRequest(format!("a WebSocket upgrade is required: {what}"));
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Upgrade, Response> {
+        let bad = |what: &str| {
+            ApiError::BadRequest(format!("a WebSocket upgrade is required: {what}")).into_response()
+        };
         let has = |name: header::HeaderName, token: &str| {
             parts.headers.get_all(name).iter().any(|v| {
                 v.to_str()
@@ -105,19 +128,42 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
             return Err(bad("send `Connection: Upgrade` and `Upgrade: websocket`"));
         }
-        if parts
+        let versions: Vec<_> = parts
             .headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(|v| v.as_bytes())
-            != Some(b"13")
-        {
-            return Err(bad("`Sec-WebSocket-Version` must be 13"));
+            .get_all(header::SEC_WEBSOCKET_VERSION)
+            .iter()
+            .collect();
+        if versions.len() != 1 || versions[0].as_bytes() != b"13" {
+            let mut response = (
+                StatusCode::UPGRADE_REQUIRED,
+                axum::Json(app::protocol::ErrorBody {
+                    error: "this server speaks WebSocket version 13 only (RFC 6455)".into(),
+                    code: "unsupported_version".into(),
+                }),
+            )
+                .into_response();
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            crate::metrics::error_answered("unsupported_version");
+            return Err(response);
         }
-        let key = parts
+        let keys: Vec<_> = parts
             .headers
-            .get(header::SEC_WEBSOCKET_KEY)
-            .ok_or_else(|| bad("`Sec-WebSocket-Key` is missing"))?;
-        let accept = wsframe::accept_key(key.as_bytes());
+            .get_all(header::SEC_WEBSOCKET_KEY)
+            .iter()
+            .collect();
+        let key = match keys[..] {
+            [key] if wire::ws::valid_key(key.as_bytes()) => key,
+            [] => return Err(bad("`Sec-WebSocket-Key` is missing")),
+            _ => {
+                return Err(bad(
+                    "`Sec-WebSocket-Key` must be one base64-encoded 16-byte value",
+                ))
+            }
+        };
+        let accept = wire::ws::accept_key(key.as_bytes());
         let on_upgrade = parts
             .extensions
             .remove::<OnUpgrade>()
@@ -126,28 +172,173 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
     }
 }
 
+/// What a WebSocket connection reads from and writes to. A plain `TcpStream` in the server,
+/// any byte stream in tests ([`Buffered`]).
+///
+/// Why not just `AsyncRead`: reading needs a buffer, and a connection waiting for its client
+/// to speak (nearly all of them, nearly always) would hold it. With `readable` + `try_read`
+/// the buffer exists only while bytes are being taken in.
+pub trait Io: AsyncWrite + Unpin + Send {
+    /// Waits until a read would not block (cancel-safe).
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads what is there; `WouldBlock` when nothing is.
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Io for TcpStream {
+    fn readable(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+}
+
+/// Any `AsyncRead + AsyncWrite` (an in-memory duplex stream in tests) as an [`Io`]: reads
+/// ahead into a small buffer of its own.
+pub struct Buffered<S> {
+    inner: S,
+    ahead: Vec<u8>,
+    eof: bool,
+}
+
+impl<S> Buffered<S> {
+    pub fn new(inner: S) -> Buffered<S> {
+        Buffered {
+            inner,
+            ahead: Vec::new(),
+            eof: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for Buffered<S> {
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.ahead.is_empty() && !self.eof {
+            let mut chunk = [0u8; 4096];
+            let n = self.inner.read(&mut chunk).await?;
+            self.ahead.extend_from_slice(&chunk[..n]);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ahead.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.ahead.len());
+        buf[..n].copy_from_slice(&self.ahead[..n]);
+        self.ahead.drain(..n);
+        Ok(n)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A WebSocket connection as the socket loop sees it (mini-redis `Connection`): bytes in,
+/// whole messages out ([`FrameReader`] holds the buffers), and writes.
+pub struct Connection<S> {
+    io: S,
+    reader: FrameReader,
+}
+
+/// What one read gave.
+enum Read {
+    /// Bytes arrived (maybe not a whole message yet).
+    Bytes,
+    /// The peer closed its side, or the socket failed.
+    Gone,
+}
+
+impl<S: Io> Connection<S> {
+    /// `already_read`: bytes read past the handshake (a client may send its first frame
+    /// right behind it).
+    pub fn from_partially_read(io: S, already_read: &[u8]) -> Connection<S> {
+        Connection {
+            io,
+            reader: FrameReader::from_partially_read(already_read, MAX_PUBLISH_BYTES),
+        }
+    }
+
+    /// Waits for bytes from the peer. Cancel-safe.
+    async fn read(&mut self) -> Read {
+        if self.io.readable().await.is_err() {
+            return Read::Gone;
+        }
+        // Only here, after the wait: an idle connection holds no read buffer.
+        let mut chunk = [0u8; 4096];
+        match self.io.try_read(&mut chunk) {
+            Ok(0) => Read::Gone,
+            Ok(n) => {
+                self.reader.feed(&chunk[..n]);
+                Read::Bytes
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Read::Bytes,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket read failed");
+                Read::Gone
+            }
+        }
+    }
+
+    fn next_message(&mut self) -> Result<Option<Message>, Violation> {
+        self.reader.next_message()
+    }
+}
+
 fn push_frame(out: &mut Vec<u8>, f: &ServerFrame) {
     let json = serde_json::to_vec(f).expect("frames serialise");
-    wsframe::encode(out, wsframe::OP_TEXT, &json);
+    wire::ws::encode(out, OpCode::Text, &json);
+}
+
+fn push_error(out: &mut Vec<u8>, reference: Option<String>, e: &ApiError) {
+    crate::metrics::error_answered(e.code());
+    push_frame(
+        out,
+        &ServerFrame::Error {
+            reference,
+            error: e.message(),
+            code: e.code().into(),
+        },
+    );
 }
 
 /// How the connection ends: with a close frame (code, reason) or without one (the peer
-/// is gone).
-type End = Option<(u16, String)>;
+/// is gone, or stopped reading).
+type End = Option<(Option<CloseCode>, String)>;
 
-/// Serves one upgraded socket until it closes. `already_read`: bytes hyper read past the
-/// handshake (a client may send its first frame right behind it).
-pub async fn serve_socket(
-    mut tcp: TcpStream,
-    already_read: Bytes,
+/// Serves one upgraded socket until it closes.
+pub async fn serve_socket<S: Io>(
+    mut conn: Connection<S>,
     state: AppState,
     mut sub: Subscription,
-    admin: bool,
+    caller: Caller,
 ) {
-    let mut reader = FrameReader::new(MAX_PUBLISH_BYTES);
-    reader.buf.extend_from_slice(&already_read);
-    // A view into hyper's 8 KiB read buffer: holding it would keep that buffer alive.
-    drop(already_read);
+    let _open = crate::metrics::OpenStream::new("ws");
     // Everything to write next: event frames, acks, errors, pongs; one write per turn.
     let mut out = Vec::new();
     // Created once: a fresh `cancelled()` per loop turn would register with the token's
@@ -156,84 +347,89 @@ pub async fn serve_socket(
     tokio::pin!(cancelled);
     let mut in_flight = FuturesUnordered::new();
     let idle_timeout = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
+    let write_timeout = Duration::from_secs(state.config.write_timeout_secs.max(1));
     let mut ticks = super::heartbeat(&state);
     let mut last_heard = Instant::now();
+    let mut writable = true;
+
+    // Takes the complete messages read so far, in order: publishes start, everything else
+    // is answered into `out`. Returns how the connection ends, if a message ends it.
+    let take_messages = |conn: &mut Connection<S>,
+                         out: &mut Vec<u8>,
+                         in_flight: &mut FuturesUnordered<_>,
+                         bound: usize|
+     -> Option<End> {
+        while in_flight.len() < bound {
+            let message = match conn.next_message() {
+                Ok(Some(m)) => m,
+                Ok(None) => return None,
+                Err(v) => {
+                    metrics::counter!("tidings_ws_protocol_errors_total", "close_code" => v.code.0.to_string()).increment(1);
+                    return Some(Some((Some(v.code), v.reason)));
+                }
+            };
+            match message {
+                Message::Text(text) => match parse_client_frame(&text) {
+                    Ok(frame) => {
+                        let state = state.clone();
+                        in_flight.push(async move {
+                            let result = state.publish(frame.payload, frame.key, &caller).await;
+                            (frame.reference, result)
+                        });
+                    }
+                    Err((reference, e)) => push_error(out, reference, &ApiError::from(e)),
+                },
+                Message::Binary { .. } => push_error(
+                    out,
+                    None,
+                    &ApiError::BadRequest(
+                        "binary frames are not supported; send JSON text frames".into(),
+                    ),
+                ),
+                Message::Ping(payload) => wire::ws::encode(out, OpCode::Pong, &payload),
+                Message::Pong => {}
+                // Answered with the client's own code, as tungstenite does (§5.5.1); a
+                // close without a code is answered without one.
+                Message::Close(code) => {
+                    return Some(Some((code.map(|(c, _)| c), String::new())));
+                }
+            }
+        }
+        None
+    };
 
     let end: End = 'conn: loop {
         // Client frames already read, as many as backpressure allows.
-        while in_flight.len() < MAX_IN_FLIGHT {
-            let message = match reader.next_message() {
-                Ok(Some(m)) => m,
-                Ok(None) => break,
-                Err(v) => break 'conn Some((v.code, v.reason)),
-            };
-            match message {
-                Incoming::Text(text) => match parse_client_frame(&text) {
-                    Ok((reference, payload)) => {
-                        let state = state.clone();
-                        in_flight
-                            .push(async move { (reference, state.publish(payload, admin).await) });
-                    }
-                    Err((reference, e)) => push_frame(
-                        &mut out,
-                        &ServerFrame::Error {
-                            reference,
-                            error: e.message(),
-                        },
-                    ),
-                },
-                Incoming::Binary => push_frame(
-                    &mut out,
-                    &ServerFrame::Error {
-                        reference: None,
-                        error: "binary frames are not supported; send JSON text frames".into(),
-                    },
-                ),
-                Incoming::Ping(payload) => wsframe::encode(&mut out, OP_PONG, &payload),
-                Incoming::Pong => {}
-                Incoming::Close(_) => break 'conn Some((1000, String::new())),
-            }
+        if let Some(end) = take_messages(&mut conn, &mut out, &mut in_flight, MAX_IN_FLIGHT) {
+            break 'conn end;
         }
         if out.is_empty() {
             tokio::select! {
-                _ = &mut cancelled => break Some((1001, "server shutting down".into())),
+                _ = &mut cancelled => break Some((Some(CloseCode::GOING_AWAY), "server shutting down".into())),
 
                 reset_to = sub.next_into(|e| &e.ws, &mut out) => {
                     if let Some(cursor) = reset_to {
+                        metrics::counter!("tidings_resets_total", "transport" => "ws").increment(1);
                         push_frame(&mut out, &ServerFrame::Reset { cursor });
                     }
                 }
 
-                r = tcp.readable(), if in_flight.len() < MAX_IN_FLIGHT => {
-                    if r.is_err() {
-                        break None;
-                    }
-                    // Room for a typical read, only while reading: idle sockets hold no buffer.
-                    reader.buf.reserve(4096);
-                    match tcp.try_read_buf(&mut reader.buf) {
-                        Ok(0) => break None,
-                        Ok(_) => last_heard = Instant::now(),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
-                        Err(e) => {
-                            tracing::debug!(error = %e, "websocket read failed");
-                            break None;
-                        }
-                    }
-                }
+                read = conn.read(), if in_flight.len() < MAX_IN_FLIGHT => match read {
+                    Read::Bytes => last_heard = Instant::now(),
+                    Read::Gone => break None,
+                },
 
                 Some((reference, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                    push_frame(&mut out, &match result {
-                        Ok(event) => ServerFrame::Ack { reference, id: event.id },
-                        Err(e) => ServerFrame::Error { reference: Some(reference), error: e.message() },
-                    });
+                    push_ack(&mut out, reference, result);
                 }
 
                 _ = ticks.tick() => {
+                    sub.flush_metrics("ws");
                     if last_heard.elapsed() > idle_timeout {
                         tracing::debug!("dropping a silent websocket peer");
-                        break Some((1001, "idle timeout".into()));
+                        break Some((Some(CloseCode::GOING_AWAY), "idle timeout".into()));
                     }
-                    wsframe::encode(&mut out, OP_PING, b"");
+                    wire::ws::encode(&mut out, OpCode::Ping, b"");
                     if let Some(cursor) = sub.unannounced() {
                         push_frame(&mut out, &ServerFrame::Cursor { cursor });
                     }
@@ -241,7 +437,8 @@ pub async fn serve_socket(
             }
         }
         if !out.is_empty() {
-            if tcp.write_all(&out).await.is_err() {
+            if !write(&mut conn.io, &out, write_timeout).await {
+                writable = false;
                 break None;
             }
             out.clear();
@@ -250,127 +447,83 @@ pub async fn serve_socket(
             }
         }
     };
-    if let Some((code, reason)) = end {
-        wsframe::encode_close(&mut out, code, &reason);
-        let _ = timeout(Duration::from_secs(1), tcp.write_all(&out)).await;
+    sub.flush_metrics("ws");
+
+    // Nothing received is dropped: complete messages still buffered (behind the in-flight
+    // bound) start too, unless the connection ended on a close or a violation, which the
+    // reader has already put after everything before it.
+    if end.is_none() || matches!(end, Some((Some(CloseCode::GOING_AWAY), _))) {
+        let _ = take_messages(&mut conn, &mut out, &mut in_flight, usize::MAX);
+    }
+    // Then every publish started is answered before the close frame.
+    let drained = timeout(DRAIN, async {
+        while let Some((reference, result)) = in_flight.next().await {
+            push_ack(&mut out, reference, result);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("publishes still in flight when a websocket closed");
+    }
+    if let Some((code, reason)) = &end {
+        wire::ws::encode_close(&mut out, *code, reason);
+    }
+    if writable && !out.is_empty() {
+        let _ = timeout(Duration::from_secs(1), conn.io.write_all(&out)).await;
     }
     // Half-close, then read until the client closes too (bounded). Closing a socket with
     // unread bytes in it makes the kernel send a reset, which can destroy the close frame
     // before the client has read it (an oversize frame is refused on its header, while
     // the rest of it is still arriving).
-    let _ = tcp.shutdown().await;
+    let _ = conn.io.shutdown().await;
     let _ = timeout(Duration::from_secs(2), async {
         let mut sink = [0u8; 512];
-        while tcp.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        loop {
+            if conn.io.readable().await.is_err() {
+                break;
+            }
+            match conn.io.try_read(&mut sink) {
+                Ok(0) => break,
+                Err(e) if e.kind() != ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
     })
     .await;
 }
 
-#[cfg(test)]
-mod tests {
-    //! The socket loop on a real loopback socket, with tungstenite as the client: no HTTP,
-    //! no upgrade, just the frames both ways.
-    use super::*;
-    use crate::{
-        config::Config, engine::Engine, log::EventLog, publish::spawn_writer, store::Store, Shared,
-    };
-    use futures_util::SinkExt;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
-    use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, Role};
-    use tokio_tungstenite::tungstenite::Message;
-    use tokio_tungstenite::WebSocketStream;
-
-    async fn frame_from(ws: &mut WebSocketStream<TcpStream>) -> ServerFrame {
-        loop {
-            match ws.next().await.expect("socket loop ended").unwrap() {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Close(c) => panic!("closed: {c:?}"),
-                _ => {}
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn publish_ack_error_ping_and_shutdown_over_a_socket() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).await.unwrap();
-        let log = Arc::new(EventLog::new(100, vec![], 0));
-        let (publisher, _writer) = spawn_writer(store.clone(), log.clone());
-        let state = AppState(Arc::new(Shared {
-            log: log.clone(),
-            engine: Engine::Embedded { store, publisher },
-            config: Config::for_tests(dir.path().to_path_buf()),
-            demo_leader: Arc::new(AtomicBool::new(true)),
-            streams: Arc::new(tokio::sync::Semaphore::new(10)),
-            shutdown: Default::default(),
-        }));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let sub = log.subscribe(app::protocol::StreamSet::ALL, 0);
-        // A first frame that arrived with the handshake is served too.
-        let mut early = Vec::new();
-        {
-            let mut c = WebSocketStream::from_raw_socket(
-                tokio::io::join(tokio::io::empty(), &mut early),
-                Role::Client,
-                None,
-            )
-            .await;
-            c.send(Message::text(
-                r#"{"type":"publish","ref":"a","stream":"chat","data":{"author":"x","body":"y"}}"#,
-            ))
-            .await
-            .unwrap();
-        }
-        let task = tokio::spawn(serve_socket(
-            server,
-            Bytes::from(early),
-            state.clone(),
-            sub,
-            false,
-        ));
-        let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
-
-        let mut got = [frame_from(&mut ws).await, frame_from(&mut ws).await];
-        got.sort_by_key(|f| matches!(f, ServerFrame::Event { .. }));
-        assert_eq!(
-            got[0],
-            ServerFrame::Ack {
-                reference: "a".into(),
-                id: 1
-            }
-        );
-        assert!(matches!(&got[1], ServerFrame::Event { event } if event.id == 1));
-
-        ws.send(Message::text("{}")).await.unwrap();
-        assert!(matches!(
-            frame_from(&mut ws).await,
-            ServerFrame::Error { .. }
-        ));
-
-        ws.send(Message::Ping(Bytes::from_static(b"hi")))
-            .await
-            .unwrap();
-        let pong = loop {
-            if let Message::Pong(p) = ws.next().await.unwrap().unwrap() {
-                break p;
-            }
-        };
-        assert_eq!(&pong[..], b"hi");
-
-        state.shutdown.cancel();
-        let close = loop {
-            if let Message::Close(c) = ws.next().await.unwrap().unwrap() {
-                break c.unwrap();
-            }
-        };
-        assert_eq!(close.code, CloseCode::Away);
-        // The client answers the close; the server then ends the connection.
-        while ws.next().await.is_some_and(|r| r.is_ok()) {}
-        task.await.unwrap();
+fn push_ack(
+    out: &mut Vec<u8>,
+    reference: String,
+    result: Result<std::sync::Arc<crate::log::StoredEvent>, ApiError>,
+) {
+    match result {
+        Ok(event) => push_frame(
+            out,
+            &ServerFrame::Ack {
+                reference,
+                id: event.id,
+            },
+        ),
+        Err(e) => push_error(out, Some(reference), &e),
     }
 }
+
+/// Writes `bytes`, giving up on a client that has not taken them within `limit`: it
+/// stopped reading, and holding its connection would only hold memory (it resumes from its
+/// cursor when it comes back).
+async fn write(io: &mut (impl AsyncWrite + Unpin), bytes: &[u8], limit: Duration) -> bool {
+    match timeout(limit, io.write_all(bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            metrics::counter!("tidings_slow_consumer_closes_total", "transport" => "ws")
+                .increment(1);
+            tracing::debug!("dropping a websocket client that stopped reading");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -4,14 +4,15 @@
 //! encoded once (at publish) and every connection only copies it, all it has pending in one
 //! chunk per wake-up. (How the connection itself is served: `crate::serve`.)
 
+pub mod http;
+
 use super::SubscribeParams;
-use crate::api::query;
+use crate::api::Query;
 use crate::error::ApiError;
 use crate::log::Subscription;
 use crate::AppState;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use std::pin::Pin;
@@ -24,9 +25,8 @@ const RETRY_MS: u32 = 1000;
 pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<SubscribeParams>, QueryRejection>,
+    Query(p): Query<SubscribeParams>,
 ) -> Result<Response, ApiError> {
-    let p = query(q)?;
     let filter = super::streams(p.streams.as_deref())?;
     // The browser's automatic reconnect sends Last-Event-ID; it wins over the `since` that
     // is still in the URL from the first connect.
@@ -47,6 +47,7 @@ pub async fn handler(
         ticks: super::heartbeat(&state),
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
+        _open: crate::metrics::OpenStream::new("sse"),
     };
     let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {
         c.next_chunk()
@@ -77,6 +78,13 @@ struct Conn {
     /// Created once per connection (see the same note in `ws.rs`).
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     started: bool,
+    _open: crate::metrics::OpenStream,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.sub.flush_metrics("sse");
+    }
 }
 
 impl Conn {
@@ -92,6 +100,7 @@ impl Conn {
             _ = &mut self.shutdown => None,
             reset_to = self.sub.next_into(|e| &e.sse, &mut out) => {
                 if let Some(cursor) = reset_to {
+                    metrics::counter!("tidings_resets_total", "transport" => "sse").increment(1);
                     out.extend_from_slice(
                         format!("event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n").as_bytes(),
                     );
@@ -99,6 +108,7 @@ impl Conn {
                 Some(Bytes::from(out))
             }
             _ = self.ticks.tick() => {
+                self.sub.flush_metrics("sse");
                 // A bare `id:` line updates the browser's Last-Event-ID without firing an event.
                 match self.sub.unannounced() {
                     Some(cursor) => Some(Bytes::from(format!(": heartbeat\nid: {cursor}\n\n"))),

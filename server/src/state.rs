@@ -1,0 +1,193 @@
+//! The server's shared state and its operations (mini-redis' `db.rs`): what every
+//! transport and handler calls to publish, subscribe and check who may do what. Handlers
+//! stay thin: they parse, call one of these, and encode the answer.
+
+use crate::error::ApiError;
+use crate::limits::Limits;
+use crate::log::StoredEvent;
+use crate::{engine, log, Config};
+use app::protocol::{Payload, ServerInfo, Stream};
+use axum::http::{header, HeaderMap};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Whether `presented` is `secret`, compared in constant time.
+pub fn same_secret(secret: &str, presented: Option<&str>) -> bool {
+    presented.is_some_and(|p| {
+        let (a, b) = (secret.as_bytes(), p.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    })
+}
+
+/// Who is publishing: whether they showed the admin token, and from which client address
+/// (`None`: the server itself, e.g. the simulators; not rate-limited).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caller {
+    pub admin: bool,
+    pub client: Option<IpAddr>,
+}
+
+impl Caller {
+    /// The server's own simulators.
+    pub const SERVER: Caller = Caller {
+        admin: true,
+        client: None,
+    };
+}
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Clone)]
+pub struct AppState(pub Arc<Shared>);
+
+pub struct Shared {
+    /// The resume window and wake-ups; read by every transport.
+    pub log: Arc<log::EventLog>,
+    /// Where events are stored and how they reach the log (SQLite or Redis).
+    pub engine: engine::Engine,
+    pub config: Config,
+    /// Whether this server runs the simulators (always in embedded mode; in cluster mode
+    /// only the holder of the Redis lease, so N servers do not mean N tickers).
+    pub demo_leader: Arc<AtomicBool>,
+    /// One permit per open stream (`--max-streams`), held by its [`log::Subscription`].
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
+    /// with 1001, simulators stop.
+    pub shutdown: CancellationToken,
+    /// Connections per address and publish rates (`--max-conns-per-ip`, `--publish-rate`).
+    pub limits: Arc<Limits>,
+    /// Renders `/metrics` (the recorder is process-wide, see [`crate::metrics`]).
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// The one publish path (HTTP, WebSocket and the simulators all come through here).
+    /// `payload` is already validated; `admin` says whether the caller showed the token.
+    ///
+    /// `key`: an idempotency key; a publish retried with the same key is answered with the
+    /// event already stored (for as long as the engine remembers the key) instead of being
+    /// stored twice. A caller that is not the admin is held to `--publish-rate`.
+    pub async fn publish(
+        &self,
+        payload: Payload,
+        key: Option<String>,
+        caller: &Caller,
+    ) -> Result<Arc<StoredEvent>, ApiError> {
+        let stream = payload.stream();
+        if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
+            return Err(ApiError::Unauthorized);
+        }
+        if let (Some(client), false) = (caller.client, caller.admin) {
+            self.limits.publish_allowed(client).map_err(|wait| {
+                metrics::counter!("tidings_rate_limited_total").increment(1);
+                ApiError::RateLimited(wait)
+            })?;
+        }
+        let started = std::time::Instant::now();
+        let (event, replayed) = self.engine.publish(payload, key).await?;
+        if replayed {
+            metrics::counter!("tidings_idempotent_replays_total").increment(1);
+        } else {
+            metrics::histogram!("tidings_publish_seconds").record(started.elapsed());
+            metrics::counter!("tidings_events_published_total", "stream" => stream.as_str())
+                .increment(1);
+        }
+        Ok(event)
+    }
+
+    /// A subscription for a streaming transport or a waiting long poll, from `cursor` (after
+    /// catching up to it) or from now. It holds one of the `--max-streams` permits for as long
+    /// as it lives; when none is left the client gets a 503 instead of exhausting the
+    /// server's file descriptors for everyone.
+    pub async fn subscribe(
+        &self,
+        filter: app::protocol::StreamSet,
+        cursor: Option<u64>,
+    ) -> Result<crate::log::Subscription, ApiError> {
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("tidings_connections_refused_total", "reason" => "max_streams")
+                .increment(1);
+            ApiError::Unavailable(
+                "this server holds as many open streams as it is allowed; try again later".into(),
+            )
+        })?;
+        let cursor = match cursor {
+            Some(c) => {
+                self.catch_up(c).await;
+                c
+            }
+            None => self.log.latest(),
+        };
+        Ok(self.log.subscribe(filter, cursor).with_permit(permit))
+    }
+
+    /// Where a reader with `cursor` can start. In cluster mode a client may arrive with a
+    /// cursor from another server whose events this server's window has not received yet
+    /// (it is milliseconds behind Redis): wait for them briefly rather than reset a client
+    /// that missed nothing. A cursor beyond the cluster's head is left alone: it gets a reset.
+    pub async fn catch_up(&self, cursor: u64) {
+        if cursor <= self.log.latest() {
+            return;
+        }
+        match self.engine.head().await {
+            Some(head) if cursor <= head => {
+                self.log
+                    .wait_for(cursor, std::time::Duration::from_secs(3))
+                    .await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `presented` is the admin token.
+    pub fn is_admin(&self, presented: Option<&str>) -> bool {
+        self.config
+            .admin_token
+            .as_deref()
+            .is_some_and(|token| same_secret(token, presented))
+    }
+
+    pub fn info(&self) -> ServerInfo {
+        ServerInfo {
+            version: env!("CARGO_PKG_VERSION").into(),
+            latest_id: self.log.latest(),
+            oldest_id: self.log.oldest(),
+            retention: self.log.retention(),
+            demo: !self.config.no_demo,
+            admin_protected: self.config.admin_token.is_some(),
+            demo_leader: !self.config.no_demo
+                && self.demo_leader.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+
+    /// A browser's `Origin` is acceptable when it is this server's own origin (same
+    /// host:port as the request's `Host`) or one of `--allow-origin`. Requests without an
+    /// `Origin` (curl, native clients) are not browser cross-origin requests and pass.
+    pub fn origin_allowed(&self, headers: &HeaderMap) -> bool {
+        let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+            return true;
+        };
+        let own = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .is_some_and(|host| {
+                origin
+                    .strip_prefix("http://")
+                    .or_else(|| origin.strip_prefix("https://"))
+                    == Some(host)
+            });
+        own || self
+            .config
+            .allow_origins
+            .iter()
+            .any(|a| a.trim_end_matches('/') == origin)
+    }
+}

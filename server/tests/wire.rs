@@ -1,0 +1,494 @@
+//! The wire as an outside tester sees it: raw bytes on real sockets against a real server
+//! (issue #8). Frame-level conformance of the reader itself is table-tested in
+//! `wire/src/ws/tests.rs` and over an in-memory stream in `server/src/transport/ws/tests.rs`;
+//! here the same families go through the whole server: accept, handshake, socket loop.
+
+mod common;
+
+use common::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PUBLISH: &str =
+    r#"{"type":"publish","ref":"p","stream":"chat","data":{"author":"raw","body":"socket"}}"#;
+
+/// A masked client frame.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x5a, 0x11, 0xe0, 0x07];
+    let mut f = vec![first];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= 65535 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
+/// Raw HTTP: sends `request`, returns everything the server sends until it closes (or
+/// `DEADLINE`).
+async fn raw(s: &TestServer, request: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut got)).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Opens a WebSocket by hand; returns the socket after the 101.
+async fn ws_raw(s: &TestServer, path: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(s.addr).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        s.addr
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        within(tcp.read_exact(&mut b)).await.unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    tcp
+}
+
+/// Server frames until the server closes the connection: (opcode, payload).
+async fn frames_until_closed(tcp: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
+    let mut got = Vec::new();
+    within(tcp.read_to_end(&mut got)).await.unwrap();
+    let mut out = Vec::new();
+    let mut b = &got[..];
+    while b.len() >= 2 {
+        let (op, len7) = (b[0] & 0x0f, (b[1] & 0x7f) as usize);
+        let (len, at) = match len7 {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n, 2),
+        };
+        out.push((op, b[at..at + len].to_vec()));
+        b = &b[at + len..];
+    }
+    out
+}
+
+fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
+    let (_, p) = frames.iter().rev().find(|(op, _)| *op == 8)?;
+    (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]))
+}
+
+fn texts(frames: &[(u8, Vec<u8>)]) -> Vec<serde_json::Value> {
+    frames
+        .iter()
+        .filter(|(op, _)| *op == 1)
+        .map(|(_, p)| serde_json::from_slice(p).unwrap())
+        .collect()
+}
+
+async fn history_len(s: &TestServer) -> usize {
+    let h: app::protocol::HistoryResponse =
+        reqwest::get(s.url("/api/history?stream=chat&limit=200"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    h.events.len()
+}
+
+/// Issue #8 defect 1, the raw reproduction: a publish then `88 82 00000000 03e8` in one
+/// write. The event is stored and acked, then the close is answered.
+#[tokio::test]
+async fn publish_then_close_in_one_write_is_stored_and_acked() {
+    let s = TestServer::start().await;
+    let mut tcp = ws_raw(&s, "/api/ws?streams=chat").await;
+    let mut bytes = frame(0x81, PUBLISH.as_bytes());
+    bytes.extend_from_slice(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+    tcp.write_all(&bytes).await.unwrap();
+    let frames = frames_until_closed(&mut tcp).await;
+    let acks: Vec<_> = texts(&frames)
+        .into_iter()
+        .filter(|f| f["type"] == "ack")
+        .collect();
+    assert_eq!(acks.len(), 1, "{frames:?}");
+    assert_eq!(close_code(&frames), Some(1000));
+    assert_eq!(history_len(&s).await, 1);
+    s.stop().await;
+}
+
+/// Families of RFC 6455 / Autobahn cases through the real server: what the client sends
+/// in one write, how many publishes must be acked, the close code the server must send.
+#[tokio::test]
+async fn frame_families_over_a_real_socket() {
+    let s = TestServer::start().await;
+    let p = || frame(0x81, PUBLISH.as_bytes());
+    let (a, b) = PUBLISH.as_bytes().split_at(30);
+    let mut msb = vec![0x81, 0xff];
+    msb.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    msb.extend_from_slice(&[0; 4]);
+    let cases: Vec<(&str, Vec<Vec<u8>>, usize, u16)> = vec![
+        (
+            "2 ping then close",
+            vec![p(), frame(0x89, b"x"), frame(0x88, &[3, 232])],
+            1,
+            1000,
+        ),
+        (
+            "2 ping too long",
+            vec![p(), frame(0x89, &[0; 126])],
+            1,
+            1002,
+        ),
+        ("3 reserved bit", vec![p(), frame(0xC1, b"x")], 1, 1002),
+        ("4 reserved opcode", vec![p(), frame(0x8B, b"")], 1, 1002),
+        (
+            "5 fragments with ping",
+            vec![
+                frame(0x01, a),
+                frame(0x89, b""),
+                frame(0x80, b),
+                frame(0x88, &[3, 232]),
+            ],
+            1,
+            1000,
+        ),
+        (
+            "5 continuation first",
+            vec![p(), frame(0x80, b"x")],
+            1,
+            1002,
+        ),
+        (
+            "5 text inside fragments",
+            vec![p(), frame(0x01, b"x"), frame(0x81, b"y")],
+            1,
+            1002,
+        ),
+        (
+            "6 invalid UTF-8",
+            vec![p(), frame(0x81, &[0xed, 0xa0, 0x80])],
+            1,
+            1007,
+        ),
+        (
+            "6 invalid UTF-8, first fragment",
+            vec![p(), frame(0x01, &[0xff])],
+            1,
+            1007,
+        ),
+        ("7 close 1-byte", vec![p(), frame(0x88, &[3])], 1, 1002),
+        (
+            "7 close code 1005",
+            vec![p(), frame(0x88, &[0x03, 0xed])],
+            1,
+            1002,
+        ),
+        (
+            "7 close code 3000",
+            vec![p(), frame(0x88, &[0x0b, 0xb8])],
+            1,
+            3000,
+        ),
+        (
+            "7 close reason not UTF-8",
+            vec![p(), frame(0x88, &[3, 232, 0xff])],
+            1,
+            1007,
+        ),
+        (
+            "7 data after close",
+            vec![p(), frame(0x88, &[3, 232]), p()],
+            1,
+            1000,
+        ),
+        (
+            "9 over the limit",
+            vec![p(), frame(0x81, &vec![b'a'; 16 * 1024 + 1])],
+            1,
+            1009,
+        ),
+        ("mask missing", vec![p(), vec![0x81, 0x01, b'a']], 1, 1002),
+        ("64-bit length, top bit", vec![p(), msb], 1, 1002),
+    ];
+    for (name, frames_out, want_acks, want_close) in cases {
+        let before = history_len(&s).await;
+        let mut tcp = ws_raw(&s, "/api/ws?streams=feed").await;
+        tcp.write_all(&frames_out.concat()).await.unwrap();
+        let frames = frames_until_closed(&mut tcp).await;
+        let acks = texts(&frames).iter().filter(|f| f["type"] == "ack").count();
+        assert_eq!(acks, want_acks, "{name}: {frames:?}");
+        assert_eq!(close_code(&frames), Some(want_close), "{name}: {frames:?}");
+        assert_eq!(history_len(&s).await, before + want_acks, "{name}");
+    }
+    s.stop().await;
+}
+
+/// Issue #8 defect 4: RFC 6455 §4.2.2: an unsupported version gets 426 with the version
+/// this server speaks; a key that is not base64 of 16 bytes gets 400.
+#[tokio::test]
+async fn handshake_version_and_key_are_checked() {
+    let s = TestServer::start().await;
+    let req = |version: &str, key: &str| {
+        format!(
+            "GET /api/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: {version}\r\nSec-WebSocket-Key: {key}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let answer = raw(&s, req("8", "dGhlIHNhbXBsZSBub25jZQ==").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(r#""code":"unsupported_version""#),
+        "{answer}"
+    );
+    for key in ["not-base64!", "c2hvcnQ=", "dGhlIHNhbXBsZSBub25jZSEhIQ=="] {
+        let answer = raw(&s, req("13", key).as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{key}: {answer}");
+        assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+    }
+    s.stop().await;
+}
+
+/// Issue #8 defect 5: RFC 9112 §3.2, on hyper's paths and on the event-stream path.
+#[tokio::test]
+async fn requests_need_exactly_one_host() {
+    let s = TestServer::start().await;
+    for path in [
+        "/api/poll?streams=chat",
+        "/api/sse?streams=chat",
+        "/healthz",
+    ] {
+        for hosts in ["", "Host: a\r\nHost: b\r\n"] {
+            let answer = raw(
+                &s,
+                format!("GET {path} HTTP/1.1\r\n{hosts}Connection: close\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert!(
+                answer.starts_with("HTTP/1.1 400"),
+                "{path} {hosts:?}: {answer}"
+            );
+            assert!(answer.contains("Host"), "{answer}");
+        }
+        // HTTP/1.0 may leave it out.
+        let answer = raw(&s, format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{path}: {answer}"
+        );
+    }
+    s.stop().await;
+}
+
+/// Issue #8 defect 5: a head trickled a byte at a time is cut at the head deadline, on the
+/// event-stream path (own framing) and on hyper's.
+#[tokio::test]
+async fn a_trickled_request_head_is_cut_at_the_deadline() {
+    let s = TestServer::start_with(|c| c.head_timeout_secs = 2).await;
+    let mut tasks = Vec::new();
+    for start in [
+        "GET /api/sse?streams=chat HTTP/1.1\r\n",
+        "GET /api/poll?streams=chat HTTP/1.1\r\n",
+    ] {
+        let addr = s.addr;
+        tasks.push(tokio::spawn(async move {
+            let began = Instant::now();
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(start.as_bytes()).await.unwrap();
+            // One header byte every 300 ms, forever: each byte alone would reset a
+            // per-read timeout.
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if tcp.write_all(b"x").await.is_err() {
+                    break;
+                }
+                let mut b = [0u8; 64];
+                match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut b)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    _ => {}
+                }
+                assert!(
+                    began.elapsed() < Duration::from_secs(8),
+                    "{start}: still open"
+                );
+            }
+            began.elapsed()
+        }));
+    }
+    for t in tasks {
+        let took = t.await.unwrap();
+        assert!(took >= Duration::from_millis(1500), "{took:?}");
+    }
+    s.stop().await;
+}
+
+/// Connections beyond `--max-conns-per-ip` get a 429 with a JSON body; closing one makes
+/// room again.
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    let s = TestServer::start_with(|c| c.max_conns_per_ip = 3).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(ws_raw(&s, "/api/ws?streams=chat").await);
+    }
+    let answer = raw(&s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.contains(r#""code":"too_many_connections""#),
+        "{answer}"
+    );
+    drop(held.pop());
+    within(async {
+        loop {
+            let answer = raw(
+                &s,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    s.stop().await;
+}
+
+/// `--publish-rate`: 429 + Retry-After over HTTP, a `rate_limited` error frame over
+/// WebSocket (the socket stays open), and both count against the same bucket.
+#[tokio::test]
+async fn publishes_are_rate_limited_per_address() {
+    let s = TestServer::start_with(|c| {
+        c.publish_rate = 1;
+        c.publish_burst = 2;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"stream":"chat","data":{"author":"a","body":"b"}});
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = client
+            .post(s.url("/api/publish"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            assert!(r.headers().get("retry-after").is_some());
+            let e: app::protocol::ErrorBody = r.json().await.unwrap();
+            assert_eq!(e.code, "rate_limited");
+        }
+    }
+    assert_eq!(statuses, vec![201, 201, 429]);
+    let mut tcp = ws_raw(&s, "/api/ws?streams=feed").await;
+    let mut bytes = frame(0x81, PUBLISH.as_bytes());
+    bytes.extend(frame(0x88, &[3, 232]));
+    tcp.write_all(&bytes).await.unwrap();
+    let frames = frames_until_closed(&mut tcp).await;
+    let t = texts(&frames);
+    assert!(
+        t.iter()
+            .any(|f| f["type"] == "error" && f["code"] == "rate_limited" && f["ref"] == "p"),
+        "{t:?}"
+    );
+    assert_eq!(history_len(&s).await, 2);
+    s.stop().await;
+}
+
+/// A publish retried with the same idempotency key is stored once and answered with the
+/// same event, over HTTP and WebSocket alike.
+#[tokio::test]
+async fn retried_publishes_with_an_idempotency_key_are_stored_once() {
+    let s = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"stream":"chat","data":{"author":"a","body":"once"}});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = client
+            .post(s.url("/api/publish"))
+            .header("Idempotency-Key", "3f1e-http")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        ids.push(r.json::<app::protocol::Event>().await.unwrap().id);
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    let keyed = PUBLISH.replace(r#""ref":"p""#, r#""ref":"p","key":"3f1e-ws""#);
+    let mut ws_ids = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = ws_raw(&s, "/api/ws?streams=feed").await;
+        let mut bytes = frame(0x81, keyed.as_bytes());
+        bytes.extend(frame(0x81, keyed.as_bytes()));
+        bytes.extend(frame(0x88, &[3, 232]));
+        tcp.write_all(&bytes).await.unwrap();
+        for f in texts(&frames_until_closed(&mut tcp).await) {
+            if f["type"] == "ack" {
+                ws_ids.push(f["id"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(ws_ids.len(), 4);
+    assert!(ws_ids.iter().all(|i| *i == ws_ids[0]), "{ws_ids:?}");
+    assert_eq!(history_len(&s).await, 2);
+    let bad = client
+        .post(s.url("/api/publish"))
+        .header("Idempotency-Key", "")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    s.stop().await;
+}
+
+/// `/metrics` speaks Prometheus text and counts what happened; with a token it is private.
+#[tokio::test]
+async fn metrics_are_exposed_in_prometheus_format() {
+    let s = TestServer::start_with(|c| c.metrics_token = Some("m-token".into())).await;
+    s.chat("counted").await;
+    let client = reqwest::Client::new();
+    let denied = client.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(denied.status(), 403);
+    let text = client
+        .get(s.url("/metrics"))
+        .bearer_auth("m-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "# TYPE tidings_events_published_total counter",
+        "tidings_events_published_total{stream=\"chat\"}",
+        "# TYPE tidings_publish_seconds histogram",
+        "tidings_publish_seconds_bucket",
+        "tidings_errors_total{code=\"forbidden\"}",
+    ] {
+        assert!(text.contains(needle), "{needle} missing in:\n{text}");
+    }
+    s.stop().await;
+}

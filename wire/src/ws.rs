@@ -1,0 +1,493 @@
+//! The WebSocket wire format (RFC 6455), server side: the handshake's accept key, frames
+//! out, and an incremental reader for frames in.
+//!
+//! Why not tungstenite (through axum's `WebSocketUpgrade`), as the axum examples do: a
+//! server's frames are unmasked, so an event's frame is the same bytes for every socket. The
+//! server builds it once at publish and a connection only copies it into its next write.
+//! tungstenite re-frames every message for every socket and keeps read and write buffers per
+//! socket; measured on the fan-out benchmark, that framing was about half of the server's
+//! per-delivery CPU (docs/performance.md).
+//!
+//! The reader is shaped like tungstenite's and fastwebsockets': an [`OpCode`] and a
+//! [`CloseCode`] type, a private buffer, bytes handed in (also those read past the
+//! handshake, [`FrameReader::from_partially_read`]) and whole [`Message`]s handed out. It
+//! differs in one way: payload bytes are consumed as they arrive instead of once the whole
+//! frame is buffered, so invalid UTF-8 fails the connection as soon as it is seen (RFC 6455
+//! §8.1, Autobahn 6.4 "fail fast"), and a message in progress is held once, unmasked.
+//!
+//! Every length a peer sends is checked before it is used in arithmetic: a 64-bit length
+//! with the top bit set is a protocol error (§5.2) and sizes add with `checked_add`.
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
+
+/// A frame's opcode (RFC 6455 §5.2). Values 3-7 and 0xB-0xF are reserved and refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    /// Close, ping and pong: at most 125 bytes, never fragmented, allowed between fragments.
+    pub fn is_control(self) -> bool {
+        matches!(self, OpCode::Close | OpCode::Ping | OpCode::Pong)
+    }
+
+    pub fn byte(self) -> u8 {
+        match self {
+            OpCode::Continuation => 0x0,
+            OpCode::Text => 0x1,
+            OpCode::Binary => 0x2,
+            OpCode::Close => 0x8,
+            OpCode::Ping => 0x9,
+            OpCode::Pong => 0xA,
+        }
+    }
+}
+
+impl TryFrom<u8> for OpCode {
+    /// The reserved opcode.
+    type Error = u8;
+
+    fn try_from(b: u8) -> Result<OpCode, u8> {
+        Ok(match b {
+            0x0 => OpCode::Continuation,
+            0x1 => OpCode::Text,
+            0x2 => OpCode::Binary,
+            0x8 => OpCode::Close,
+            0x9 => OpCode::Ping,
+            0xA => OpCode::Pong,
+            other => return Err(other),
+        })
+    }
+}
+
+/// A close status code (RFC 6455 §7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
+    pub const POLICY: CloseCode = CloseCode(1008);
+    pub const TOO_BIG: CloseCode = CloseCode(1009);
+    pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+
+    /// Whether a peer may send this code in a close frame: the codes IANA has assigned for
+    /// use on the wire (1000-1003, 1007-1014) and the ranges for libraries and applications
+    /// (3000-4999). 1004 is reserved; 1005, 1006 and 1015 only ever appear in APIs, never
+    /// on the wire; 0-999, the rest of 1000-2999 and 5000+ are not used. Same set as
+    /// tungstenite's `CloseCode::is_allowed`.
+    pub fn is_allowed(self) -> bool {
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+/// The GUID of RFC 6455 §1.3.
+const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(GUID);
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+/// Whether `key` is a valid `Sec-WebSocket-Key`: base64 of exactly 16 bytes (§4.1, §4.2.1).
+pub fn valid_key(key: &[u8]) -> bool {
+    // 16 bytes are 24 base64 characters, the last two `==`.
+    key.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(key)
+            .is_ok_and(|k| k.len() == 16)
+}
+
+/// Appends one complete (FIN), unmasked frame.
+pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    out.reserve(payload.len() + 10);
+    out.push(0x80 | opcode.byte());
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+}
+
+/// Longest close reason: a control frame's 125 bytes minus the 2-byte code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// Appends a close frame. `None`: no status code (the answer to a close that had none).
+/// The reason is cut to [`MAX_CLOSE_REASON`] bytes at a character boundary, so it stays
+/// valid UTF-8 (a peer fails the connection on a reason that is not).
+pub fn encode_close(out: &mut Vec<u8>, code: Option<CloseCode>, reason: &str) {
+    let Some(code) = code else {
+        return encode(out, OpCode::Close, b"");
+    };
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.0.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    encode(out, OpCode::Close, &payload);
+}
+
+/// A complete message from the client.
+#[derive(Debug, PartialEq, Clone)]
+pub enum Message {
+    Text(String),
+    /// Binary messages are not part of Tidings' protocol: only their size is kept (it
+    /// still counts against the limit).
+    Binary {
+        len: usize,
+    },
+    Ping(Vec<u8>),
+    Pong,
+    /// The client's close: its status code and reason, if it sent one. Nothing after it is
+    /// read (§5.5.1: no data frames after a close).
+    Close(Option<(CloseCode, String)>),
+}
+
+/// Why the connection must be failed: the close code and reason to send.
+#[derive(Debug, PartialEq, Eq, Clone)]
+pub struct Violation {
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+fn violation(code: CloseCode, reason: impl Into<String>) -> Violation {
+    Violation {
+        code,
+        reason: reason.into(),
+    }
+}
+
+fn protocol(reason: &str) -> Violation {
+    violation(CloseCode::PROTOCOL_ERROR, reason)
+}
+
+/// The frame whose payload is being read.
+#[derive(Debug)]
+struct Frame {
+    fin: bool,
+    opcode: OpCode,
+    mask: [u8; 4],
+    /// Payload bytes still to come.
+    remaining: u64,
+    /// Payload bytes already taken (the mask index of the next one).
+    taken: u64,
+}
+
+/// A fragmented (or still arriving) data message.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    /// Text: the payload so far, unmasked. Binary: stays empty, only `len` counts.
+    payload: Vec<u8>,
+    len: u64,
+    /// Text: how much of `payload` is known to be valid UTF-8 (a character boundary).
+    valid: usize,
+}
+
+/// Client frames in. Bytes read from the socket go in with [`FrameReader::feed`]; each
+/// [`FrameReader::next_message`] takes one complete message out, if there is one.
+///
+/// Holds nothing between messages (buffers are freed when empty), so an idle socket costs
+/// no buffer at all.
+#[derive(Debug)]
+pub struct FrameReader {
+    /// Bytes received and not yet parsed: at most a frame header and what followed it in
+    /// the last read.
+    buf: Vec<u8>,
+    /// Largest data message accepted (text or binary, all fragments together).
+    limit: u64,
+    frame: Option<Frame>,
+    /// A control frame's payload (at most 125 bytes) while it arrives.
+    control: Vec<u8>,
+    partial: Option<Partial>,
+    /// A close was received, or the connection failed: nothing more is read.
+    done: bool,
+}
+
+impl FrameReader {
+    pub fn new(limit: usize) -> FrameReader {
+        FrameReader {
+            buf: Vec::new(),
+            limit: limit as u64,
+            frame: None,
+            control: Vec::new(),
+            partial: None,
+            done: false,
+        }
+    }
+
+    /// A reader that starts with the bytes read past the handshake (a client may send its
+    /// first frames right behind its request).
+    pub fn from_partially_read(already_read: &[u8], limit: usize) -> FrameReader {
+        let mut r = FrameReader::new(limit);
+        r.feed(already_read);
+        r
+    }
+
+    /// Bytes read from the socket.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if !self.done {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Bytes held for messages not yet complete (for tests and memory accounting).
+    pub fn buffered(&self) -> usize {
+        self.buf.capacity()
+            + self.control.capacity()
+            + self.partial.as_ref().map_or(0, |p| p.payload.capacity())
+    }
+
+    /// The next complete message, `Ok(None)` if more bytes are needed (or a close was
+    /// received), or the violation that fails the connection. After a violation or a close
+    /// it only returns `Ok(None)`.
+    pub fn next_message(&mut self) -> Result<Option<Message>, Violation> {
+        if self.done {
+            return Ok(None);
+        }
+        let result = self.step();
+        match &result {
+            Err(_) | Ok(Some(Message::Close(_))) => {
+                self.done = true;
+                self.buf = Vec::new();
+                self.partial = None;
+            }
+            Ok(None) if self.buf.is_empty() && self.buf.capacity() > 0 => self.buf = Vec::new(),
+            _ => {}
+        }
+        result
+    }
+
+    fn step(&mut self) -> Result<Option<Message>, Violation> {
+        let mut at = 0;
+        let result = loop {
+            if self.frame.is_none() {
+                match self.header(&self.buf[at..])? {
+                    Some((frame, used)) => {
+                        at += used;
+                        self.start(frame)?;
+                    }
+                    None => break Ok(None),
+                }
+            }
+            let frame = self.frame.as_mut().expect("set above");
+            // At most what is buffered, and at most what the frame has left (u64 -> usize
+            // only after the min, so it fits).
+            let n =
+                (self.buf.len() - at).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
+            let bytes = &mut self.buf[at..at + n];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b ^= frame.mask[((frame.taken as usize).wrapping_add(i)) & 3];
+            }
+            at += n;
+            frame.taken += n as u64;
+            frame.remaining -= n as u64;
+            let (fin, opcode, done) = (frame.fin, frame.opcode, frame.remaining == 0);
+            if opcode.is_control() {
+                self.control.extend_from_slice(bytes);
+            } else {
+                let p = self.partial.as_mut().expect("a data frame has a message");
+                p.len += n as u64;
+                if p.text {
+                    p.payload.extend_from_slice(bytes);
+                    check_utf8(p)?;
+                }
+            }
+            if !done {
+                // A frame still arriving (all buffered bytes were taken).
+                break Ok(None);
+            }
+            self.frame = None;
+            if let Some(message) = self.finish(fin, opcode)? {
+                break Ok(Some(message));
+            }
+        };
+        self.buf.drain(..at);
+        result
+    }
+
+    /// Parses a frame header at the start of `b`: the frame and the header's length, or
+    /// `None` if the header is not all there yet.
+    fn header(&self, b: &[u8]) -> Result<Option<(Frame, usize)>, Violation> {
+        if b.len() < 2 {
+            return Ok(None);
+        }
+        let (fin, rsv) = (b[0] & 0x80 != 0, b[0] & 0x70);
+        if rsv != 0 {
+            return Err(protocol("reserved bits set (no extension was agreed)"));
+        }
+        let opcode = OpCode::try_from(b[0] & 0x0F).map_err(|_| protocol("reserved opcode"))?;
+        if b[1] & 0x80 == 0 {
+            return Err(protocol("client frames must be masked"));
+        }
+        let (len, at) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&b[2..10]);
+                let len = u64::from_be_bytes(be);
+                if len >> 63 != 0 {
+                    return Err(protocol("64-bit payload length with the top bit set"));
+                }
+                (len, 10)
+            }
+            126 | 127 => return Ok(None),
+            n => (u64::from(n), 2),
+        };
+        // Non-minimal length encodings (a 2-byte length under 126, say) are accepted, as
+        // tungstenite and fastwebsockets do: the RFC asks senders for the minimal form but
+        // gives receivers no rule, and the length is unambiguous either way.
+        if opcode.is_control() && (!fin || len > 125) {
+            return Err(protocol(
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        if b.len() < at + 4 {
+            return Ok(None);
+        }
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&b[at..at + 4]);
+        Ok(Some((
+            Frame {
+                fin,
+                opcode,
+                mask,
+                remaining: len,
+                taken: 0,
+            },
+            at + 4,
+        )))
+    }
+
+    /// Checks a new frame against the message in progress and the size limit, before any
+    /// of its payload is buffered: a client cannot make the server hold more than `limit`
+    /// bytes for a message.
+    fn start(&mut self, frame: Frame) -> Result<(), Violation> {
+        match frame.opcode {
+            OpCode::Continuation => {
+                let Some(p) = &self.partial else {
+                    return Err(protocol("continuation frame without a message to continue"));
+                };
+                let total = p.len.checked_add(frame.remaining);
+                if total.is_none_or(|t| t > self.limit) {
+                    return Err(too_big(self.limit));
+                }
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.partial.is_some() {
+                    return Err(protocol("a new message started inside a fragmented one"));
+                }
+                if frame.remaining > self.limit {
+                    return Err(too_big(self.limit));
+                }
+                self.partial = Some(Partial {
+                    text: frame.opcode == OpCode::Text,
+                    payload: Vec::new(),
+                    len: 0,
+                    valid: 0,
+                });
+            }
+            OpCode::Close | OpCode::Ping | OpCode::Pong => self.control.clear(),
+        }
+        self.frame = Some(frame);
+        Ok(())
+    }
+
+    /// A frame has been read in full: the message it completes, if any.
+    fn finish(&mut self, fin: bool, opcode: OpCode) -> Result<Option<Message>, Violation> {
+        if opcode.is_control() {
+            let payload = std::mem::take(&mut self.control);
+            return match opcode {
+                OpCode::Ping => Ok(Some(Message::Ping(payload))),
+                OpCode::Pong => Ok(Some(Message::Pong)),
+                _ => close_message(&payload).map(Some),
+            };
+        }
+        if !fin {
+            return Ok(None);
+        }
+        let p = self.partial.take().expect("a data frame has a message");
+        if !p.text {
+            return Ok(Some(Message::Binary {
+                len: p.len as usize,
+            }));
+        }
+        String::from_utf8(p.payload)
+            .map(|t| Some(Message::Text(t)))
+            .map_err(|_| {
+                violation(
+                    CloseCode::INVALID_PAYLOAD,
+                    "text message is not valid UTF-8",
+                )
+            })
+    }
+}
+
+fn too_big(limit: u64) -> Violation {
+    violation(
+        CloseCode::TOO_BIG,
+        format!("message larger than {limit} bytes"),
+    )
+}
+
+/// Validates the text received so far: fails on the first invalid byte sequence, and only
+/// waits when the payload ends inside a character (it may be split across frames).
+fn check_utf8(p: &mut Partial) -> Result<(), Violation> {
+    match std::str::from_utf8(&p.payload[p.valid..]) {
+        Ok(_) => p.valid = p.payload.len(),
+        Err(e) if e.error_len().is_none() => p.valid += e.valid_up_to(),
+        Err(_) => {
+            return Err(violation(
+                CloseCode::INVALID_PAYLOAD,
+                "text message is not valid UTF-8",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A close frame's payload: empty, or a valid code and a UTF-8 reason (§5.5.1, §7.4).
+fn close_message(payload: &[u8]) -> Result<Message, Violation> {
+    match payload {
+        [] => Ok(Message::Close(None)),
+        [_] => Err(protocol("close frame with a 1-byte payload")),
+        [hi, lo, reason @ ..] => {
+            let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+            if !code.is_allowed() {
+                return Err(protocol("close frame with an invalid status code"));
+            }
+            let reason = std::str::from_utf8(reason).map_err(|_| {
+                violation(
+                    CloseCode::INVALID_PAYLOAD,
+                    "close reason is not valid UTF-8",
+                )
+            })?;
+            Ok(Message::Close(Some((code, reason.to_owned()))))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
