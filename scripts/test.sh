@@ -12,7 +12,10 @@ step() { printf '\n\033[1;35m== %s\033[0m\n' "$*"; }
 step "unit + integration tests (cargo)"
 # The app crate's library is tested natively (protocol and validation); its wasm build
 # only ever goes through trunk, so csr and ssr are never enabled together.
-cargo test -p app -p server -p bench 2>&1 | tee /tmp/tidings-cargo-test.log
+cargo test -p app -p wire -p server -p bench 2>&1 | tee /tmp/tidings-cargo-test.log
+
+step "fuzzing smoke run (every parser of peer input, 10 s each; scripts/fuzz.sh long for the real run)"
+scripts/fuzz.sh smoke
 
 step "browser app (trunk, release)"
 (cd app && trunk build --release)

@@ -108,7 +108,7 @@ export class ClusterSetup {
     await waitFor(() => existsSync(sock), 'redis socket');
     const servers: Server[] = [];
     for (let i = 0; i < n; i++) {
-      servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`], dataDir: path.join(dir, `data${i}`) }));
+      servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`, '--trusted-proxy', '127.0.0.1'], dataDir: path.join(dir, `data${i}`) }));
     }
     const shipped = readFileSync(path.join(ROOT, 'deploy', 'nginx.conf'), 'utf8');
     const port = await freePort();

@@ -135,6 +135,8 @@ impl Instance {
             .args(["--bind", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(if demo { None } else { Some("--no-demo") })
+            // As deploy/nginx.conf says: nginx (on 127.0.0.1) is a trusted proxy.
+            .args(["--trusted-proxy", "127.0.0.1"])
             .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -482,6 +484,60 @@ async fn every_client_sees_every_event_once_in_order_whichever_server_it_lands_o
     println!(
         "fan-out through nginx: 90 published, 9 followers x 90 delivered, 0 lost, 0 duplicated"
     );
+}
+
+/// A publish retried with the same idempotency key on another server of the cluster (its
+/// answer was lost, the balancer sent the retry elsewhere) is stored once: the key lives in
+/// Redis, checked and set in the publish script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_the_cluster() {
+    let c = Cluster::start(3);
+    let client = reqwest::Client::new();
+    let body = json!({"stream": "chat", "data": {"author": "retry", "body": "once"}});
+    let mut ids = Vec::new();
+    // Each server twice, and through nginx, concurrently.
+    let attempts = (0..7).map(|i| {
+        let url = match i {
+            6 => c.nginx.url("/api/publish"),
+            i => c.instances[i % 3].url("/api/publish"),
+        };
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let r = client
+                .post(url)
+                .header("Idempotency-Key", "cluster-key-1")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Event>().await.unwrap().id
+        }
+    });
+    for id in futures_util::future::join_all(attempts).await {
+        ids.push(id);
+    }
+    assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
+    // A second key is a second event.
+    let other = client
+        .post(c.instances[1].url("/api/publish"))
+        .header("Idempotency-Key", "cluster-key-2")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json::<Event>()
+        .await
+        .unwrap();
+    assert_eq!(other.id, ids[0] + 1);
+    let h: app::protocol::HistoryResponse =
+        reqwest::get(c.instances[2].url("/api/history?stream=chat&limit=10"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(h.events.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,10 +274,22 @@ impl FrameReader {
                 self.buf = Vec::new();
                 self.partial = None;
             }
-            Ok(None) if self.buf.is_empty() && self.buf.capacity() > 0 => self.buf = Vec::new(),
-            _ => {}
+            _ => self.trim_buffer(),
         }
         result
+    }
+
+    /// Frees the read buffer when it is empty, and shrinks it when a large read left only
+    /// a few bytes (part of the next frame's header) behind: what a connection holds
+    /// between messages stays proportional to what it is actually waiting for.
+    fn trim_buffer(&mut self) {
+        if self.buf.is_empty() {
+            if self.buf.capacity() > 0 {
+                self.buf = Vec::new();
+            }
+        } else if self.buf.capacity() > 2 * self.buf.len() + 64 {
+            self.buf.shrink_to_fit();
+        }
     }
 
     fn step(&mut self) -> Result<Option<Message>, Violation> {
@@ -394,6 +406,16 @@ impl FrameReader {
                 if total.is_none_or(|t| t > self.limit) {
                     return Err(too_big(self.limit));
                 }
+                // Exactly what the message will hold (bounded by the limit just checked):
+                // no doubling growth past it.
+                if p.text {
+                    let more = reservation(frame.remaining);
+                    self.partial
+                        .as_mut()
+                        .expect("checked above")
+                        .payload
+                        .reserve_exact(more);
+                }
             }
             OpCode::Text | OpCode::Binary => {
                 if self.partial.is_some() {
@@ -402,14 +424,23 @@ impl FrameReader {
                 if frame.remaining > self.limit {
                     return Err(too_big(self.limit));
                 }
+                let text = frame.opcode == OpCode::Text;
                 self.partial = Some(Partial {
-                    text: frame.opcode == OpCode::Text,
-                    payload: Vec::new(),
+                    text,
+                    // The frame's length (at most the limit, checked above).
+                    payload: if text {
+                        Vec::with_capacity(reservation(frame.remaining))
+                    } else {
+                        Vec::new()
+                    },
                     len: 0,
                     valid: 0,
                 });
             }
-            OpCode::Close | OpCode::Ping | OpCode::Pong => self.control.clear(),
+            OpCode::Close | OpCode::Ping | OpCode::Pong => {
+                self.control.clear();
+                self.control.reserve_exact(frame.remaining as usize);
+            }
         }
         self.frame = Some(frame);
         Ok(())
@@ -443,6 +474,15 @@ impl FrameReader {
                 )
             })
     }
+}
+
+/// Room reserved ahead for a payload whose length the peer announced: all of it (so a
+/// message never holds more than its size) up to 64 KiB; past that the buffer grows as the
+/// bytes really arrive, so a large limit cannot be turned into a large allocation by a
+/// header alone (found by fuzzing with an unlimited reader).
+fn reservation(announced: u64) -> usize {
+    const AHEAD: u64 = 64 * 1024;
+    announced.min(AHEAD) as usize
 }
 
 fn too_big(limit: u64) -> Violation {

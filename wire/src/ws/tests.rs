@@ -742,3 +742,17 @@ fn frames_behind_the_handshake_are_read() {
     let mut r = FrameReader::from_partially_read(&client(FIN_TEXT, b"early"), LIMIT);
     assert_eq!(r.next_message(), Ok(Some(text("early"))));
 }
+
+/// Found by fuzzing: with a large limit, a header announcing a huge length must not turn
+/// into a huge allocation before the bytes arrive.
+#[test]
+fn an_announced_length_is_not_allocated_ahead() {
+    let mut r = FrameReader::new(usize::MAX);
+    let mut header = vec![FIN_TEXT, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    header.extend_from_slice(b"abc");
+    r.feed(&header);
+    assert_eq!(r.next_message(), Ok(None));
+    assert!(r.buffered() <= 64 * 1024 + 64, "{}", r.buffered());
+}
