@@ -6,9 +6,11 @@ use crate::limits::ClientAddr;
 use crate::state::Caller;
 use crate::AppState;
 use app::info::InfoSource;
-use app::protocol::{parse_publish, valid_idempotency_key, HistoryQuery, Stream};
-use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use app::protocol::{
+    parse_publish, valid_idempotency_key, HistoryQuery, Stream, MAX_PUBLISH_BYTES,
+};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -79,15 +81,24 @@ pub async fn publish(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::from(app::protocol::PublishError::TooLarge),
-        _ => ApiError::BadRequest(format!(
-            "could not read the request body: {}",
-            e.body_text()
-        )),
-    })?;
+    // The body within the head deadline too: a client trickling it a byte at a time would
+    // otherwise hold its connection as long as it likes.
+    let limit = std::time::Duration::from_secs(state.config.head_timeout_secs.max(1));
+    let body = tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_PUBLISH_BYTES))
+        .await
+        .map_err(|_| ApiError::Timeout("the request body did not arrive in time".into()))?
+        .map_err(|e| {
+            // `to_bytes` fails for a body over the limit or a broken connection.
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError::from(app::protocol::PublishError::TooLarge)
+            } else {
+                ApiError::BadRequest("could not read the request body".into())
+            }
+        })?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -103,13 +114,21 @@ pub async fn publish(
         admin: state.is_admin(bearer(&headers)),
         client: Some(client),
     };
-    let event = state.publish(payload, key, &caller).await?;
-    Ok((
+    let (event, replayed) = state.publish(payload, key, &caller).await?;
+    let mut response = (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
         event.json.clone(),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        // As Stripe does: the answer is the stored one, not a new event.
+        response.headers_mut().insert(
+            header::HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
 }
 
 /// `GET /api/history?stream=chat[&before=ID][&limit=N]`: full history from the store.

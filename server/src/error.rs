@@ -19,6 +19,10 @@ pub enum ApiError {
     Unavailable(String),
     /// The client publishes faster than `--publish-rate`: it may again after this long.
     RateLimited(std::time::Duration),
+    /// The request body did not arrive within the deadline.
+    Timeout(String),
+    /// An idempotency key was used before for a different publish.
+    Conflict(String),
 }
 
 impl ApiError {
@@ -32,6 +36,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -46,6 +52,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => "invalid",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::RateLimited(_) => "rate_limited",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Conflict(_) => "idempotency_key_reused",
         }
     }
 
@@ -68,7 +76,9 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::TooLarge(m)
             | ApiError::Unprocessable(m)
-            | ApiError::Unavailable(m) => m.clone(),
+            | ApiError::Unavailable(m)
+            | ApiError::Timeout(m)
+            | ApiError::Conflict(m) => m.clone(),
             ApiError::RateLimited(wait) => format!(
                 "too many publishes from this address; try again in {} ms",
                 wait.as_millis().max(1)

@@ -82,13 +82,23 @@ pub async fn serve(
             done.clone(),
         );
         tokio::spawn(async move {
-            if crate::transport::sse::http::starts_with_sse(&tcp).await {
+            // One deadline for the first request head, from the moment of accept: looking
+            // at the first bytes counts too.
+            let head_deadline = tokio::time::Instant::now() + timeouts.head;
+            if crate::transport::sse::http::starts_with_sse(&tcp, head_deadline).await {
                 let service = with_client(router, limits, peer, counted);
-                crate::transport::sse::http::serve_connection(tcp, service, timeouts, stopping)
-                    .await;
+                crate::transport::sse::http::serve_connection(
+                    tcp,
+                    service,
+                    head_deadline,
+                    timeouts.write,
+                    stopping,
+                )
+                .await;
             } else {
                 let service = with_client(router, limits, peer, counted);
-                http_connection(tcp, service, timeouts.head, stopping).await;
+                let left = head_deadline.saturating_duration_since(tokio::time::Instant::now());
+                http_connection(tcp, service, left.max(Duration::from_millis(100)), stopping).await;
             }
             drop(done);
         });

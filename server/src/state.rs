@@ -74,13 +74,16 @@ impl AppState {
     ///
     /// `key`: an idempotency key; a publish retried with the same key is answered with the
     /// event already stored (for as long as the engine remembers the key) instead of being
-    /// stored twice. A caller that is not the admin is held to `--publish-rate`.
+    /// stored twice, and `true` ("replayed"). The same key with a different payload is a
+    /// 422: the key belongs to another publish (a client bug, or someone guessing keys),
+    /// and answering with that other publish's event would tell this one it was stored.
+    /// A caller that is not the admin is held to `--publish-rate`.
     pub async fn publish(
         &self,
         payload: Payload,
         key: Option<String>,
         caller: &Caller,
-    ) -> Result<Arc<StoredEvent>, ApiError> {
+    ) -> Result<(Arc<StoredEvent>, bool), ApiError> {
         let stream = payload.stream();
         if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
             return Err(ApiError::Unauthorized);
@@ -92,15 +95,26 @@ impl AppState {
             })?;
         }
         let started = std::time::Instant::now();
+        // Kept to compare with a replayed event (only publishes with a key pay the copy).
+        let sent = key.as_ref().map(|_| payload.clone());
         let (event, replayed) = self.engine.publish(payload, key).await?;
         if replayed {
+            let same = serde_json::from_slice::<app::protocol::Event>(&event.json)
+                .is_ok_and(|stored| Some(&stored.payload) == sent.as_ref());
+            if !same {
+                return Err(ApiError::Conflict(
+                    "this idempotency key was used for a different publish; use a new key for \
+                     a new message"
+                        .into(),
+                ));
+            }
             metrics::counter!("tidings_idempotent_replays_total").increment(1);
         } else {
             metrics::histogram!("tidings_publish_seconds").record(started.elapsed());
             metrics::counter!("tidings_events_published_total", "stream" => stream.as_str())
                 .increment(1);
         }
-        Ok(event)
+        Ok((event, replayed))
     }
 
     /// A subscription for a streaming transport or a waiting long poll, from `cursor` (after

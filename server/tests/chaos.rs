@@ -100,7 +100,8 @@ async fn relay(client: TcpStream, server: TcpStream, budget: u64, reset: bool) -
             let mut have = left.load(Ordering::Relaxed);
             let take = loop {
                 let take = n.min(have);
-                match left.compare_exchange(have, have - take, Ordering::Relaxed, Ordering::Relaxed) {
+                match left.compare_exchange(have, have - take, Ordering::Relaxed, Ordering::Relaxed)
+                {
                     Ok(_) => break take,
                     Err(now) => have = now,
                 }
@@ -157,8 +158,12 @@ impl Seen {
 
 /// Runs `client` (one connection, until it fails or `done` says the run is over) again
 /// and again until `done` and the cursor reached `target`.
-async fn until_caught_up<F, Fut>(seen: &mut Seen, done: &AtomicBool, target: &AtomicU64, mut client: F)
-where
+async fn until_caught_up<F, Fut>(
+    seen: &mut Seen,
+    done: &AtomicBool,
+    target: &AtomicU64,
+    mut client: F,
+) where
     F: FnMut(u64) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<Event>, (Vec<Event>, bool)>>,
 {
@@ -183,7 +188,12 @@ where
 }
 
 /// One poll (long when `wait` > 0) through the proxy; `Err` when the connection was cut.
-async fn poll_once(http: &reqwest::Client, base: &str, since: u64, wait: u64) -> Result<Vec<Event>, (Vec<Event>, bool)> {
+async fn poll_once(
+    http: &reqwest::Client,
+    base: &str,
+    since: u64,
+    wait: u64,
+) -> Result<Vec<Event>, (Vec<Event>, bool)> {
     // At most 100 events per answer (~13 KB): an answer must fit between two cuts.
     let url = format!("{base}/api/poll?streams=chat&since={since}&wait={wait}&limit=100");
     let r = http.get(url).send().await.map_err(|_| (vec![], false))?;
@@ -196,12 +206,18 @@ async fn poll_once(http: &reqwest::Client, base: &str, since: u64, wait: u64) ->
 
 /// One SSE connection through the proxy, read by hand (HTTP/1.1 chunked): the events
 /// complete before the cut.
-async fn sse_once(addr: SocketAddr, since: u64, deadline: Duration) -> Result<Vec<Event>, (Vec<Event>, bool)> {
+async fn sse_once(
+    addr: SocketAddr,
+    since: u64,
+    deadline: Duration,
+) -> Result<Vec<Event>, (Vec<Event>, bool)> {
     let mut events = Vec::new();
     let Ok(mut tcp) = TcpStream::connect(addr).await else {
         return Err((events, false));
     };
-    let req = format!("GET /api/sse?streams=chat HTTP/1.1\r\nHost: chaos\r\nLast-Event-ID: {since}\r\n\r\n");
+    let req = format!(
+        "GET /api/sse?streams=chat HTTP/1.1\r\nHost: chaos\r\nLast-Event-ID: {since}\r\n\r\n"
+    );
     if tcp.write_all(req.as_bytes()).await.is_err() {
         return Err((events, false));
     }
@@ -220,8 +236,14 @@ async fn sse_once(addr: SocketAddr, since: u64, deadline: Duration) -> Result<Ve
             };
             raw.extend_from_slice(&buf[..n]);
             if !head_done {
-                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                assert!(raw.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&raw));
+                let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    continue;
+                };
+                assert!(
+                    raw.starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&raw)
+                );
                 raw.drain(..end + 4);
                 head_done = true;
             }
@@ -229,7 +251,9 @@ async fn sse_once(addr: SocketAddr, since: u64, deadline: Duration) -> Result<Ve
             // before the chunk is complete).
             loop {
                 if in_chunk == 0 {
-                    let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else { break };
+                    let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else {
+                        break;
+                    };
                     let line = std::str::from_utf8(&raw[..line_end]).unwrap();
                     if line.is_empty() {
                         // The CRLF that ends the previous chunk's data.
@@ -251,7 +275,9 @@ async fn sse_once(addr: SocketAddr, since: u64, deadline: Duration) -> Result<Ve
             }
             let text_str = match std::str::from_utf8(&text) {
                 Ok(t) => t.to_owned(),
-                Err(e) => std::str::from_utf8(&text[..e.valid_up_to()]).unwrap().to_owned(),
+                Err(e) => std::str::from_utf8(&text[..e.valid_up_to()])
+                    .unwrap()
+                    .to_owned(),
             };
             let mut consumed = 0;
             for block in text_str.split_inclusive("\n\n") {
@@ -286,7 +312,9 @@ async fn ws_once(
 ) -> Result<Vec<Event>, (Vec<Event>, bool)> {
     let mut events = Vec::new();
     let url = format!("ws://{addr}/api/ws?streams=chat&since={since}");
-    let Ok(Ok((mut ws, _))) = tokio::time::timeout(deadline, tokio_tungstenite::connect_async(url)).await else {
+    let Ok(Ok((mut ws, _))) =
+        tokio::time::timeout(deadline, tokio_tungstenite::connect_async(url)).await
+    else {
         return Err((events, false));
     };
     // Unacked publishes go (again) on every connection, with the same key.
@@ -345,7 +373,12 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
             let mut n = 0u64;
             while !done.load(Ordering::Relaxed) {
                 let body = serde_json::json!({"stream":"chat","data":{"author":"pub","body":format!("m{n}")}});
-                let r = http.post(format!("{base}/api/publish")).json(&body).send().await.unwrap();
+                let r = http
+                    .post(format!("{base}/api/publish"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 201);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -357,7 +390,10 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
     let poll_client = |addr: SocketAddr, wait: u64| {
         let (done, target) = (done.clone(), target.clone());
         tokio::spawn(async move {
-            let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
             let base = format!("http://{addr}");
             let mut seen = Seen::default();
             until_caught_up(&mut seen, &done, &target, |since| {
@@ -374,7 +410,10 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
         let (addr, done, target) = (proxies[2].1.addr, done.clone(), target.clone());
         tokio::spawn(async move {
             let mut seen = Seen::default();
-            until_caught_up(&mut seen, &done, &target, |since| sse_once(addr, since, Duration::from_secs(5))).await;
+            until_caught_up(&mut seen, &done, &target, |since| {
+                sse_once(addr, since, Duration::from_secs(5))
+            })
+            .await;
             seen
         })
     };
@@ -391,7 +430,14 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
                     outbox.insert(format!("ws-{next:06}"), format!("w{next}"));
                     next += 1;
                 }
-                let r = ws_once(addr, seen.cursor(), &mut outbox, &mut acked, Duration::from_secs(5)).await;
+                let r = ws_once(
+                    addr,
+                    seen.cursor(),
+                    &mut outbox,
+                    &mut acked,
+                    Duration::from_secs(5),
+                )
+                .await;
                 seen.reconnects += 1;
                 let (events, reset) = r.unwrap_err();
                 for e in &events {
@@ -400,7 +446,10 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
                 if reset {
                     seen.resets += 1;
                 }
-                if done.load(Ordering::Relaxed) && outbox.is_empty() && seen.cursor() >= target.load(Ordering::Relaxed) {
+                if done.load(Ordering::Relaxed)
+                    && outbox.is_empty()
+                    && seen.cursor() >= target.load(Ordering::Relaxed)
+                {
                     return (seen, acked, next);
                 }
             }
@@ -413,7 +462,10 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
             tokio::time::sleep(Duration::from_millis(50)).await;
             ticks += 1;
             if ticks % 100 == 0 {
-                let counts: Vec<_> = proxies.iter().map(|(n, p)| format!("{n} {}", p.cuts())).collect();
+                let counts: Vec<_> = proxies
+                    .iter()
+                    .map(|(n, p)| format!("{n} {}", p.cuts()))
+                    .collect();
                 println!("chaos: cuts so far: {}", counts.join(", "));
             }
         }
@@ -425,7 +477,15 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
     // set once those are in too (the WS client finishes only with an empty outbox).
     let head = |s: &TestServer| {
         let url = s.url("/api/poll?streams=chat");
-        async move { reqwest::get(url).await.unwrap().json::<PollResponse>().await.unwrap().cursor }
+        async move {
+            reqwest::get(url)
+                .await
+                .unwrap()
+                .json::<PollResponse>()
+                .await
+                .unwrap()
+                .cursor
+        }
     };
     // Wait for the WS outbox to drain: its publishes raise the head.
     within_long(async {
@@ -483,7 +543,11 @@ async fn chaos_drops_lose_and_duplicate_nothing_on_any_transport() {
         ws_bodies.len(),
         ws_bodies.len() - unique.len()
     );
-    assert_eq!(unique.len(), ws_bodies.len(), "a retried publish was stored twice");
+    assert_eq!(
+        unique.len(),
+        ws_bodies.len(),
+        "a retried publish was stored twice"
+    );
     assert_eq!(ws_bodies.len() as u64, ws_published);
     s.stop().await;
 }
@@ -502,9 +566,12 @@ async fn chat_history(s: &TestServer) -> Vec<Event> {
         let url = if before == u64::MAX {
             s.url("/api/history?stream=chat&limit=200")
         } else {
-            s.url(&format!("/api/history?stream=chat&limit=200&before={before}"))
+            s.url(&format!(
+                "/api/history?stream=chat&limit=200&before={before}"
+            ))
         };
-        let page: app::protocol::HistoryResponse = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let page: app::protocol::HistoryResponse =
+            reqwest::get(url).await.unwrap().json().await.unwrap();
         if page.events.is_empty() {
             break;
         }

@@ -260,10 +260,26 @@ async fn handshake_version_and_key_are_checked() {
         answer.contains(r#""code":"unsupported_version""#),
         "{answer}"
     );
+    // RFC 9110 §15.5.22: a 426 says what to upgrade to.
+    assert!(
+        answer.to_ascii_lowercase().contains("upgrade: websocket"),
+        "{answer}"
+    );
     for key in ["not-base64!", "c2hvcnQ=", "dGhlIHNhbXBsZSBub25jZSEhIQ=="] {
         let answer = raw(&s, req("13", key).as_bytes()).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{key}: {answer}");
         assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+    }
+    // An upgrade with a body: hyper would take the first frames as the body.
+    for body_header in ["Content-Length: 8", "Transfer-Encoding: chunked"] {
+        let r = req("13", "dGhlIHNhbXBsZSBub25jZQ==")
+            .replace("\r\n\r\n", &format!("\r\n{body_header}\r\n\r\n"));
+        let answer = raw(&s, r.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{body_header}: {answer}"
+        );
+        assert!(answer.contains("no body"), "{answer}");
     }
     s.stop().await;
 }
@@ -305,38 +321,71 @@ async fn requests_need_exactly_one_host() {
 async fn a_trickled_request_head_is_cut_at_the_deadline() {
     let s = TestServer::start_with(|c| c.head_timeout_secs = 2).await;
     let mut tasks = Vec::new();
-    for start in [
-        "GET /api/sse?streams=chat HTTP/1.1\r\n",
-        "GET /api/poll?streams=chat HTTP/1.1\r\n",
-    ] {
+    // (sent at once, then trickled one byte every 300 ms, forever). The deadline counts
+    // from accept, also while the server looks at the request line to pick its framing:
+    // trickling the request line itself must not extend it.
+    let slow_header = "X-Slow: ".to_string() + &"x".repeat(100);
+    let cases = [
+        (
+            String::new(),
+            format!("GET /api/sse?streams=chat HTTP/1.1\r\n{slow_header}"),
+        ),
+        (
+            "GET /api/sse?streams=chat HTTP/1.1\r\n".into(),
+            slow_header.clone(),
+        ),
+        (
+            "GET /api/poll?streams=chat HTTP/1.1\r\n".into(),
+            slow_header.clone(),
+        ),
+        (
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+             content-length: 500\r\n\r\n"
+                .into(),
+            "{".to_string() + &" ".repeat(100),
+        ),
+    ];
+    for (at_once, trickle) in cases {
         let addr = s.addr;
         tasks.push(tokio::spawn(async move {
             let began = Instant::now();
             let mut tcp = TcpStream::connect(addr).await.unwrap();
-            tcp.write_all(start.as_bytes()).await.unwrap();
-            // One header byte every 300 ms, forever: each byte alone would reset a
-            // per-read timeout.
-            loop {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                if tcp.write_all(b"x").await.is_err() {
+            tcp.write_all(at_once.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            for b in trickle.bytes() {
+                if tcp.write_all(&[b]).await.is_err() {
                     break;
                 }
-                let mut b = [0u8; 64];
-                match tokio::time::timeout(Duration::from_millis(1), tcp.read(&mut b)).await {
+                let mut buf = [0u8; 512];
+                match tokio::time::timeout(Duration::from_millis(300), tcp.read(&mut buf)).await {
                     Ok(Ok(0)) | Ok(Err(_)) => break,
-                    _ => {}
+                    Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
                 }
                 assert!(
                     began.elapsed() < Duration::from_secs(8),
-                    "{start}: still open"
+                    "{at_once}{trickle}: still open"
                 );
             }
-            began.elapsed()
+            (
+                began.elapsed(),
+                String::from_utf8_lossy(&answer).into_owned(),
+            )
         }));
     }
     for t in tasks {
-        let took = t.await.unwrap();
-        assert!(took >= Duration::from_millis(1500), "{took:?}");
+        let (took, answer) = t.await.unwrap();
+        // 2 s, give or take a trickle interval and scheduling.
+        assert!(
+            took >= Duration::from_millis(1500) && took < Duration::from_millis(3500),
+            "{took:?}"
+        );
+        // A body that does not arrive in time is answered 408 (heads are just closed, as
+        // hyper does).
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
     }
     s.stop().await;
 }
@@ -356,6 +405,24 @@ async fn connections_per_address_are_limited() {
         answer.contains(r#""code":"too_many_connections""#),
         "{answer}"
     );
+    // Event streams count for as long as they are open, like WebSockets (found by an
+    // adversarial run: they were released once their request had been answered).
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut sse = TcpStream::connect(s.addr).await.unwrap();
+    sse.write_all(b"GET /api/sse?streams=chat HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    within(sse.read_exact(&mut head)).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = raw(&s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 429"),
+        "an open stream counts: {answer}"
+    );
+    drop(sse);
     drop(held.pop());
     within(async {
         loop {
@@ -452,6 +519,28 @@ async fn retried_publishes_with_an_idempotency_key_are_stored_once() {
     }
     assert_eq!(ws_ids.len(), 4);
     assert!(ws_ids.iter().all(|i| *i == ws_ids[0]), "{ws_ids:?}");
+    assert_eq!(history_len(&s).await, 2);
+    // A replay says so; the same key with another payload is refused, not answered with
+    // the other publish's event (found by an adversarial run).
+    let replay = client
+        .post(s.url("/api/publish"))
+        .header("Idempotency-Key", "3f1e-http")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let other = serde_json::json!({"stream":"chat","data":{"author":"b","body":"squatted"}});
+    let conflict = client
+        .post(s.url("/api/publish"))
+        .header("Idempotency-Key", "3f1e-http")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(conflict.status(), 422);
+    let e: app::protocol::ErrorBody = conflict.json().await.unwrap();
+    assert_eq!(e.code, "idempotency_key_reused");
     assert_eq!(history_len(&s).await, 2);
     let bad = client
         .post(s.url("/api/publish"))

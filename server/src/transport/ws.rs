@@ -128,6 +128,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has(header::CONNECTION, "upgrade") || !has(header::UPGRADE, "websocket") {
             return Err(bad("send `Connection: Upgrade` and `Upgrade: websocket`"));
         }
+        // A body would be read by hyper as the request's, swallowing the first frames
+        // sent behind the handshake.
+        let has_body = parts.headers.contains_key(header::TRANSFER_ENCODING)
+            || parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        if has_body {
+            return Err(bad(
+                "an upgrade request has no body (no Content-Length or Transfer-Encoding)",
+            ));
+        }
         let versions: Vec<_> = parts
             .headers
             .get_all(header::SEC_WEBSOCKET_VERSION)
@@ -146,6 +158,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+            response
+                .headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             crate::metrics::error_answered("unsupported_version");
             return Err(response);
         }
@@ -374,6 +390,7 @@ pub async fn serve_socket<S: Io>(
                         let state = state.clone();
                         in_flight.push(async move {
                             let result = state.publish(frame.payload, frame.key, &caller).await;
+                            let result = result.map(|(event, _replayed)| event);
                             (frame.reference, result)
                         });
                     }
@@ -450,11 +467,9 @@ pub async fn serve_socket<S: Io>(
     sub.flush_metrics("ws");
 
     // Nothing received is dropped: complete messages still buffered (behind the in-flight
-    // bound) start too, unless the connection ended on a close or a violation, which the
-    // reader has already put after everything before it.
-    if end.is_none() || matches!(end, Some((Some(CloseCode::GOING_AWAY), _))) {
-        let _ = take_messages(&mut conn, &mut out, &mut in_flight, usize::MAX);
-    }
+    // bound) start too. (After the client's close frame or a violation the reader hands
+    // out nothing more: those come after everything received before them.)
+    let _ = take_messages(&mut conn, &mut out, &mut in_flight, usize::MAX);
     // Then every publish started is answered before the close frame.
     let drained = timeout(DRAIN, async {
         while let Some((reference, result)) = in_flight.next().await {
@@ -476,20 +491,26 @@ pub async fn serve_socket<S: Io>(
     // before the client has read it (an oversize frame is refused on its header, while
     // the rest of it is still arriving).
     let _ = conn.io.shutdown().await;
+    // What still arrives is read as messages (unless the client closed or broke the
+    // protocol: then the reader takes nothing more and this only drains). A client cut off by a failed or stuck write, or by shutdown, may have
+    // published in the meantime. Those publishes are stored (the client gets no ack now;
+    // it retries with its idempotency key and is answered with the stored event).
     let _ = timeout(Duration::from_secs(2), async {
-        let mut sink = [0u8; 512];
         loop {
-            if conn.io.readable().await.is_err() {
+            if matches!(conn.read().await, Read::Gone) {
                 break;
             }
-            match conn.io.try_read(&mut sink) {
-                Ok(0) => break,
-                Err(e) if e.kind() != ErrorKind::WouldBlock => break,
-                _ => {}
-            }
+            let mut unanswerable = Vec::new();
+            let _ = take_messages(&mut conn, &mut unanswerable, &mut in_flight, usize::MAX);
         }
     })
     .await;
+    if timeout(DRAIN, async { while in_flight.next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        tracing::warn!("publishes still in flight when a websocket closed");
+    }
 }
 
 fn push_ack(

@@ -33,7 +33,7 @@ const SSE_REQUEST_LINE: &[u8] = b"GET /api/sse";
 
 /// Whether the first bytes on the connection are `GET /api/sse` followed by `?` or a space,
 /// looked at without consuming them (`peek`), so hyper can still have the connection.
-pub async fn starts_with_sse(tcp: &TcpStream) -> bool {
+pub async fn starts_with_sse(tcp: &TcpStream, deadline: Instant) -> bool {
     let look = async {
         let mut first = [0u8; SSE_REQUEST_LINE.len() + 1];
         loop {
@@ -51,10 +51,9 @@ pub async fn starts_with_sse(tcp: &TcpStream) -> bool {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    // A client that connects and says nothing is hyper's to time out.
-    tokio::time::timeout(Duration::from_secs(5), look)
-        .await
-        .unwrap_or(false)
+    // A client that says nothing by the deadline is hyper's to close (its header timeout
+    // gets what is left of the same deadline).
+    timeout_at(deadline, look).await.unwrap_or(false)
 }
 
 /// Serves one event-stream connection with `service` (the router, with the client's
@@ -62,7 +61,8 @@ pub async fn starts_with_sse(tcp: &TcpStream) -> bool {
 pub async fn serve_connection<S>(
     mut tcp: TcpStream,
     service: S,
-    timeouts: crate::serve::Timeouts,
+    head_deadline: Instant,
+    write_timeout: Duration,
     mut stopping: watch::Receiver<()>,
 ) where
     S: tower::Service<
@@ -71,9 +71,8 @@ pub async fn serve_connection<S>(
         Error = std::convert::Infallible,
     >,
 {
-    let deadline = Instant::now() + timeouts.head;
     let head = tokio::select! {
-        head = read_head(&mut tcp, deadline) => head,
+        head = read_head(&mut tcp, head_deadline) => head,
         // Shutting down: a request not yet read in full is dropped, as hyper does.
         _ = stopping.changed() => return,
     };
@@ -83,7 +82,7 @@ pub async fn serve_connection<S>(
                 .oneshot(request)
                 .await
                 .unwrap_or_else(|e| match e {});
-            write_response(&mut tcp, response, http10, timeouts.write).await
+            write_response(&mut tcp, response, http10, write_timeout).await
         }
         Ok(None) => Ok(()),
         Err(e) => {
@@ -96,7 +95,7 @@ pub async fn serve_connection<S>(
             };
             let mut response = ApiError::BadRequest(message).into_response();
             *response.status_mut() = status;
-            let written = write_response(&mut tcp, response, false, timeouts.write).await;
+            let written = write_response(&mut tcp, response, false, write_timeout).await;
             drain_before_close(&mut tcp).await;
             written
         }

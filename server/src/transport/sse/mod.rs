@@ -26,6 +26,7 @@ pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(p): Query<SubscribeParams>,
+    counted: Option<axum::Extension<crate::limits::Counted>>,
 ) -> Result<Response, ApiError> {
     let filter = super::streams(p.streams.as_deref())?;
     // The browser's automatic reconnect sends Last-Event-ID; it wins over the `since` that
@@ -48,6 +49,7 @@ pub async fn handler(
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
         _open: crate::metrics::OpenStream::new("sse"),
+        _counted: counted,
     };
     let body = Body::from_stream(futures_util::stream::unfold(conn, |mut c| async move {
         c.next_chunk()
@@ -79,6 +81,9 @@ struct Conn {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     started: bool,
     _open: crate::metrics::OpenStream,
+    /// The stream keeps counting against its address's `--max-conns-per-ip` for as long as
+    /// it lasts (the request that opened it is long gone).
+    _counted: Option<axum::Extension<crate::limits::Counted>>,
 }
 
 impl Drop for Conn {

@@ -21,11 +21,16 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).await.unwrap();
     let log = Arc::new(EventLog::new(100, vec![], 0));
     let (publisher, _writer) = spawn_writer(store.clone(), log.clone());
-    let config = Config::for_tests(dir.path().to_path_buf());
+    let mut config = Config::for_tests(dir.path().to_path_buf());
+    f(&mut config);
     let state = AppState(Arc::new(Shared {
         log: log.clone(),
         engine: Engine::Embedded { store, publisher },
@@ -311,4 +316,42 @@ async fn publish_ack_error_ping_and_shutdown_over_a_socket() {
     // The client answers the close; the server then ends the connection.
     while ws.next().await.is_some_and(|r| r.is_ok()) {}
     task.await.unwrap();
+}
+
+/// Found by an adversarial run: a client that stopped reading (the server's write to it
+/// timed out) had its publish, sent meanwhile, dropped unread. It is stored now.
+#[tokio::test]
+async fn a_publish_from_a_client_that_stopped_reading_is_stored() {
+    let fx = fixture_with(|c| c.write_timeout_secs = 1).await;
+    for _ in 0..40 {
+        let payload = app::protocol::parse_client_frame(PUBLISH).unwrap().payload;
+        fx.state
+            .publish(payload, None, &Caller::default())
+            .await
+            .unwrap();
+    }
+    // A 256-byte pipe: the backlog of 40 events cannot be written; the client never reads.
+    let (mut client, server) = duplex(256);
+    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, 0);
+    let task = tokio::spawn(serve_socket(
+        Connection::from_partially_read(Buffered::new(server), &[]),
+        fx.state.clone(),
+        sub,
+        Caller::default(),
+    ));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .write_all(&frame(0x81, PUBLISH.as_bytes()))
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the stuck connection ends")
+        .unwrap();
+    assert_eq!(
+        fx.log.latest(),
+        41,
+        "the publish sent while the server was stuck is stored"
+    );
 }
