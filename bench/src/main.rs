@@ -10,10 +10,12 @@
 //! - `load`: subscribers on each transport, the publisher, latency/loss accounting.
 //! - `ceiling`: the raw tokio ceiling and the bare axum poll handler.
 //! - `procstat`: CPU seconds and RSS of a local server process.
+//! - `parse`: our WebSocket frame reader against tungstenite and fastwebsockets.
 
 mod ceiling;
 mod lean;
 mod load;
+mod parse;
 mod procstat;
 
 use clap::{Parser, Subcommand};
@@ -131,6 +133,22 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Parse the same client frames with our reader (`wire::ws::FrameReader`), tungstenite
+    /// and fastwebsockets: ns/message, MB/s and idle memory per connection, with ratios.
+    Parse {
+        /// Messages per run (16 KiB messages: N/16).
+        #[arg(long, default_value_t = 1_000_000)]
+        n: usize,
+        /// N = 10,000: checks the tool, measures little.
+        #[arg(long)]
+        smoke: bool,
+        /// Interleaved rounds; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Readers held for the idle-memory figure.
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+    },
 }
 
 #[tokio::main]
@@ -223,6 +241,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pin,
             rounds,
         } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
+        Cmd::Parse {
+            n,
+            smoke,
+            rounds,
+            conns,
+        } => parse::run(if smoke { 10_000 } else { n }, rounds, conns)?,
     }
     Ok(())
 }

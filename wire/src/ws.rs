@@ -213,9 +213,13 @@ struct Partial {
 /// no buffer at all.
 #[derive(Debug)]
 pub struct FrameReader {
-    /// Bytes received and not yet parsed: at most a frame header and what followed it in
-    /// the last read.
+    /// Bytes received; those from `pos` on are not parsed yet (at most a frame header and
+    /// what followed it in the last read).
     buf: Vec<u8>,
+    /// Where parsing continues in `buf`. An offset rather than removing parsed bytes after
+    /// each message: a read holding 30 small messages would otherwise shift the rest of the
+    /// buffer 30 times (18-22 % of the parse time, measured by `tidings-bench parse`).
+    pos: usize,
     /// Largest data message accepted (text or binary, all fragments together).
     limit: u64,
     frame: Option<Frame>,
@@ -230,6 +234,7 @@ impl FrameReader {
     pub fn new(limit: usize) -> FrameReader {
         FrameReader {
             buf: Vec::new(),
+            pos: 0,
             limit: limit as u64,
             frame: None,
             control: Vec::new(),
@@ -249,6 +254,8 @@ impl FrameReader {
     /// Bytes read from the socket.
     pub fn feed(&mut self, bytes: &[u8]) {
         if !self.done {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
             self.buf.extend_from_slice(bytes);
         }
     }
@@ -272,6 +279,7 @@ impl FrameReader {
             Err(_) | Ok(Some(Message::Close(_))) => {
                 self.done = true;
                 self.buf = Vec::new();
+                self.pos = 0;
                 self.partial = None;
             }
             _ => self.trim_buffer(),
@@ -283,17 +291,21 @@ impl FrameReader {
     /// a few bytes (part of the next frame's header) behind: what a connection holds
     /// between messages stays proportional to what it is actually waiting for.
     fn trim_buffer(&mut self) {
-        if self.buf.is_empty() {
+        let live = self.buf.len() - self.pos;
+        if live == 0 {
             if self.buf.capacity() > 0 {
                 self.buf = Vec::new();
+                self.pos = 0;
             }
-        } else if self.buf.capacity() > 2 * self.buf.len() + 64 {
+        } else if self.buf.capacity() > 2 * live + 64 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
             self.buf.shrink_to_fit();
         }
     }
 
     fn step(&mut self) -> Result<Option<Message>, Violation> {
-        let mut at = 0;
+        let mut at = self.pos;
         let result = loop {
             if self.frame.is_none() {
                 match self.header(&self.buf[at..])? {
@@ -310,9 +322,7 @@ impl FrameReader {
             let n =
                 (self.buf.len() - at).min(usize::try_from(frame.remaining).unwrap_or(usize::MAX));
             let bytes = &mut self.buf[at..at + n];
-            for (i, b) in bytes.iter_mut().enumerate() {
-                *b ^= frame.mask[((frame.taken as usize).wrapping_add(i)) & 3];
-            }
+            unmask(bytes, frame.mask, frame.taken);
             at += n;
             frame.taken += n as u64;
             frame.remaining -= n as u64;
@@ -324,7 +334,11 @@ impl FrameReader {
                 p.len += n as u64;
                 if p.text {
                     p.payload.extend_from_slice(bytes);
-                    check_utf8(p)?;
+                    // A message still arriving is checked as it comes (fail fast); one that
+                    // is complete now is checked once, when it becomes a `String`.
+                    if !(done && fin) {
+                        check_utf8(p)?;
+                    }
                 }
             }
             if !done {
@@ -336,7 +350,7 @@ impl FrameReader {
                 break Ok(Some(message));
             }
         };
-        self.buf.drain(..at);
+        self.pos = at;
         result
     }
 
@@ -483,6 +497,29 @@ impl FrameReader {
 fn reservation(announced: u64) -> usize {
     const AHEAD: u64 = 64 * 1024;
     announced.min(AHEAD) as usize
+}
+
+/// XORs `bytes` with the mask, starting `offset` bytes into the frame's payload. Eight bytes
+/// at a time: byte by byte, unmasking was ~70 % of the time to read a 16 KiB message.
+fn unmask(bytes: &mut [u8], mask: [u8; 4], offset: u64) {
+    let o = (offset & 3) as usize;
+    let m = [
+        mask[o],
+        mask[(o + 1) & 3],
+        mask[(o + 2) & 3],
+        mask[(o + 3) & 3],
+    ];
+    let word = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
+    let mut chunks = bytes.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(w) ^ word).to_ne_bytes());
+    }
+    // What is left starts at a multiple of 8 (of 4) from `offset`: the same rotation.
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= m[i & 3];
+    }
 }
 
 fn too_big(limit: u64) -> Violation {
