@@ -29,6 +29,9 @@ export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
 step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)"
 cargo build -p bench
 "$TARGET_DIR/debug/tidings-bench" compare --smoke --tidings "$TARGET_DIR/debug/tidings" --node-peer bench/peers/node-peer.js
+# Slow consumers and a publish flood with the server's real limits on (asserts: nothing lost,
+# stalled clients dropped by the write timeout, the flood refused with 429).
+"$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings "$TARGET_DIR/debug/tidings"
 
 # One closing line for the whole run.
 cargo_passed=$(grep -o '[0-9]* passed' /tmp/tidings-cargo-test.log | awk '{s+=$1} END {print s+0}')

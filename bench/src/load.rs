@@ -47,6 +47,8 @@ pub struct FanoutResult {
     pub transport: Option<Transport>,
     pub subscribers: usize,
     pub published: u64,
+    /// Publishes the server did not accept (any answer but 201, or no answer).
+    pub refused: u64,
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
     pub p50_ms: f64,
@@ -279,7 +281,7 @@ pub async fn fanout(f: Fanout) -> FanoutResult {
     let before = f.pid.and_then(ProcStat::read);
     let publishing = bar(f.quiet, (f.events * n_connected) as u64, "delivering");
     let started = clock.now_ns();
-    let published = publish(&f, &clock).await;
+    let (published, refused) = publish(&f, &clock).await;
     // Wait for delivery: until everything arrived or nothing moved for a while.
     let expected = published * n_connected as u64;
     let mut last = (delivered.load(Ordering::Relaxed), Instant::now());
@@ -305,6 +307,7 @@ pub async fn fanout(f: Fanout) -> FanoutResult {
         transport: Some(f.transport),
         subscribers: n_connected,
         published,
+        refused,
         ..Default::default()
     };
     let (mut requests, mut bytes, mut last_ns) = (0u64, 0u64, started);
@@ -343,8 +346,8 @@ pub async fn fanout(f: Fanout) -> FanoutResult {
 }
 
 /// Publishes `f.events` chat events, at `f.rate` per second or (0) as fast as accepted with
-/// a few requests in flight. Returns how many were accepted.
-async fn publish(f: &Fanout, clock: &Arc<Clock>) -> u64 {
+/// a few requests in flight. Returns how many were accepted and how many were not.
+async fn publish(f: &Fanout, clock: &Arc<Clock>) -> (u64, u64) {
     let client = reqwest::Client::new();
     let ok = Arc::new(AtomicU64::new(0));
     let in_flight = Arc::new(Semaphore::new(if f.rate == 0 {
@@ -391,7 +394,8 @@ async fn publish(f: &Fanout, clock: &Arc<Clock>) -> u64 {
     for t in tasks {
         let _ = t.await;
     }
-    ok.load(Ordering::Relaxed)
+    let ok = ok.load(Ordering::Relaxed);
+    (ok, f.events as u64 - ok)
 }
 
 #[derive(Debug, Clone, Serialize, Default)]

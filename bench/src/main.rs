@@ -5,13 +5,16 @@
 //! tidings-bench fanout --url http://127.0.0.1:3000 --transport ws --subscribers 1000 --events 1000
 //! tidings-bench compare            # starts every server itself; see docs/performance.md
 //! tidings-bench compare --smoke    # seconds, tiny N (run by scripts/test.sh)
+//! tidings-bench abuse              # stalled readers and a publish flood vs a baseline
 //! ```
 //!
 //! - `load`: subscribers on each transport, the publisher, latency/loss accounting.
 //! - `ceiling`: the raw tokio ceiling and the bare axum poll handler.
 //! - `procstat`: CPU seconds and RSS of a local server process.
 //! - `parse`: our WebSocket frame reader against tungstenite and fastwebsockets.
+//! - `abuse`: what stalled readers and a publish flood cost the other subscribers.
 
+mod abuse;
 mod ceiling;
 mod lean;
 mod load;
@@ -133,6 +136,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Start Tidings with its abuse limits on and measure the fan-out latency of normal
+    /// subscribers alone, beside connections that never read (WS, then SSE), and beside a
+    /// client flooding publishes from another address; rounds interleaved, medians reported.
+    Abuse {
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings: PathBuf,
+        /// Seconds and tiny N: checks the tool works, measures nothing meaningful.
+        #[arg(long)]
+        smoke: bool,
+        /// Runs of each scenario, interleaved; the median by p99 is reported. 1 for --smoke.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Parse the same client frames with our reader (`wire::ws::FrameReader`), tungstenite
     /// and fastwebsockets: ns/message, MB/s and idle memory per connection, with ratios.
     Parse {
@@ -241,6 +259,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pin,
             rounds,
         } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
+        Cmd::Abuse {
+            tidings,
+            smoke,
+            rounds,
+            json,
+        } => {
+            abuse::run(abuse::Options {
+                tidings,
+                smoke,
+                rounds,
+                json,
+            })
+            .await?
+        }
         Cmd::Parse {
             n,
             smoke,
