@@ -154,10 +154,7 @@ pub async fn history(
         .engine
         .history(stream, p.before.unwrap_or(u64::MAX), limit)
         .await
-        .map_err(|err| {
-            tracing::error!(%err, "history query failed");
-            ApiError::Unavailable("history is unavailable right now".into())
-        })?;
+        .map_err(|_| ApiError::Unavailable("history is unavailable right now".into()))?;
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
 }
 
@@ -193,7 +190,7 @@ pub async fn require_host(request: Request, next: axum::middleware::Next) -> Res
 /// `GET /healthz`: liveness. Embedded mode: 200 when the store answers. Cluster mode: 200
 /// while the process serves (a Redis outage is a readiness matter, see `/readyz`).
 pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if let crate::engine::Engine::Embedded { .. } = state.engine {
+    if state.engine.is_embedded() {
         return readyz(State(state)).await;
     }
     Ok("ok")
@@ -203,8 +200,16 @@ pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiE
 /// and, in cluster mode, the tail current); 503 otherwise. For load-balancer health checks.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.engine.ready().await.map_err(|err| {
-        tracing::warn!(%err, "not ready");
-        ApiError::Unavailable(format!("not ready: {err}"))
+        ApiError::Unavailable(
+            match err {
+                crate::engine::EngineError::Store => "not ready: the store does not answer",
+                crate::engine::EngineError::Closed => "not ready: shutting down",
+                crate::engine::EngineError::Unavailable => {
+                    "not ready: Redis is unreachable, or this server has not caught up with it"
+                }
+            }
+            .into(),
+        )
     })?;
     Ok("ok")
 }

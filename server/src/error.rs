@@ -97,14 +97,15 @@ impl From<PublishError> for ApiError {
     }
 }
 
-impl From<crate::publish::PublishFailed> for ApiError {
-    fn from(e: crate::publish::PublishFailed) -> Self {
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError;
         ApiError::Unavailable(match e {
-            crate::publish::PublishFailed::Store => {
-                "the event could not be stored; nothing was published".into()
+            EngineError::Store => {
+                "the store could not take the request; nothing was published".into()
             }
-            crate::publish::PublishFailed::Closed => "the server is shutting down".into(),
-            crate::publish::PublishFailed::Unavailable => {
+            EngineError::Closed => "the server is shutting down".into(),
+            EngineError::Unavailable => {
                 "the shared event log (Redis) is unavailable; nothing was published, try again"
                     .into()
             }

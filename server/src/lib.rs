@@ -25,7 +25,6 @@
 //! - [`serve`]: the accept loop (hyper HTTP/1.1, `TCP_NODELAY`, upgrades, graceful stop).
 
 pub mod api;
-pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod engine;
@@ -33,10 +32,8 @@ pub mod error;
 pub mod limits;
 pub mod log;
 pub mod metrics;
-pub mod publish;
 pub mod serve;
 pub mod state;
-pub mod store;
 pub mod transport;
 
 use axum::routing::{get, post};
@@ -89,40 +86,9 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let token = CancellationToken::new();
     let demo_leader = Arc::new(AtomicBool::new(config.redis_url.is_none()));
-    let (log, engine, writer) = match &config.redis_url {
-        None => {
-            let store = store::Store::open(&config.data_dir).await?;
-            let latest = store.max_id().await?;
-            let recent = store.recent(config.retention).await?;
-            tracing::info!(latest, loaded = recent.len(), "store opened");
-            let log = Arc::new(log::EventLog::new(config.retention, recent, latest));
-            let (publisher, writer) = publish::spawn_writer(store.clone(), log.clone());
-            (
-                log,
-                engine::Engine::Embedded { store, publisher },
-                Some(writer),
-            )
-        }
-        Some(url) => {
-            let lease = (!config.no_demo).then(|| demo_leader.clone());
-            let (log, cluster) = cluster::Cluster::start(
-                url,
-                &config.redis_prefix,
-                config.retention,
-                config.history_max,
-                token.clone(),
-                lease,
-            )
-            .await
-            .map_err(|e| format!("cannot start in cluster mode: Redis at {url}: {e}"))?;
-            (log, engine::Engine::Cluster(cluster), None)
-        }
-    };
+    let (log, engine) = engine::Engine::start(&config, token.clone(), demo_leader.clone()).await?;
+    let engine = Arc::new(engine);
     let config_max_streams = config.max_streams.max(1);
-    let store = match &engine {
-        engine::Engine::Embedded { store, .. } => Some(store.clone()),
-        engine::Engine::Cluster(_) => None,
-    };
     let limits = Arc::new(limits::Limits::new(
         config.trusted_proxies.clone(),
         config.max_conns_per_ip,
@@ -135,7 +101,7 @@ pub async fn run(
     };
     let state = AppState(Arc::new(Shared {
         log,
-        engine,
+        engine: engine.clone(),
         config,
         demo_leader,
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
@@ -170,18 +136,6 @@ pub async fn run(
     })
     .await;
     token.cancel();
-    // Every Publisher clone is gone once connections and simulators have ended; the
-    // writer then drains its queue and stops. Bounded, so a stuck client cannot hang exit.
-    if let Some(writer) = writer {
-        if tokio::time::timeout(Duration::from_secs(10), writer)
-            .await
-            .is_err()
-        {
-            tracing::warn!("writer did not finish within 10 s");
-        }
-    }
-    if let Some(store) = store {
-        store.close().await;
-    }
+    engine.finish().await;
     Ok(())
 }

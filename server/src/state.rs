@@ -45,7 +45,7 @@ pub struct Shared {
     /// The resume window and wake-ups; read by every transport.
     pub log: Arc<log::EventLog>,
     /// Where events are stored and how they reach the log (SQLite or Redis).
-    pub engine: engine::Engine,
+    pub engine: Arc<engine::Engine>,
     pub config: Config,
     /// Whether this server runs the simulators (always in embedded mode; in cluster mode
     /// only the holder of the Redis lease, so N servers do not mean N tickers).

@@ -3,9 +3,7 @@
 //! socket (tungstenite as the client).
 
 use super::*;
-use crate::{
-    config::Config, engine::Engine, log::EventLog, publish::spawn_writer, store::Store, Shared,
-};
+use crate::{config::Config, engine::Engine, log::EventLog, Shared};
 use futures_util::SinkExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -26,14 +24,15 @@ async fn fixture() -> Fixture {
 
 async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).await.unwrap();
-    let log = Arc::new(EventLog::new(100, vec![], 0));
-    let (publisher, _writer) = spawn_writer(store.clone(), log.clone());
     let mut config = Config::for_tests(dir.path().to_path_buf());
+    config.retention = 100;
     f(&mut config);
+    let (log, engine) = Engine::start(&config, Default::default(), Default::default())
+        .await
+        .unwrap();
     let state = AppState(Arc::new(Shared {
         log: log.clone(),
-        engine: Engine::Embedded { store, publisher },
+        engine: Arc::new(engine),
         limits: Arc::new(crate::limits::Limits::new(vec![], 0, 0, 0)),
         config,
         demo_leader: Arc::new(AtomicBool::new(true)),

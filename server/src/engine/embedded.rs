@@ -1,5 +1,6 @@
-//! Publishing: the single writer (a task on a thread and runtime of its own) that assigns ids,
-//! makes events durable and only then appends them to the log (group commit).
+//! The embedded engine: SQLite ([`super::sqlite`]) and the single writer (a task on a thread
+//! and runtime of its own) that assigns ids, makes events durable and only then appends them
+//! to the log (group commit).
 //!
 //! Why one task: ids must be strictly increasing in delivery order and never reused, also
 //! across a crash. A single writer assigns them in order, writes a whole batch in one
@@ -7,14 +8,97 @@
 //! therefore never seen by a client before it is durable, so a restart can never hand it
 //! out again, and a publisher's `201`/`ack` always means "stored".
 
+use super::sqlite::Store;
+use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
-use crate::store::Store;
-use app::protocol::{Event, Payload};
+use app::protocol::{Event, Payload, Stream};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The embedded engine: the store, and the writer that alone writes to it.
+pub struct Embedded {
+    store: Store,
+    publisher: Publisher,
+    /// Cancelled by [`Embedded::finish`]: the writer refuses new publishes, writes what is
+    /// queued and stops.
+    closing: CancellationToken,
+    /// Resolves when the writer has stopped; taken by `finish`. (A std mutex: touched twice
+    /// in the server's life.)
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Embedded {
+    /// Opens (or creates) the store under `data_dir`, loads the newest `retention` events
+    /// into a new log, and starts the writer.
+    pub async fn open(
+        data_dir: &Path,
+        retention: usize,
+    ) -> Result<(Arc<EventLog>, Embedded), sqlx::Error> {
+        let store = Store::open(data_dir).await?;
+        let latest = store.max_id().await?;
+        let recent = store.recent(retention).await?;
+        tracing::info!(latest, loaded = recent.len(), "store opened");
+        let log = Arc::new(EventLog::new(retention, recent, latest));
+        let closing = CancellationToken::new();
+        let (publisher, writer) = spawn_writer(store.clone(), log.clone(), closing.clone());
+        Ok((
+            log,
+            Embedded {
+                store,
+                publisher,
+                closing,
+                writer: Mutex::new(Some(writer)),
+            },
+        ))
+    }
+
+    pub async fn publish(&self, payload: Payload, key: Option<String>) -> Reply {
+        self.publisher.publish(payload, key).await
+    }
+
+    pub async fn history(
+        &self,
+        stream: Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EngineError> {
+        self.store
+            .history(stream, before, limit)
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, "history query failed");
+                EngineError::Store
+            })
+    }
+
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        self.store.ping().await.map_err(|err| {
+            tracing::warn!(%err, "store does not answer");
+            EngineError::Store
+        })
+    }
+
+    /// Stops the writer once it has written what is queued (bounded, so a stuck store
+    /// cannot hang the exit), then closes the store.
+    pub async fn finish(&self) {
+        self.closing.cancel();
+        let writer = self.writer.lock().expect("writer lock poisoned").take();
+        if let Some(writer) = writer {
+            if tokio::time::timeout(Duration::from_secs(10), writer)
+                .await
+                .is_err()
+            {
+                tracing::warn!("writer did not finish within 10 s");
+            }
+        }
+        self.store.close().await;
+    }
+}
 
 /// Most events written in one transaction. Under load, publishes that arrive while a
 /// commit is running are written together by the next one, so throughput grows with load
@@ -25,21 +109,11 @@ const MAX_BATCH: usize = 512;
 /// HTTP/WS client as a slower answer) rather than memory growing without bound.
 const QUEUE: usize = 4096;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublishFailed {
-    /// The store refused the write; nothing of the batch was stored or delivered.
-    Store,
-    /// The server is shutting down.
-    Closed,
-    /// Cluster mode: Redis did not answer; nothing was published.
-    Unavailable,
-}
-
 /// Most idempotency keys remembered at once; past it the oldest are forgotten early
 /// (bounded memory whatever clients send: at most ~30 MB of keys and shared events).
 const MAX_KEYS: usize = 100_000;
 
-type Reply = Result<(Arc<StoredEvent>, bool), PublishFailed>;
+type Reply = Result<(Arc<StoredEvent>, bool), EngineError>;
 
 struct Request {
     payload: Payload,
@@ -117,20 +191,37 @@ impl Publisher {
                 reply,
             })
             .await
-            .map_err(|_| PublishFailed::Closed)?;
-        rx.await.unwrap_or(Err(PublishFailed::Closed))
+            .map_err(|_| EngineError::Closed)?;
+        rx.await.unwrap_or(Err(EngineError::Closed))
     }
 }
 
-/// Starts the writer. It ends when every [`Publisher`] clone is dropped, after writing
-/// what was already queued: that is the shutdown flush.
-pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<()>) {
+/// Starts the writer. It ends when `closing` is cancelled (or every [`Publisher`] clone is
+/// dropped), after writing what was already queued: that is the shutdown flush.
+fn spawn_writer(
+    store: Store,
+    log: Arc<EventLog>,
+    closing: CancellationToken,
+) -> (Publisher, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Request>(QUEUE);
     let writer = async move {
         let mut next_id = log.latest() + 1;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut remembered = Remembered::default();
-        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        loop {
+            let taken = tokio::select! {
+                // Queued publishes first: closing never drops one.
+                biased;
+                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                _ = closing.cancelled(), if !rx.is_closed() => {
+                    // No new publishes; what is queued is still received, then 0.
+                    rx.close();
+                    continue;
+                }
+            };
+            if taken == 0 {
+                break;
+            }
             let ts = now_ms();
             let now = Instant::now();
             remembered.expire(now);
@@ -175,7 +266,7 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
                 Err(err) => {
                     // The ids were never visible, so reusing them for the next batch is safe.
                     tracing::error!(%err, n = batch.len(), "storing a batch failed");
-                    Err(PublishFailed::Store)
+                    Err(EngineError::Store)
                 }
             };
             for (req, answer) in batch.drain(..).zip(answers) {
@@ -214,10 +305,4 @@ pub fn spawn_writer(store: Store, log: Arc<EventLog>) -> (Publisher, JoinHandle<
             let _ = done_rx.await;
         }),
     )
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -14,8 +14,8 @@
 //! Publishing is one Lua script (INCR + XADD + XADD), atomic in Redis: ids are assigned and
 //! appended in the same order, so the log is ordered by id and has no holes.
 
+use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
-use crate::publish::{now_ms, PublishFailed};
 use app::protocol::{Event, Payload, Stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Script};
@@ -70,6 +70,7 @@ pub struct Cluster {
     log_maxlen: usize,
     history_max: usize,
     /// Whether the tail is connected and current; false while Redis is unreachable.
+    /// (Relaxed: a readiness hint, nothing is read through it.)
     tailing: Arc<AtomicBool>,
 }
 
@@ -204,7 +205,7 @@ impl Cluster {
         &self,
         payload: Payload,
         key: Option<String>,
-    ) -> Result<(Arc<StoredEvent>, bool), PublishFailed> {
+    ) -> Result<(Arc<StoredEvent>, bool), EngineError> {
         let stream = payload.stream();
         let ts = now_ms();
         let data = data_json(&payload);
@@ -229,7 +230,7 @@ impl Cluster {
             .await
             .map_err(|err| {
                 tracing::warn!(%err, "publish to Redis failed");
-                PublishFailed::Unavailable
+                EngineError::Unavailable
             })?;
         if id == 0 {
             // "<id> <stream> <json>", as the script stored it.
@@ -243,7 +244,7 @@ impl Cluster {
                 Some(event) => Ok((Arc::new(event), true)),
                 None => {
                     tracing::error!("unreadable idempotency record in Redis");
-                    Err(PublishFailed::Unavailable)
+                    Err(EngineError::Unavailable)
                 }
             };
         }
@@ -262,7 +263,7 @@ impl Cluster {
         stream: Stream,
         before: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, String> {
+    ) -> Result<Vec<Event>, EngineError> {
         let end = if before == u64::MAX {
             "+".to_string()
         } else {
@@ -277,7 +278,10 @@ impl Cluster {
             .arg(limit)
             .query_async(&mut conn)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|err| {
+                tracing::warn!(%err, "history from Redis failed");
+                EngineError::Unavailable
+            })?;
         Ok(entries
             .into_iter()
             .rev()
@@ -289,17 +293,23 @@ impl Cluster {
             .collect())
     }
 
-    pub async fn ready(&self) -> Result<(), String> {
+    pub async fn ready(&self) -> Result<(), EngineError> {
         let mut conn = self.conn.clone();
-        let pong: String = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if pong != "PONG" {
-            return Err(format!("unexpected PING answer {pong}"));
+        let pong: Result<String, _> = redis::cmd("PING").query_async(&mut conn).await;
+        match pong {
+            Ok(p) if p == "PONG" => {}
+            Ok(other) => {
+                tracing::warn!(answer = other, "unexpected PING answer from Redis");
+                return Err(EngineError::Unavailable);
+            }
+            Err(err) => {
+                tracing::warn!(%err, "Redis does not answer");
+                return Err(EngineError::Unavailable);
+            }
         }
         if !self.tailing.load(Ordering::Relaxed) {
-            return Err("not yet caught up with the Redis log".into());
+            tracing::warn!("not yet caught up with the Redis log");
+            return Err(EngineError::Unavailable);
         }
         Ok(())
     }

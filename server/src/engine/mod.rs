@@ -1,0 +1,144 @@
+//! Where events are made durable and shared: the embedded engine ([`embedded`]: SQLite and
+//! the in-process writer, one server) or the cluster engine ([`cluster`]: Redis, many
+//! servers). Transports never see the difference: both feed the same
+//! [`EventLog`](crate::log::EventLog) window, and every transport reads from that.
+//!
+//! One enum rather than a trait object: there are exactly two engines, chosen once at
+//! start, and an enum keeps `publish` a plain `async fn` (no boxed futures on the hot path).
+
+pub mod cluster;
+pub mod embedded;
+mod sqlite;
+
+use crate::log::{EventLog, StoredEvent};
+use crate::Config;
+use app::protocol::{Event, Payload, Stream};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How long an idempotency key is remembered: a client retrying a publish whose answer it
+/// did not get (connection cut, server restarted behind a balancer) does so within seconds;
+/// ten minutes covers a laptop waking up. Embedded: in the writer's memory (a restart
+/// forgets the keys). Cluster: a Redis key with this expiry, so a retry that lands on
+/// another server is recognised too.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(600);
+
+/// Why an engine could not do what was asked. The cause is logged where it happens; this
+/// says what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// The store refused the write or the read; nothing of a publish was stored.
+    Store,
+    /// The server is shutting down.
+    Closed,
+    /// Cluster mode: Redis did not answer (or this server is not caught up with it).
+    Unavailable,
+}
+
+pub enum Engine {
+    /// One server: SQLite for durability and history; the writer task appends to the window.
+    Embedded(embedded::Embedded),
+    /// Many servers: Redis holds the id sequence, the ordered log and history; a tail task
+    /// in each server appends what Redis holds to its own window.
+    Cluster(cluster::Cluster),
+}
+
+impl Engine {
+    /// Opens the engine `config` asks for and the log it feeds. `demo_leader` is set while
+    /// this server should run the simulators (cluster mode: while it holds the lease).
+    pub async fn start(
+        config: &Config,
+        shutdown: CancellationToken,
+        demo_leader: Arc<AtomicBool>,
+    ) -> Result<(Arc<EventLog>, Engine), Box<dyn std::error::Error + Send + Sync>> {
+        match &config.redis_url {
+            None => {
+                let (log, embedded) =
+                    embedded::Embedded::open(&config.data_dir, config.retention).await?;
+                Ok((log, Engine::Embedded(embedded)))
+            }
+            Some(url) => {
+                let lease = (!config.no_demo).then_some(demo_leader);
+                let (log, cluster) = cluster::Cluster::start(
+                    url,
+                    &config.redis_prefix,
+                    config.retention,
+                    config.history_max,
+                    shutdown,
+                    lease,
+                )
+                .await
+                .map_err(|e| format!("cannot start in cluster mode: Redis at {url}: {e}"))?;
+                Ok((log, Engine::Cluster(cluster)))
+            }
+        }
+    }
+
+    /// Stores a validated payload; the event is durable when this returns `Ok`. With an
+    /// idempotency `key` already used, nothing is stored and the event stored under it is
+    /// returned, with `true` ("replayed").
+    pub async fn publish(
+        &self,
+        payload: Payload,
+        key: Option<String>,
+    ) -> Result<(Arc<StoredEvent>, bool), EngineError> {
+        match self {
+            Engine::Embedded(e) => e.publish(payload, key).await,
+            Engine::Cluster(c) => c.publish(payload, key).await,
+        }
+    }
+
+    /// Up to `limit` events of `stream` before `before`, oldest first.
+    pub async fn history(
+        &self,
+        stream: Stream,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.history(stream, before, limit).await,
+            Engine::Cluster(c) => c.history(stream, before, limit).await,
+        }
+    }
+
+    /// Whether publishing and resuming work right now.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        match self {
+            Engine::Embedded(e) => e.ready().await,
+            Engine::Cluster(c) => c.ready().await,
+        }
+    }
+
+    /// Whether this engine's health is the server's liveness (embedded: the store is part
+    /// of the process), or only its readiness (cluster: Redis is another service).
+    pub fn is_embedded(&self) -> bool {
+        matches!(self, Engine::Embedded(_))
+    }
+
+    /// The newest id anywhere, when this server's window may be behind it (cluster mode:
+    /// another server's publish reaches our window a moment later). `None`: our window is
+    /// authoritative, or the answer is unknown.
+    pub async fn head(&self) -> Option<u64> {
+        match self {
+            Engine::Embedded(_) => None,
+            Engine::Cluster(c) => c.head().await,
+        }
+    }
+
+    /// After the last connection has ended: writes what was queued and closes the store.
+    pub async fn finish(&self) {
+        match self {
+            Engine::Embedded(e) => e.finish().await,
+            Engine::Cluster(_) => {}
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: an event's `ts`.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
