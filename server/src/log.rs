@@ -57,33 +57,33 @@ impl StoredEvent {
     }
 }
 
-/// What reading from a cursor gives.
-#[derive(Debug)]
-pub enum Read {
-    /// Events after the cursor that match the filter (maybe none). `cursor` is where the
-    /// next read starts: the last event looked at, matching or not.
-    Events {
-        events: Vec<Arc<StoredEvent>>,
-        cursor: u64,
-        more: bool,
-    },
+/// What reading after a cursor gives, whoever reads (a poll, a subscription, the fan-out
+/// copy): the events, in the form that reader takes them (`T`), or a reset.
+#[derive(Debug, PartialEq)]
+pub enum Read<T> {
+    /// Events after the cursor that match the filter (maybe none).
+    Events(T),
     /// The cursor was older than the window or ahead of the latest id: events may have
     /// been missed, so the reader must be told. Reading continues from `cursor` (the latest).
     Reset { cursor: u64 },
 }
 
-/// How a [`EventLog::scan`] ended.
+/// A poll's answer: the events, where the next read starts (`cursor`: the last event
+/// looked at, matching or not) and whether more are ready at once.
 #[derive(Debug)]
-pub enum Scan {
-    /// `cursor`: where the next read starts (the last event looked at, matching or not);
-    /// `last`: the id of the last event taken, if any.
-    Read {
-        cursor: u64,
-        last: Option<u64>,
-        more: bool,
-    },
-    /// As [`Read::Reset`].
-    Reset { cursor: u64 },
+pub struct Page {
+    pub events: Vec<Arc<StoredEvent>>,
+    pub cursor: u64,
+    pub more: bool,
+}
+
+/// Where a walk of the window stopped: `cursor` as in [`Page`]; `last`: the id of the last
+/// event taken, if any.
+#[derive(Debug)]
+struct Walked {
+    cursor: u64,
+    last: Option<u64>,
+    more: bool,
 }
 
 /// The shared log. Readers vastly outnumber the single writer (every connection reads on
@@ -177,59 +177,59 @@ impl EventLog {
     /// `after == 0` means "from the start of the window". A cursor is valid when the window
     /// still holds the event right after it (or it is the latest id); anything else is a
     /// [`Read::Reset`], never a silent skip.
-    pub fn read(&self, after: u64, filter: StreamSet, limit: usize) -> Read {
+    pub fn read(&self, after: u64, filter: StreamSet, limit: usize) -> Read<Page> {
         let mut events = Vec::new();
         match self.scan(after, filter, limit, |e| {
             events.push(e.clone());
             true
         }) {
-            Scan::Reset { cursor } => Read::Reset { cursor },
-            Scan::Read { cursor, more, .. } => Read::Events {
+            Read::Reset { cursor } => Read::Reset { cursor },
+            Read::Events(Walked { cursor, more, .. }) => Read::Events(Page {
                 events,
                 cursor,
                 more,
-            },
+            }),
         }
     }
 
     /// The one place that walks the window: hands each matching event after `after` to
     /// `take` (under the read lock, so `take` must be quick), at most `limit` of them, or
     /// fewer if `take` returns false ("that one, then no more").
-    pub fn scan(
+    fn scan(
         &self,
         after: u64,
         filter: StreamSet,
         limit: usize,
         mut take: impl FnMut(&Arc<StoredEvent>) -> bool,
-    ) -> Scan {
+    ) -> Read<Walked> {
         let latest = self.latest();
         if after == latest {
             // The common case for a caught-up client: no lock, no scan.
-            return Scan::Read {
+            return Read::Events(Walked {
                 cursor: latest,
                 last: None,
                 more: false,
-            };
+            });
         }
         let w = self.window.read().expect("log lock poisoned");
         // Read again under the lock (see `append`): the value before it may be stale.
         let latest = self.latest();
         if after > latest {
-            return Scan::Reset { cursor: latest };
+            return Read::Reset { cursor: latest };
         }
         let oldest = w.front().map_or(latest + 1, |e| e.id);
         if after != 0 && after + 1 < oldest {
-            return Scan::Reset { cursor: latest };
+            return Read::Reset { cursor: latest };
         }
         let start = w.partition_point(|e| e.id <= after);
         let (mut taken, mut cursor, mut last) = (0, after, None);
         for e in w.range(start..) {
             if taken == limit {
-                return Scan::Read {
+                return Read::Events(Walked {
                     cursor,
                     last,
                     more: true,
-                };
+                });
             }
             cursor = e.id;
             if filter.contains(e.stream) {
@@ -237,16 +237,16 @@ impl EventLog {
                 last = Some(e.id);
                 if !take(e) {
                     let more = w.back().is_some_and(|b| b.id > e.id);
-                    return Scan::Read { cursor, last, more };
+                    return Read::Events(Walked { cursor, last, more });
                 }
             }
         }
         // The window may end below `latest` only transiently; report what was scanned.
-        Scan::Read {
+        Read::Events(Walked {
             cursor,
             last,
             more: false,
-        }
+        })
     }
 
     /// Waits (at most `timeout`) until the window has reached `id`. Returns whether it did.
@@ -289,20 +289,6 @@ pub struct Subscription {
     delivered: u64,
 }
 
-/// What a subscription yields.
-#[derive(Debug)]
-pub enum Delivery {
-    Events(Vec<Arc<StoredEvent>>),
-    Reset { cursor: u64 },
-}
-
-/// What a read that does not wait found (`None` when nothing was new for this reader).
-#[derive(Debug, PartialEq)]
-pub enum Found {
-    Events,
-    Reset { cursor: u64 },
-}
-
 /// Events handed to a connection per wake-up. Bounds one write while a lagging client
 /// catches up, without bounding how far behind it may be (that is the window's job).
 pub const BATCH: usize = 512;
@@ -321,15 +307,15 @@ impl Subscription {
     }
 
     /// Reads what is available now without waiting; `None` when nothing is.
-    pub fn try_next(&mut self, limit: usize) -> Option<Delivery> {
+    pub fn try_next(&mut self, limit: usize) -> Option<Read<Vec<Arc<StoredEvent>>>> {
         let mut events = Vec::new();
         Some(
             match self.try_scan(limit, |e| {
                 events.push(e.clone());
                 true
             })? {
-                Found::Reset { cursor } => Delivery::Reset { cursor },
-                Found::Events => Delivery::Events(events),
+                Read::Reset { cursor } => Read::Reset { cursor },
+                Read::Events(()) => Read::Events(events),
             },
         )
     }
@@ -346,7 +332,7 @@ impl Subscription {
         max_bytes: usize,
         encoding: fn(&StoredEvent) -> &[u8],
         out: &mut Vec<u8>,
-    ) -> Option<Found> {
+    ) -> Option<Read<()>> {
         self.try_scan(limit, |e| {
             out.extend_from_slice(encoding(e));
             out.len() < max_bytes
@@ -365,7 +351,7 @@ impl Subscription {
         &mut self,
         limit: usize,
         mut take: impl FnMut(&Arc<StoredEvent>) -> bool,
-    ) -> Option<Found> {
+    ) -> Option<Read<()>> {
         // Mark the current version seen *before* reading, so a publish that lands after
         // the read still wakes `next` (an atomic load: no lock on the watch's value).
         self.rx.mark_unchanged();
@@ -376,15 +362,15 @@ impl Subscription {
         });
         self.delivered += n;
         match scan {
-            Scan::Reset { cursor } => {
+            Read::Reset { cursor } => {
                 self.cursor = cursor;
                 self.announced = cursor;
-                Some(Found::Reset { cursor })
+                Some(Read::Reset { cursor })
             }
-            Scan::Read { cursor, last, .. } => {
+            Read::Events(Walked { cursor, last, .. }) => {
                 self.cursor = cursor;
                 self.announced = last?;
-                Some(Found::Events)
+                Some(Read::Events(()))
             }
         }
     }
@@ -402,7 +388,7 @@ impl Subscription {
 
     /// Waits for the next events (or a reset). Cancel-safe: dropping the future loses
     /// nothing, because the position only moves when a delivery is returned.
-    pub async fn next(&mut self, limit: usize) -> Delivery {
+    pub async fn next(&mut self, limit: usize) -> Read<Vec<Arc<StoredEvent>>> {
         loop {
             if let Some(d) = self.try_next(limit) {
                 return d;
@@ -431,8 +417,8 @@ impl Subscription {
             if self.log.latest() != self.cursor {
                 tokio::task::yield_now().await;
                 match self.try_next_into(BATCH, BATCH_BYTES, encoding, out) {
-                    Some(Found::Reset { cursor }) => return Some(cursor),
-                    Some(Found::Events) => return None,
+                    Some(Read::Reset { cursor }) => return Some(cursor),
+                    Some(Read::Events(())) => return None,
                     None => {} // only events of other streams went by
                 }
             }
@@ -470,13 +456,13 @@ mod tests {
         Arc::new(e)
     }
 
-    fn ids(r: &Read) -> (Vec<u64>, u64, bool) {
+    fn ids(r: &Read<Page>) -> (Vec<u64>, u64, bool) {
         match r {
-            Read::Events {
+            Read::Events(Page {
                 events,
                 cursor,
                 more,
-            } => (events.iter().map(|e| e.id).collect(), *cursor, *more),
+            }) => (events.iter().map(|e| e.id).collect(), *cursor, *more),
             Read::Reset { .. } => panic!("unexpected reset"),
         }
     }
@@ -550,9 +536,9 @@ mod tests {
                     let mut cursor = 0;
                     while cursor < 20_000 {
                         match log.read(cursor, StreamSet::ALL, 7) {
-                            Read::Events {
+                            Read::Events(Page {
                                 events, cursor: c, ..
-                            } => {
+                            }) => {
                                 for e in &events {
                                     assert_eq!(e.id, cursor + 1, "gap or repeat");
                                     cursor = e.id;
@@ -577,7 +563,7 @@ mod tests {
         let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
         assert_eq!(sub.unannounced(), None);
         assert!(
-            matches!(sub.try_next(BATCH), Some(Delivery::Events(e)) if e.last().unwrap().id == 9)
+            matches!(sub.try_next(BATCH), Some(Read::Events(e)) if e.last().unwrap().id == 9)
         );
         // The client holds 9; the subscription has scanned to 10.
         assert_eq!(sub.unannounced(), Some(10));
@@ -623,7 +609,7 @@ mod tests {
             })
         };
         match sub.next(BATCH).await {
-            Delivery::Events(e) => {
+            Read::Events(e) => {
                 assert_eq!(e.iter().map(|e| e.id).collect::<Vec<_>>(), vec![3, 4])
             }
             d => panic!("{d:?}"),
@@ -657,7 +643,7 @@ mod tests {
         // A bound of 1 byte: one event per call, and the cursor moves only past what was taken.
         assert_eq!(
             sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out),
-            Some(Found::Events)
+            Some(Read::Events(()))
         );
         assert_eq!(
             (out.as_slice(), sub.cursor()),
@@ -674,7 +660,7 @@ mod tests {
         let mut ahead = log.subscribe(StreamSet::ALL, 99);
         assert_eq!(
             ahead.try_next_into(BATCH, 1 << 16, |e| &e.ws, &mut out),
-            Some(Found::Reset { cursor: 3 })
+            Some(Read::Reset { cursor: 3 })
         );
     }
 

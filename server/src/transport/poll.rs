@@ -2,7 +2,7 @@
 
 use crate::api::Query;
 use crate::error::ApiError;
-use crate::log::Read;
+use crate::log::{Page, Read};
 use crate::AppState;
 use app::protocol::PollQuery;
 use axum::extract::State;
@@ -33,17 +33,17 @@ pub async fn handler(
     }
     // No cursor: the client starts from "now" and gets no backlog.
     let Some(since) = p.since else {
-        return Ok(json(encode(&Read::Events {
+        return Ok(json(encode(&Read::Events(Page {
             events: vec![],
             cursor: state.log.latest(),
             more: false,
-        })));
+        }))));
     };
 
     // Answered from the in-memory window only: an empty poll never touches the store.
     state.catch_up(since).await;
     let mut read = state.log.read(since, filter, limit);
-    if let Read::Events { events, cursor, .. } = &read {
+    if let Read::Events(Page { events, cursor, .. }) = &read {
         if events.is_empty() && wait > 0 {
             let mut sub = state.subscribe(filter, Some(*cursor)).await?;
             let _open = crate::metrics::OpenStream::new("long_poll");
@@ -56,7 +56,7 @@ pub async fn handler(
         }
     }
     match &read {
-        Read::Events { events, .. } => {
+        Read::Events(Page { events, .. }) => {
             metrics::counter!("tidings_events_delivered_total", "transport" => "poll")
                 .increment(events.len() as u64)
         }
@@ -72,16 +72,16 @@ fn json(body: String) -> Response {
 }
 
 /// Builds the body from the events' pre-encoded JSON (no per-poll serialisation).
-fn encode(read: &Read) -> String {
+fn encode(read: &Read<Page>) -> String {
     match read {
         Read::Reset { cursor } => {
             format!(r#"{{"events":[],"cursor":{cursor},"more":false,"reset":true}}"#)
         }
-        Read::Events {
+        Read::Events(Page {
             events,
             cursor,
             more,
-        } => {
+        }) => {
             let mut out =
                 String::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
             out.push_str(r#"{"events":["#);
@@ -106,11 +106,11 @@ mod tests {
     fn encoded_bodies_parse_as_poll_responses() {
         let r: PollResponse = serde_json::from_str(&encode(&Read::Reset { cursor: 5 })).unwrap();
         assert_eq!((r.reset, r.cursor, r.events.len()), (true, 5, 0));
-        let r: PollResponse = serde_json::from_str(&encode(&Read::Events {
+        let r: PollResponse = serde_json::from_str(&encode(&Read::Events(Page {
             events: vec![],
             cursor: 9,
             more: true,
-        }))
+        })))
         .unwrap();
         assert_eq!((r.reset, r.cursor, r.more), (false, 9, true));
     }
