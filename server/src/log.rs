@@ -17,18 +17,17 @@ use tokio::sync::watch;
 
 /// An event as stored in the window, with its wire encodings made once at publish time
 /// and copied (SSE, WebSocket) or shared (poll, history) by every connection that delivers it.
+/// The log does not know those formats: each streaming transport registers its encoding in
+/// [`crate::transport::ENCODINGS`], and the log calls them.
 #[derive(Debug)]
 pub struct StoredEvent {
     pub id: u64,
     pub stream: Stream,
     /// The event JSON (`{"id":..,"ts":..,"stream":..,"data":..}`): poll and history bodies.
     pub json: Bytes,
-    /// The SSE message: `id: <id>\ndata: <json>\n\n`.
-    pub sse: Bytes,
-    /// The whole WebSocket frame (header included) of the text message
-    /// `{"type":"event","event":<json>}`: a server's frames are unmasked, so these bytes are
-    /// the same for every socket.
-    pub ws: Bytes,
+    /// The event as each streaming transport sends it, in the order of
+    /// [`crate::transport::ENCODINGS`] (index: that transport's `ENCODING`).
+    pub encoded: [Bytes; crate::transport::ENCODINGS.len()],
 }
 
 impl StoredEvent {
@@ -40,19 +39,12 @@ impl StoredEvent {
     /// Builds the encodings from JSON already produced (by [`StoredEvent::new`] earlier,
     /// possibly before a restart, when it is read back from the store).
     pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
-        let sse = format!("id: {id}\ndata: {json}\n\n");
-        let mut ws = Vec::new();
-        wire::ws::encode(
-            &mut ws,
-            wire::ws::OpCode::Text,
-            format!("{{\"type\":\"event\",\"event\":{json}}}").as_bytes(),
-        );
+        let encoded = crate::transport::ENCODINGS.map(|encode| encode(id, &json));
         StoredEvent {
             id,
             stream,
             json: Bytes::from(json),
-            sse: Bytes::from(sse),
-            ws: Bytes::from(ws),
+            encoded,
         }
     }
 }
@@ -620,14 +612,12 @@ mod tests {
     }
 
     #[test]
-    fn encodings_are_the_wire_formats() {
+    fn every_registered_encoding_is_made_once_per_event() {
         let e = ev(7, Stream::Chat);
         let json = std::str::from_utf8(&e.json).unwrap();
-        assert_eq!(e.sse, format!("id: 7\ndata: {json}\n\n"));
-        // A FIN text frame with a 7-bit length, then the message.
-        assert_eq!((e.ws[0], e.ws[1] as usize), (0x81, e.ws.len() - 2));
-        let frame: app::protocol::ServerFrame = serde_json::from_slice(&e.ws[2..]).unwrap();
-        assert!(matches!(frame, app::protocol::ServerFrame::Event { event } if event.id == 7));
+        for (i, encode) in crate::transport::ENCODINGS.iter().enumerate() {
+            assert_eq!(e.encoded[i], encode(7, json));
+        }
     }
 
     #[test]
@@ -642,24 +632,24 @@ mod tests {
         let mut out = Vec::new();
         // A bound of 1 byte: one event per call, and the cursor moves only past what was taken.
         assert_eq!(
-            sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out),
+            sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out),
             Some(Read::Events(()))
         );
         assert_eq!(
             (out.as_slice(), sub.cursor()),
-            (&ev(1, Stream::Chat).sse[..], 1)
+            (&ev(1, Stream::Chat).encoded[0][..], 1)
         );
         out.clear();
-        sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out).unwrap();
+        sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out).unwrap();
         assert_eq!(
             (out.as_slice(), sub.cursor()),
-            (&ev(3, Stream::Chat).sse[..], 3)
+            (&ev(3, Stream::Chat).encoded[0][..], 3)
         );
-        assert!(sub.try_next_into(BATCH, 1, |e| &e.sse, &mut out).is_none());
+        assert!(sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out).is_none());
         // Resets come through this path too.
         let mut ahead = log.subscribe(StreamSet::ALL, 99);
         assert_eq!(
-            ahead.try_next_into(BATCH, 1 << 16, |e| &e.ws, &mut out),
+            ahead.try_next_into(BATCH, 1 << 16, |e| &e.encoded[1], &mut out),
             Some(Read::Reset { cursor: 3 })
         );
     }
@@ -671,13 +661,13 @@ mod tests {
         // A cursor ahead of the log is reset at once, not waited on.
         let mut ahead = log.subscribe(StreamSet::ALL, 99);
         let mut out = Vec::new();
-        assert_eq!(ahead.next_into(|e| &e.ws, &mut out).await, Some(2));
+        assert_eq!(ahead.next_into(|e| &e.encoded[1], &mut out).await, Some(2));
         assert!(out.is_empty());
         // Only other streams' events so far: it waits, then copies the next chat event.
         let mut chat = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 1);
         let waiting = tokio::spawn(async move {
             let mut out = Vec::new();
-            let reset = chat.next_into(|e| &e.sse, &mut out).await;
+            let reset = chat.next_into(|e| &e.encoded[0], &mut out).await;
             (reset, out, chat.cursor())
         });
         tokio::task::yield_now().await;
@@ -685,7 +675,7 @@ mod tests {
         let (reset, out, cursor) = waiting.await.unwrap();
         assert_eq!(
             (reset, out, cursor),
-            (None, ev(3, Stream::Chat).sse.to_vec(), 3)
+            (None, ev(3, Stream::Chat).encoded[0].to_vec(), 3)
         );
     }
 }

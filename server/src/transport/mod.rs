@@ -9,11 +9,21 @@ pub mod sse;
 pub mod ws;
 
 use crate::error::ApiError;
+use bytes::Bytes;
 use crate::AppState;
 use app::protocol::StreamSet;
 pub use app::protocol::SubscribeQuery as SubscribeParams;
 use std::time::Duration;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+/// How a streaming transport puts one event on the wire, given its id and JSON. Made once
+/// per event, when it enters the log; every connection of that transport then copies the
+/// same bytes.
+pub type Encoding = fn(id: u64, json: &str) -> Bytes;
+
+/// The encodings the log makes for every event, one per streaming transport; each
+/// transport's `ENCODING` is its index here.
+pub const ENCODINGS: [Encoding; 2] = [sse::encode_event, ws::encode_event];
 
 pub fn streams(list: Option<&str>) -> Result<StreamSet, ApiError> {
     StreamSet::parse(list).map_err(ApiError::BadRequest)
@@ -26,4 +36,21 @@ pub fn heartbeat(state: &AppState) -> Interval {
     let mut ticks = interval_at(Instant::now() + period, period);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     ticks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_are_the_wire_formats() {
+        let json = r#"{"id":7,"ts":1,"stream":"chat","data":{"author":"a","body":"b"}}"#;
+        let sse = ENCODINGS[sse::ENCODING](7, json);
+        assert_eq!(sse, format!("id: 7\ndata: {json}\n\n"));
+        // A FIN text frame with a 7-bit length, then the message.
+        let ws = ENCODINGS[ws::ENCODING](7, json);
+        assert_eq!((ws[0], ws[1] as usize), (0x81, ws.len() - 2));
+        let frame: app::protocol::ServerFrame = serde_json::from_slice(&ws[2..]).unwrap();
+        assert!(matches!(frame, app::protocol::ServerFrame::Event { event } if event.id == 7));
+    }
 }

@@ -326,6 +326,22 @@ impl<S: Io> Connection<S> {
     }
 }
 
+/// This transport's index in [`super::ENCODINGS`].
+pub const ENCODING: usize = 1;
+
+/// An event as the whole WebSocket frame (header included) of the text message
+/// `{"type":"event","event":<json>}`: a server's frames are unmasked, so these bytes are
+/// the same for every socket.
+pub fn encode_event(_id: u64, json: &str) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(json.len() + 40);
+    wire::ws::encode(
+        &mut frame,
+        OpCode::Text,
+        format!("{{\"type\":\"event\",\"event\":{json}}}").as_bytes(),
+    );
+    bytes::Bytes::from(frame)
+}
+
 fn push_frame(out: &mut Vec<u8>, f: &ServerFrame) {
     let json = serde_json::to_vec(f).expect("frames serialise");
     wire::ws::encode(out, OpCode::Text, &json);
@@ -424,7 +440,7 @@ pub async fn serve_socket<S: Io>(
             tokio::select! {
                 _ = &mut cancelled => break Some((Some(CloseCode::GOING_AWAY), "server shutting down".into())),
 
-                reset_to = sub.next_into(|e| &e.ws, &mut out) => {
+                reset_to = sub.next_into(|e| &e.encoded[ENCODING], &mut out) => {
                     if let Some(cursor) = reset_to {
                         metrics::counter!("tidings_resets_total", "transport" => "ws").increment(1);
                         push_frame(&mut out, &ServerFrame::Reset { cursor });

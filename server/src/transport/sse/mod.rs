@@ -74,6 +74,14 @@ pub async fn handler(
         .into_response())
 }
 
+/// This transport's index in [`super::ENCODINGS`].
+pub const ENCODING: usize = 0;
+
+/// An event as an SSE message: `id: <id>\ndata: <json>\n\n`.
+pub fn encode_event(id: u64, json: &str) -> Bytes {
+    Bytes::from(format!("id: {id}\ndata: {json}\n\n"))
+}
+
 struct Conn {
     sub: Subscription,
     ticks: Interval,
@@ -103,7 +111,7 @@ impl Conn {
         let mut out = Vec::new();
         tokio::select! {
             _ = &mut self.shutdown => None,
-            reset_to = self.sub.next_into(|e| &e.sse, &mut out) => {
+            reset_to = self.sub.next_into(|e| &e.encoded[ENCODING], &mut out) => {
                 if let Some(cursor) = reset_to {
                     metrics::counter!("tidings_resets_total", "transport" => "sse").increment(1);
                     out.extend_from_slice(
