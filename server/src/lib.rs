@@ -24,17 +24,17 @@
 //! - [`error`]: the JSON error answers.
 //! - [`serve`]: the accept loop (hyper HTTP/1.1, `TCP_NODELAY`, upgrades, graceful stop).
 
-pub mod api;
-pub mod config;
-pub mod demo;
-pub mod engine;
-pub mod error;
-pub mod limits;
-pub mod log;
-pub mod metrics;
-pub mod serve;
-pub mod state;
-pub mod transport;
+mod api;
+mod config;
+mod demo;
+mod engine;
+mod error;
+mod limits;
+mod log;
+mod metrics;
+mod serve;
+mod state;
+mod transport;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -47,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::services::{ServeDir, ServeFile};
 
 pub use config::Config;
-pub use state::{AppState, Shared};
+use state::{AppState, Shared};
 
 /// The router: every route and layer, given the shared state (tests drive it with
 /// `oneshot` or a real listener).
@@ -126,16 +126,17 @@ pub async fn run(
         demo::spawn(state.clone());
     }
 
-    let stop = token.clone();
-    serve::serve(listener, app(state), limits, timeouts, async move {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = stop.cancelled() => {}
+    // The caller's shutdown future becomes the one token everything watches.
+    tokio::spawn({
+        let token = token.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => token.cancel(),
+                _ = token.cancelled() => {}
+            }
         }
-        stop.cancel();
-    })
-    .await;
-    token.cancel();
+    });
+    serve::serve(listener, app(state), limits, timeouts, token.clone()).await;
     engine.finish().await;
     Ok(())
 }

@@ -116,7 +116,18 @@ pub struct ConnGuard(Option<(Arc<Limits>, IpAddr)>);
 /// The count of the connection a request came on, held by whatever outlives the request
 /// on that connection (an upgraded WebSocket).
 #[derive(Clone)]
-pub struct Counted(pub Arc<ConnGuard>);
+pub struct Counted {
+    /// Held for its `Drop`.
+    _guard: Arc<ConnGuard>,
+}
+
+impl Counted {
+    pub fn new(guard: ConnGuard) -> Counted {
+        Counted {
+            _guard: Arc::new(guard),
+        }
+    }
+}
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {

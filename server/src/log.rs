@@ -554,9 +554,7 @@ mod tests {
         let log = log_with(10, 100); // odd ids chat, even ids ticker
         let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
         assert_eq!(sub.unannounced(), None);
-        assert!(
-            matches!(sub.try_next(BATCH), Some(Read::Events(e)) if e.last().unwrap().id == 9)
-        );
+        assert!(matches!(sub.try_next(BATCH), Some(Read::Events(e)) if e.last().unwrap().id == 9));
         // The client holds 9; the subscription has scanned to 10.
         assert_eq!(sub.unannounced(), Some(10));
         assert_eq!(sub.unannounced(), None);
@@ -640,12 +638,15 @@ mod tests {
             (&ev(1, Stream::Chat).encoded[0][..], 1)
         );
         out.clear();
-        sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out).unwrap();
+        sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out)
+            .unwrap();
         assert_eq!(
             (out.as_slice(), sub.cursor()),
             (&ev(3, Stream::Chat).encoded[0][..], 3)
         );
-        assert!(sub.try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out).is_none());
+        assert!(sub
+            .try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out)
+            .is_none());
         // Resets come through this path too.
         let mut ahead = log.subscribe(StreamSet::ALL, 99);
         assert_eq!(

@@ -21,12 +21,12 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 /// How long a client may take (see `--head-timeout-secs`, `--write-timeout-secs`).
@@ -38,20 +38,18 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting and waits
-/// for the open connections to finish (streams end on their own shutdown signal).
+/// Serves `router` on `listener` until `shutdown` is cancelled (the server's one shutdown
+/// signal: streams, long polls and simulators watch it too), then stops accepting and waits
+/// for the open connections to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Arc<Limits>,
     timeouts: Timeouts,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) {
-    // Dropping `stop` tells every connection to finish; each holds a `done` receiver, so
-    // `all_done.closed()` resolves when the last one has ended (axum::serve does the same).
-    let (stop, stopping) = watch::channel(());
-    let (all_done, done) = watch::channel(());
-    tokio::pin!(shutdown);
+    // Every connection task, so that shutdown can wait for the last one.
+    let connections = TaskTracker::new();
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -64,7 +62,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            _ = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
         let peer = peer.ip().to_canonical();
@@ -74,14 +72,9 @@ pub async fn serve(
             tokio::spawn(refuse(tcp, limits.max_conns_per_ip()));
             continue;
         };
-        let counted = Counted(Arc::new(counted));
-        let (router, limits, stopping, done) = (
-            router.clone(),
-            limits.clone(),
-            stopping.clone(),
-            done.clone(),
-        );
-        tokio::spawn(async move {
+        let counted = Counted::new(counted);
+        let (router, limits, stopping) = (router.clone(), limits.clone(), shutdown.clone());
+        connections.spawn(async move {
             // One deadline for the first request head, from the moment of accept: looking
             // at the first bytes counts too.
             let head_deadline = tokio::time::Instant::now() + timeouts.head;
@@ -100,12 +93,11 @@ pub async fn serve(
                 let left = head_deadline.saturating_duration_since(tokio::time::Instant::now());
                 http_connection(tcp, service, left.max(Duration::from_millis(100)), stopping).await;
             }
-            drop(done);
         });
     }
     drop(listener);
-    drop((stop, stopping, done));
-    all_done.closed().await;
+    connections.close();
+    connections.wait().await;
 }
 
 /// The router, attaching to every request of a connection from `peer` the client it is
@@ -143,7 +135,7 @@ async fn http_connection(
             + 'static,
     >,
     head_timeout: Duration,
-    mut stopping: watch::Receiver<()>,
+    stopping: CancellationToken,
 ) {
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -154,7 +146,7 @@ async fn http_connection(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = stopping.changed() => {
+        _ = stopping.cancelled() => {
             // Finish the request in progress, then close.
             conn.as_mut().graceful_shutdown();
             conn.await

@@ -9,10 +9,10 @@ pub mod sse;
 pub mod ws;
 
 use crate::error::ApiError;
-use bytes::Bytes;
 use crate::AppState;
 use app::protocol::StreamSet;
 pub use app::protocol::SubscribeQuery as SubscribeParams;
+use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 

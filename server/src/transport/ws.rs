@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io::{self, ErrorKind};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use wire::ws::{CloseCode, FrameReader, Message, OpCode, Violation};
@@ -189,7 +189,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 }
 
 /// What a WebSocket connection reads from and writes to. A plain `TcpStream` in the server,
-/// any byte stream in tests ([`Buffered`]).
+/// any byte stream in tests (`tests::Buffered`).
 ///
 /// Why not just `AsyncRead`: reading needs a buffer, and a connection waiting for its client
 /// to speak (nearly all of them, nearly always) would hold it. With `readable` + `try_read`
@@ -207,71 +207,6 @@ impl Io for TcpStream {
     }
     fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         TcpStream::try_read(self, buf)
-    }
-}
-
-/// Any `AsyncRead + AsyncWrite` (an in-memory duplex stream in tests) as an [`Io`]: reads
-/// ahead into a small buffer of its own.
-pub struct Buffered<S> {
-    inner: S,
-    ahead: Vec<u8>,
-    eof: bool,
-}
-
-impl<S> Buffered<S> {
-    pub fn new(inner: S) -> Buffered<S> {
-        Buffered {
-            inner,
-            ahead: Vec::new(),
-            eof: false,
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for Buffered<S> {
-    async fn readable(&mut self) -> io::Result<()> {
-        if self.ahead.is_empty() && !self.eof {
-            let mut chunk = [0u8; 4096];
-            let n = self.inner.read(&mut chunk).await?;
-            self.ahead.extend_from_slice(&chunk[..n]);
-            self.eof = n == 0;
-        }
-        Ok(())
-    }
-    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.ahead.is_empty() {
-            return if self.eof {
-                Ok(0)
-            } else {
-                Err(ErrorKind::WouldBlock.into())
-            };
-        }
-        let n = buf.len().min(self.ahead.len());
-        buf[..n].copy_from_slice(&self.ahead[..n]);
-        self.ahead.drain(..n);
-        Ok(n)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -24,8 +24,8 @@ use std::io;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use wire::http::{parse_head, HeadError, MAX_HEAD};
 
@@ -63,7 +63,7 @@ pub async fn serve_connection<S>(
     service: S,
     head_deadline: Instant,
     write_timeout: Duration,
-    mut stopping: watch::Receiver<()>,
+    stopping: CancellationToken,
 ) where
     S: tower::Service<
         Request,
@@ -74,7 +74,7 @@ pub async fn serve_connection<S>(
     let head = tokio::select! {
         head = read_head(&mut tcp, head_deadline) => head,
         // Shutting down: a request not yet read in full is dropped, as hyper does.
-        _ = stopping.changed() => return,
+        _ = stopping.cancelled() => return,
     };
     let result = match head {
         Ok(Some((request, http10))) => {

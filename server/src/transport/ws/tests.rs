@@ -7,10 +7,75 @@ use crate::{config::Config, engine::Engine, log::EventLog, Shared};
 use futures_util::SinkExt;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use tokio::io::{duplex, DuplexStream};
+use tokio::io::{duplex, AsyncRead, AsyncReadExt, DuplexStream};
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode as TCloseCode, Role};
 use tokio_tungstenite::tungstenite::Message as TMessage;
 use tokio_tungstenite::WebSocketStream;
+
+/// Any `AsyncRead + AsyncWrite` (an in-memory duplex stream in tests) as an [`Io`]: reads
+/// ahead into a small buffer of its own.
+pub struct Buffered<S> {
+    inner: S,
+    ahead: Vec<u8>,
+    eof: bool,
+}
+
+impl<S> Buffered<S> {
+    pub fn new(inner: S) -> Buffered<S> {
+        Buffered {
+            inner,
+            ahead: Vec::new(),
+            eof: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for Buffered<S> {
+    async fn readable(&mut self) -> io::Result<()> {
+        if self.ahead.is_empty() && !self.eof {
+            let mut chunk = [0u8; 4096];
+            let n = self.inner.read(&mut chunk).await?;
+            self.ahead.extend_from_slice(&chunk[..n]);
+            self.eof = n == 0;
+        }
+        Ok(())
+    }
+    fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.ahead.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.ahead.len());
+        buf[..n].copy_from_slice(&self.ahead[..n]);
+        self.ahead.drain(..n);
+        Ok(n)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Buffered<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 struct Fixture {
     state: AppState,
