@@ -1,28 +1,38 @@
 //! Tidings server: one event log, fanned out to browsers over polling, Server-Sent Events
 //! and WebSockets.
 //!
-//! How one message travels, one module per step:
+//! The path of a message, one module per step, in the order a message meets them:
 //!
 //! ```text
-//!  POST /api/publish ─┐                         ┌─> transport::poll  (JSON answer)
-//!  WS publish frame ──┼─> app::protocol   ──>   publish (writer task: id, SQLite
-//!  demo simulators ───┘   (parse+validate)      group commit) ──> log (window +
-//!                                               watch wake-up) ─┼─> transport::sse   (SSE frames)
-//!                                                               └─> transport::ws    (WS frames)
+//!  socket ─> serve ─> transport::{poll, sse, ws} / api ─> state ─> engine ─> log ─┐
+//!  (accept, limits,   (parse with wire:: and             (publish,  (id,     (window,
+//!   client address)    app::protocol, validate)           subscribe, durable) wake-up)
+//!                                                         rate, auth)           │
+//!  socket <─ transport::{poll, sse, ws} <─ log::Subscription (cursor, resume, reset) <─┘
+//!            (copy each event's encoding, made once by the transport's `encode_event`)
 //! ```
 //!
-//! - [`config`]: flags and `TIDINGS_*` environment variables.
-//! - [`engine`]: where events become durable: embedded (one server) or cluster (Redis).
-//! - [`store`]: SQLite (sqlx, WAL): durable events, the window reloaded on start, history.
-//! - [`publish`]: the single writer that assigns ids and commits batches before anyone sees them.
-//! - [`cluster`]: Redis as the shared log: id sequence, ordered stream, tail, demo lease.
-//! - [`log`]: the in-memory resume window and [`log::Subscription`], the one place where
-//!   cursors, resume, retention and resets are decided for every transport.
-//! - [`transport`]: three thin adapters that only encode what a subscription yields.
-//! - [`api`]: publish, history, health, the Leptos server function and origin rules.
-//! - [`demo`]: the simulated newsroom and stock ticker.
-//! - [`error`]: the JSON error answers.
-//! - [`serve`]: the accept loop (hyper HTTP/1.1, `TCP_NODELAY`, upgrades, graceful stop).
+//! 1. [`serve`]: the accept loop: counts connections per client address, attaches the
+//!    client's address to every request, hands event-stream connections to their own
+//!    HTTP framing ([`transport::sse::http`]) and the rest to hyper.
+//! 2. [`transport`]: the three adapters (`poll`, `sse`, `ws`): each parses its request or
+//!    frames (`wire::ws` for WebSocket bytes), calls the state, and encodes what a
+//!    subscription yields; [`api`]: the other endpoints (publish, history, health, metrics,
+//!    the Leptos server function) and the shared extractors.
+//! 3. [`state`]: the shared state and its operations: publish (admin rule, rate limit,
+//!    idempotency check), subscribe (stream permits, catching up in cluster mode), origin
+//!    rules. [`limits`]: who a client is and what it may do.
+//! 4. [`engine`]: where events become durable: `embedded` (SQLite and the single writer)
+//!    or `cluster` (Redis), behind one enum with one error type.
+//! 5. [`log`]: the in-memory resume window and [`log::Subscription`], the one place where
+//!    cursors, resume, retention and resets are decided for every transport.
+//!
+//! Beside the path: [`config`] (flags), [`error`] (the JSON error answers), [`metrics`]
+//! (`/metrics`), [`demo`] (the simulated newsroom and stock ticker).
+
+// The module map above is for maintainers: it links the private modules it names
+// (`cargo doc --document-private-items` renders them).
+#![allow(rustdoc::private_intra_doc_links)]
 
 mod api;
 mod config;
