@@ -1,6 +1,7 @@
 //! Tidings browser app, and the wire types it shares with the server.
 //!
 //! - [`protocol`]: serde-only wire types and publish validation (used by both sides).
+//! - [`resume`]: the store's rule for what is new (cursor, dedup, reset), tested natively.
 //! - [`info`]: the `server_info` server function (csr: the client stub; ssr: the handler).
 //! - `store` (csr): the one reactive store of live state; every transport feeds it.
 //! - `transport` (csr): polling, SSE and WebSocket clients over the browser's native
@@ -8,6 +9,7 @@
 //! - `ui` (csr): components, which only read the store.
 
 pub mod protocol;
+pub mod resume;
 
 #[cfg(any(feature = "csr", feature = "ssr"))]
 pub mod info;

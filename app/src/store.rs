@@ -4,6 +4,7 @@
 //! (or reconnecting) can neither lose nor repeat an event.
 
 use crate::protocol::{ChatMessage, Event, FeedItem, Payload, Tick};
+use crate::resume::{Cursor, Fresh};
 use leptos::prelude::*;
 use std::collections::VecDeque;
 
@@ -129,18 +130,16 @@ impl LiveStore {
     /// Takes a batch from any transport. Events at or below the cursor were already shown
     /// (a resume overlap) and are dropped; `bytes` is what the transport received for them.
     pub fn ingest(&self, events: Vec<Event>, bytes: usize) {
-        let now = js_sys::Date::now();
-        let mut cursor = self.cursor.get_untracked();
+        let mut cursor = Cursor(self.cursor.get_untracked());
+        let Fresh {
+            events,
+            latencies_ms: latencies,
+        } = cursor.take(events, js_sys::Date::now());
+        let cursor = cursor.0;
         let mut feed = Vec::new();
         let mut chat = Vec::new();
         let mut ticks = Vec::new();
-        let mut latencies = Vec::new();
         for e in events {
-            if e.id <= cursor {
-                continue;
-            }
-            cursor = e.id;
-            latencies.push((now - e.ts as f64).max(0.0));
             match e.payload {
                 Payload::Feed(item) => feed.push(FeedEntry {
                     id: e.id,
@@ -213,8 +212,10 @@ impl LiveStore {
 
     /// Moves the cursor past events of streams this page does not show (never backwards).
     pub fn advance(&self, cursor: u64) {
-        if cursor > self.cursor.get_untracked() {
-            self.cursor.set(cursor);
+        let mut c = Cursor(self.cursor.get_untracked());
+        c.advance(cursor);
+        if c.0 != self.cursor.get_untracked() {
+            self.cursor.set(c.0);
         }
     }
 

@@ -1,29 +1,6 @@
-import { test, expect, Page, BrowserContext, Browser } from '@playwright/test';
+import { test, expect, Page } from '@playwright/test';
 import { Server, staticSite } from './server';
-
-type Transport = 'poll-1000' | 'poll-5000' | 'longpoll' | 'sse' | 'ws';
-
-/** Opens the app in a fresh browser context (its own storage) on `transport`, live. */
-async function open(browser: Browser, url: string, transport: Transport, nick: string): Promise<Page> {
-  const ctx: BrowserContext = await browser.newContext();
-  const page = await ctx.newPage();
-  const errors: string[] = [];
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-  page.on('pageerror', (e) => errors.push(String(e)));
-  (page as any).consoleErrors = errors;
-  await page.goto(url);
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
-  await page.getByTestId(`transport-${transport}`).click();
-  await expect(page.getByTestId(`transport-${transport}`)).toHaveClass(/active/);
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
-  await page.getByTestId('nick').fill(nick);
-  return page;
-}
-
-async function send(page: Page, text: string) {
-  await page.getByTestId('chat-input').fill(text);
-  await page.getByTestId('chat-send').click();
-}
+import { open, send, Transport } from './pages';
 
 /** The ids of the chat messages the page shows, in order. */
 async function chatIds(page: Page): Promise<number[]> {
@@ -96,11 +73,14 @@ test('feed and ticker update live', async ({ browser }) => {
     await server.publish('ticker', { symbol: 'HIST', price: 5, change: 0.25 });
     const page = await open(browser, server.base, 'sse', 'reader');
     await expect(page.locator('[data-testid=tick][data-symbol=HIST] .price')).toHaveText('5.00');
-    // The simulated ticker moves several times a second.
-    await expect(page.getByTestId('tick').first()).toBeVisible();
-    const price = page.getByTestId('tick').first().locator('.price');
+    // The simulated ticker moves several times a second: a simulated symbol's price must
+    // change on screen (a second symbol appearing is not enough).
+    const simulated = page.locator('[data-testid=tick]:not([data-symbol=HIST])').first();
+    await expect(simulated).toBeVisible();
+    const symbol = await simulated.getAttribute('data-symbol');
+    const price = page.locator(`[data-testid=tick][data-symbol="${symbol}"] .price`);
     const before = await price.textContent();
-    await expect.poll(async () => (await page.getByTestId('tick').count()) > 1 || (await price.textContent()) !== before).toBe(true);
+    await expect.poll(async () => price.textContent(), { timeout: 15_000 }).not.toBe(before);
     // A story published now appears at the top of the feed.
     const e = await server.publish('feed', { title: 'Breaking: e2e passes', body: 'Film at eleven.', author: 'QA desk' });
     const top = page.getByTestId('feed-item').first();

@@ -1,15 +1,6 @@
-import { test, expect, Browser, Page } from '@playwright/test';
+import { test, expect, Page } from '@playwright/test';
 import { ClusterSetup } from './server';
-
-async function open(browser: Browser, url: string, transport: string, nick: string): Promise<Page> {
-  const page = await (await browser.newContext()).newPage();
-  await page.goto(url);
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
-  await page.getByTestId(`transport-${transport}`).click();
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
-  await page.getByTestId('nick').fill(nick);
-  return page;
-}
+import { open, send } from './pages';
 
 test('browsers on three transports chat through nginx round robin over three servers', async ({ browser }) => {
   const cluster = await ClusterSetup.start(3);
@@ -22,8 +13,7 @@ test('browsers on three transports chat through nginx round robin over three ser
       for (const [page, who] of [[ws, 'ws'], [poll, 'poll'], [sse, 'sse']] as [Page, string][]) {
         const text = `${who} says ${i}`;
         lines.push(text);
-        await page.getByTestId('chat-input').fill(text);
-        await page.getByTestId('chat-send').click();
+        await send(page, text);
         // Wait for it to be stored before the next one, so the expected order is known.
         await expect(page.getByTestId('chat-outgoing').filter({ hasText: 'sending' })).toHaveCount(0);
       }

@@ -1,7 +1,7 @@
 // Starts real Tidings servers (the binary cargo built) on free ports, each with its own
 // data dir, and talks to their HTTP API the way any client would.
-import { spawn, ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer as createNetServer } from 'node:net';
 import { createServer, Server as HttpServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
@@ -110,12 +110,10 @@ export class ClusterSetup {
     for (let i = 0; i < n; i++) {
       servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`, '--trusted-proxy', '127.0.0.1'], dataDir: path.join(dir, `data${i}`) }));
     }
-    const shipped = readFileSync(path.join(ROOT, 'deploy', 'nginx.conf'), 'utf8');
     const port = await freePort();
-    const upstreams = servers.map((s) => `        server 127.0.0.1:${s.port} max_fails=1 fail_timeout=5s;`).join('\n');
-    let conf = shipped.replace(/^\s*server 127\.0\.0\.1:300\d[^\n]*\n/gm, '');
-    conf = conf.replace('upstream tidings {', `upstream tidings {\n${upstreams}`);
-    conf = conf.replace('listen 127.0.0.1:8080;', `listen 127.0.0.1:${port};`);
+    // deploy/nginx.conf with this port and these upstreams: the one rewriter, shared with
+    // server/tests/cluster.rs.
+    const conf = execFileSync(path.join(ROOT, 'deploy', 'nginx-conf.sh'), [String(port), ...servers.map((s) => String(s.port))]);
     writeFileSync(path.join(dir, 'nginx.conf'), conf);
     const nginx = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-g', `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;`], { stdio: 'ignore' });
     await waitFor(async () => (await fetch(`http://127.0.0.1:${port}/readyz`).catch(() => null))?.ok ?? false, 'nginx');

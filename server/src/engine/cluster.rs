@@ -450,8 +450,11 @@ mod tests {
     use super::*;
     use app::protocol::{ChatMessage, Tick};
 
+    /// The JSON this server builds for its own answer to a publish (from the id the script
+    /// returns) is serde's. That the script itself builds the same bytes is tested against
+    /// a real Redis: `tests/cluster.rs` `the_publish_script_builds_the_json_serde_would`.
     #[test]
-    fn lua_event_json_matches_serde() {
+    fn rust_event_json_matches_serde() {
         for payload in [
             Payload::Chat(ChatMessage {
                 author: "a \"q\"".into(),
