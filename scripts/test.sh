@@ -1,40 +1,52 @@
 #!/usr/bin/env bash
-# Runs every Tidings test: unit and integration tests (cargo), the release build of the
-# browser app with its size budget, and the Playwright end-to-end tests in Debian's
-# Chromium. Installs whatever is missing first (see scripts/setup.sh --test).
-set -euo pipefail
+# Runs every Tidings test: unit and integration tests (cargo; the cluster tests with their
+# own redis-server and nginx), a fuzzing smoke run of every parser of peer input, the
+# release build of the browser app with its size budget, the Playwright end-to-end tests in
+# Debian's Chromium, and smoke runs of the benchmark tool. Installs whatever is missing first
+# (see scripts/setup.sh --test).
+#
+# Every step runs even when an earlier one fails; the closing line counts what the runners
+# reported, and the exit status is non-zero if any step failed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --test
+scripts/setup.sh --test || exit 1
 . scripts/env.sh
+# The cluster tests skip themselves when redis-server or nginx is missing; here they must run.
+export TIDINGS_REQUIRE_CLUSTER=1
 
-step() { printf '\n\033[1;35m== %s\033[0m\n' "$*"; }
+LOGS=$(mktemp -d /tmp/tidings-test.XXXXXX)
+failed_steps=()
+step() {
+  local name=$1
+  shift
+  printf '\n\033[1;35m== %s\033[0m\n' "$name"
+  if ! "$@" 2>&1 | tee "$LOGS/$(echo "$name" | tr -c 'a-z0-9' '-').log"; then
+    failed_steps+=("$name")
+  fi
+}
 
-step "unit + integration tests (cargo)"
-# The app crate's library is tested natively (protocol and validation); its wasm build
-# only ever goes through trunk, so csr and ssr are never enabled together.
-cargo test -p app -p wire -p server -p bench 2>&1 | tee /tmp/tidings-cargo-test.log
-
-step "fuzzing smoke run (every parser of peer input, 10 s each; scripts/fuzz.sh long for the real run)"
-scripts/fuzz.sh smoke
-
-step "browser app (trunk, release)"
-(cd app && trunk build --release)
-scripts/wasm-size.sh
-
-step "end-to-end (Playwright, Chromium)"
-cargo build -p server
+# The app crate's library is tested natively (protocol, validation, the resume rule); its
+# wasm build only ever goes through trunk, so csr and ssr are never enabled together.
+step "unit + integration tests (cargo)" cargo test -p app -p wire -p server -p bench
+step "fuzzing smoke run (every parser of peer input, 10 s each; scripts/fuzz.sh long for the real run)" \
+  scripts/fuzz.sh smoke
+step "browser app (trunk, release)" bash -c 'cd app && trunk build --release && cd .. && scripts/wasm-size.sh'
+step "server for the end-to-end tests" cargo build -p server -p bench
 export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
-(cd end2end && npx playwright test) 2>&1 | tee /tmp/tidings-e2e.log
-
-step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)"
-cargo build -p bench
-"$TARGET_DIR/debug/tidings-bench" compare --smoke --tidings "$TARGET_DIR/debug/tidings" --node-peer bench/peers/node-peer.js
+step "end-to-end (Playwright, Chromium)" bash -c 'cd end2end && npx playwright test'
+step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)" \
+  "$TARGET_DIR/debug/tidings-bench" compare --smoke --tidings "$TARGET_DIR/debug/tidings" --node-peer bench/peers/node-peer.js
 # Slow consumers and a publish flood with the server's real limits on (asserts: nothing lost,
 # stalled clients dropped by the write timeout, the flood refused with 429).
-"$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings "$TARGET_DIR/debug/tidings"
+step "abuse smoke run" "$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings "$TARGET_DIR/debug/tidings"
 
-# One closing line for the whole run.
-cargo_passed=$(grep -o '[0-9]* passed' /tmp/tidings-cargo-test.log | awk '{s+=$1} END {print s+0}')
-e2e_passed=$(grep -Eo '^ +[0-9]+ passed' /tmp/tidings-e2e.log | awk '{s+=$1} END {print s+0}')
+# One closing line for the whole run, from what the runners themselves reported.
+sum() { cat "$LOGS"/*.log | grep -Eo "$1" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}'; }
+passed=$(( $(sum 'test result: [a-z]+\. [0-9]+ passed') + $(sum '^ +[0-9]+ passed') ))
+failed=$(( $(sum '; [0-9]+ failed;') + $(sum '^ +[0-9]+ failed') ))
 echo
-echo "tests: $((cargo_passed + e2e_passed)) passed, 0 failed"
+echo "tests: $passed passed, $failed failed"
+if [ ${#failed_steps[@]} -gt 0 ]; then
+  printf 'FAILED step: %s\n' "${failed_steps[@]}"
+  exit 1
+fi
