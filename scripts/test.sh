@@ -34,6 +34,27 @@ step "browser app (trunk, release)" bash -c 'cd app && trunk build --release && 
 step "server for the end-to-end tests" cargo build -p server -p bench
 export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
 step "end-to-end (Playwright, Chromium)" bash -c 'cd end2end && npx playwright test'
+# The front-end dev loop: trunk serve (a debug build of the app) through scripts/dev.sh, on
+# free ports, and the Playwright spec that drives the app through trunk's proxy.
+dev_loop() {
+  local api ui dev rc
+  api=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  ui=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  scripts/dev.sh --trunk-only --port "$ui" --api-port "$api" > "$LOGS/trunk-serve.out" 2>&1 &
+  dev=$!
+  for _ in $(seq 900); do
+    curl -sf "http://127.0.0.1:$ui/" >/dev/null && break
+    kill -0 "$dev" 2>/dev/null || { cat "$LOGS/trunk-serve.out"; return 1; }
+    sleep 1
+  done
+  (cd end2end && TIDINGS_DEV_UI="http://127.0.0.1:$ui" TIDINGS_DEV_API_PORT="$api" npx playwright test dev.spec.ts)
+  rc=$?
+  kill "$dev" 2>/dev/null
+  wait "$dev" 2>/dev/null
+  return $rc
+}
+step "front-end dev loop (scripts/dev.sh: trunk serve + Playwright through its proxy)" dev_loop
+
 step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)" \
   "$TARGET_DIR/debug/tidings-bench" compare --smoke --tidings "$TARGET_DIR/debug/tidings" --node-peer bench/peers/node-peer.js
 # Slow consumers and a publish flood with the server's real limits on (asserts: nothing lost,

@@ -382,6 +382,15 @@ pub struct ServerInfo {
     /// holder of the demo lease does).
     #[serde(default)]
     pub demo_leader: bool,
+    /// Whether this server accepts WebSocket upgrades from the origin that asked (the
+    /// request's `Origin`). A browser cannot see why a WebSocket was refused (the 403 is
+    /// hidden from scripts), so the app asks here and can say so on screen.
+    #[serde(default = "yes")]
+    pub websocket_origin_allowed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why a publish was refused. The kind maps to an HTTP status (400 / 422 / 413) and the

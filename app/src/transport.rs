@@ -281,18 +281,24 @@ fn open_ws(
     };
     store.stats.update(|s| s.requests += 1);
     let opened = Rc::new(Cell::new(false));
+    let opened_at = Rc::new(Cell::new(0.0));
+    let delivered = Rc::new(Cell::new(false));
 
     let on_open = {
-        let opened = opened.clone();
+        let (opened, opened_at) = (opened.clone(), opened_at.clone());
         Closure::<dyn FnMut()>::new(move || {
             opened.set(true);
+            opened_at.set(js_sys::Date::now());
             if failures > 0 {
                 store.stats.update(|s| s.reconnects += 1);
             }
             store.conn.set(ConnState::Live);
         })
     };
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
+    let on_message = {
+        let delivered = delivered.clone();
+        Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
+        delivered.set(true);
         let Some(text) = m.data().as_string() else {
             return;
         };
@@ -313,7 +319,8 @@ fn open_ws(
             Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),
             Err(_) => {}
         }
-    });
+    })
+    };
     let on_close = {
         let (alive, slot) = (alive.clone(), slot.clone());
         Closure::<dyn FnMut()>::new(move || {
@@ -324,7 +331,16 @@ fn open_ws(
             }
             set_down(store);
             slot.borrow_mut().take();
-            let n = if opened.get() { 1 } else { failures + 1 };
+            // A socket that opened and then closed without delivering anything is a failure
+            // too: behind a proxy (trunk serve, a load balancer) the browser's socket opens
+            // even when the server refuses it, and counting that as success retried every
+            // half second forever.
+            let lived = js_sys::Date::now() - opened_at.get();
+            let useful = opened.get() && (delivered.get() || lived >= 3_000.0);
+            let n = if useful { 1 } else { failures + 1 };
+            if n == 2 {
+                spawn_local(explain_refusal(store));
+            }
             let (alive, slot) = (alive.clone(), slot.clone());
             spawn_local(async move {
                 sleep(backoff_ms(n)).await;
@@ -339,6 +355,25 @@ fn open_ws(
     on_message.forget();
     on_close.forget();
     *slot.borrow_mut() = Some(ws);
+}
+
+/// A WebSocket keeps failing: the browser hides why (a refused upgrade's 403 is not shown to
+/// scripts), so ask the server whether it accepts this page's origin, and say so on screen.
+async fn explain_refusal(store: LiveStore) {
+    let Ok(info) = crate::info::get_server_info().await else {
+        return;
+    };
+    if info.websocket_origin_allowed {
+        return;
+    }
+    let origin = web_sys::window()
+        .and_then(|w| w.location().origin().ok())
+        .unwrap_or_default();
+    store.notice.set(Some(format!(
+        "The server refuses WebSockets from this page's origin ({origin}). Start it with \
+         --allow-origin {origin} (scripts/dev.sh does), or pick SSE or polling. Retrying less \
+         and less often."
+    )));
 }
 
 /// The server said our cursor was outside its window: reload what is shown from history

@@ -217,7 +217,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 /// Leptos server functions (`app::info::get_server_info`), with the server's state reachable
 /// from them through context.
 pub async fn server_fn(State(state): State<AppState>, req: Request<Body>) -> impl IntoResponse {
-    let source = InfoSource(Arc::new(move || state.info()));
+    // The asking page's origin: a browser sends `Origin` with this POST, so the app learns
+    // whether its WebSockets would be refused (it cannot see a refused upgrade's status).
+    let headers = req.headers().clone();
+    let source = InfoSource(Arc::new(move || state.info(&headers)));
     leptos_axum::handle_server_fns_with_context(
         move || leptos::context::provide_context(source.clone()),
         req,

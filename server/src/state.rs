@@ -169,8 +169,11 @@ impl AppState {
             .is_some_and(|token| same_secret(token, presented))
     }
 
-    pub fn info(&self) -> ServerInfo {
+    /// What the server says about itself; `headers`: the asking request's (for whether its
+    /// origin may open a WebSocket here).
+    pub fn info(&self, headers: &HeaderMap) -> ServerInfo {
         ServerInfo {
+            websocket_origin_allowed: self.origin_allowed(headers),
             version: env!("CARGO_PKG_VERSION").into(),
             latest_id: self.log.latest(),
             oldest_id: self.log.oldest(),
