@@ -34,25 +34,33 @@ step "browser app (trunk, release)" bash -c 'cd app && trunk build --release && 
 step "server for the end-to-end tests" cargo build -p server -p bench
 export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
 step "end-to-end (Playwright, Chromium)" bash -c 'cd end2end && npx playwright test'
-# The front-end dev loop: trunk serve (a debug build of the app) through scripts/dev.sh, on
-# free ports, and the Playwright spec that drives the app through trunk's proxy.
-dev_loop() {
+# The front-end dev loop: scripts/dev.sh on free ports (trunk serve with a debug build of the
+# app), and the Playwright spec that drives the app through trunk's proxy: once with the
+# server dev.sh starts, once with a server that refuses trunk's origin (--trunk-only).
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+dev_run() { # MODE (full|trunk-only) GREP
   local api ui dev rc
-  api=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  ui=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  scripts/dev.sh --trunk-only --port "$ui" --api-port "$api" > "$LOGS/trunk-serve.out" 2>&1 &
+  api=$(free_port)
+  ui=$(free_port)
+  if [ "$1" = full ]; then
+    scripts/dev.sh --port "$ui" --api-port "$api" -- --no-demo > "$LOGS/dev-$1.out" 2>&1 &
+  else
+    scripts/dev.sh --trunk-only --port "$ui" --api-port "$api" > "$LOGS/dev-$1.out" 2>&1 &
+  fi
   dev=$!
   for _ in $(seq 900); do
-    curl -sf "http://127.0.0.1:$ui/" >/dev/null && break
-    kill -0 "$dev" 2>/dev/null || { cat "$LOGS/trunk-serve.out"; return 1; }
+    curl -sf "http://127.0.0.1:$ui/" >/dev/null && { [ "$1" != full ] || curl -sf "http://127.0.0.1:$api/healthz" >/dev/null; } && break
+    kill -0 "$dev" 2>/dev/null || { cat "$LOGS/dev-$1.out"; return 1; }
     sleep 1
   done
-  (cd end2end && TIDINGS_DEV_UI="http://127.0.0.1:$ui" TIDINGS_DEV_API_PORT="$api" npx playwright test dev.spec.ts)
+  (cd end2end && TIDINGS_DEV_UI="http://127.0.0.1:$ui" TIDINGS_DEV_API_PORT="$api" \
+    TIDINGS_DEV_FULL=$([ "$1" = full ] && echo 1) npx playwright test dev.spec.ts -g "$2")
   rc=$?
   kill "$dev" 2>/dev/null
   wait "$dev" 2>/dev/null
   return $rc
 }
+dev_loop() { dev_run full "goes live" && dev_run trunk-only "refuses"; }
 step "front-end dev loop (scripts/dev.sh: trunk serve + Playwright through its proxy)" dev_loop
 
 step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean nothing)" \

@@ -13,17 +13,24 @@ test.describe('front-end dev loop (trunk serve)', () => {
   test.skip(!UI, 'needs trunk serve: scripts/test.sh starts it (TIDINGS_DEV_UI)');
 
   test('goes live and receives an event on WebSocket, SSE and polling through trunk', async ({ browser }) => {
-    // What scripts/dev.sh passes: the dev origin is allowed, nobody else's.
-    const server = await Server.start({ port: API_PORT, args: ['--allow-origin', UI] });
+    // TIDINGS_DEV_FULL: scripts/dev.sh started the server too, with its own flags (the
+    // dev loop exactly as a contributor runs it); otherwise start one as dev.sh would.
+    const own = process.env.TIDINGS_DEV_FULL ? null : await Server.start({ port: API_PORT, args: ['--allow-origin', UI] });
     try {
       for (const t of ['ws', 'sse', 'poll-1000'] as Transport[]) {
         const page = await open(browser, UI, t, `dev-${t}`);
-        const e = await server.publish('chat', { author: 'dev', body: `through trunk on ${t}` });
+        const r = await fetch(`http://127.0.0.1:${API_PORT}/api/publish`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ stream: 'chat', data: { author: 'dev', body: `through trunk on ${t}` } }),
+        });
+        expect(r.status).toBe(201);
+        const e = await r.json();
         await expect(page.locator(`[data-testid=chat-message][data-id="${e.id}"]`)).toBeVisible();
         await page.context().close();
       }
     } finally {
-      await server.stop();
+      await own?.stop();
     }
   });
 
