@@ -15,22 +15,7 @@ const PUBLISH: &str =
 
 /// A masked client frame.
 fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x5a, 0x11, 0xe0, 0x07];
-    let mut f = vec![first];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 65535 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
+    wire::ws::encode_masked(first, payload, [0x5a, 0x11, 0xe0, 0x07])
 }
 
 /// Raw HTTP: sends `request`, returns everything the server sends until it closes (or

@@ -129,6 +129,29 @@ pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A client's frame: masked with `mask` (RFC 6455 §5.3 requires it of clients), the minimal
+/// length encoding, and `first` (FIN, RSV bits, opcode) exactly as given, so that invalid
+/// frames can be built too. For tests, benchmarks and load generators: the server itself
+/// never masks.
+pub fn encode_masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(first);
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    f
+}
+
 /// Longest close reason: a control frame's 125 bytes minus the 2-byte code.
 pub const MAX_CLOSE_REASON: usize = 123;
 

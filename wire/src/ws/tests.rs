@@ -6,17 +6,11 @@
 
 use super::*;
 
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
 /// A client frame: masked (as browsers send them), with the minimal length encoding.
 pub fn client(first: u8, payload: &[u8]) -> Vec<u8> {
-    let n = payload.len();
-    let len = if n < 126 {
-        Len::Short
-    } else if n <= 65535 {
-        Len::U16
-    } else {
-        Len::U64
-    };
-    client_len(first, payload, len)
+    encode_masked(first, payload, MASK)
 }
 
 #[derive(Clone, Copy)]
@@ -28,7 +22,7 @@ pub enum Len {
 
 /// A client frame with the length in the given encoding (non-minimal forms included).
 pub fn client_len(first: u8, payload: &[u8], len: Len) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mask = MASK;
     let mut f = vec![first];
     match len {
         Len::Short => f.push(0x80 | payload.len() as u8),

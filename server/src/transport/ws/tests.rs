@@ -117,18 +117,7 @@ const PUBLISH: &str =
 
 /// A masked client frame.
 fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xa1, 0xb2, 0xc3, 0xd4];
-    let mut f = vec![first];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    f
+    wire::ws::encode_masked(first, payload, [0xa1, 0xb2, 0xc3, 0xd4])
 }
 
 /// Unmasked server frames out of `bytes`: (opcode, payload).
@@ -150,19 +139,28 @@ fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
-/// Serves a duplex stream: writes `input` as the client (in one write), then reads until the
-/// server closes. Returns the server's frames.
-async fn exchange(fx: &Fixture, input: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let (mut client, server): (DuplexStream, DuplexStream) = duplex(1 << 16);
-    let sub = fx
-        .log
-        .subscribe(app::protocol::StreamSet::ALL, fx.log.latest());
+/// The socket loop on an in-memory pipe of `capacity` bytes each way, subscribed from
+/// `since`: the client's end and the loop's task.
+fn spawn_socket(
+    fx: &Fixture,
+    capacity: usize,
+    since: u64,
+) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    let (client, server) = duplex(capacity);
+    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, since);
     let task = tokio::spawn(serve_socket(
         Connection::from_partially_read(Buffered::new(server), &[]),
         fx.state.clone(),
         sub,
         Caller::default(),
     ));
+    (client, task)
+}
+
+/// Serves a duplex stream: writes `input` as the client (in one write), then reads until the
+/// server closes. Returns the server's frames.
+async fn exchange(fx: &Fixture, input: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let (mut client, task) = spawn_socket(fx, 1 << 16, fx.log.latest());
     client.write_all(input).await.unwrap();
     // The client sends nothing more (a peer that leaves without a close frame, for the
     // EOF case; after a close frame the server reads nothing anyway).
@@ -270,14 +268,7 @@ async fn close_frames_are_validated_and_valid_codes_echoed() {
 #[tokio::test]
 async fn invalid_utf8_in_a_first_fragment_closes_at_once() {
     let fx = fixture().await;
-    let (mut client, server) = duplex(1 << 16);
-    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, 0);
-    let task = tokio::spawn(serve_socket(
-        Connection::from_partially_read(Buffered::new(server), &[]),
-        fx.state.clone(),
-        sub,
-        Caller::default(),
-    ));
+    let (mut client, task) = spawn_socket(&fx, 1 << 16, 0);
     client
         .write_all(&frame(0x01, &[b'a', 0xc0, 0xaf]))
         .await
@@ -395,14 +386,7 @@ async fn a_publish_from_a_client_that_stopped_reading_is_stored() {
             .unwrap();
     }
     // A 256-byte pipe: the backlog of 40 events cannot be written; the client never reads.
-    let (mut client, server) = duplex(256);
-    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, 0);
-    let task = tokio::spawn(serve_socket(
-        Connection::from_partially_read(Buffered::new(server), &[]),
-        fx.state.clone(),
-        sub,
-        Caller::default(),
-    ));
+    let (mut client, task) = spawn_socket(&fx, 256, 0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     client
         .write_all(&frame(0x81, PUBLISH.as_bytes()))
