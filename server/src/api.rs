@@ -70,6 +70,12 @@ pub fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
                 header::HeaderName::from_static("last-event-id"),
+                header::HeaderName::from_static("idempotency-key"),
+            ])
+            // What a cross-origin script may read of an answer beyond the basics.
+            .expose_headers([
+                header::RETRY_AFTER,
+                header::HeaderName::from_static("idempotent-replayed"),
             ]),
     )
 }

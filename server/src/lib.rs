@@ -109,6 +109,7 @@ pub async fn run(
         head: Duration::from_secs(config.head_timeout_secs.max(1)),
         write: Duration::from_secs(config.write_timeout_secs.max(1)),
     };
+    let tasks = tokio_util::task::TaskTracker::new();
     let state = AppState(Arc::new(Shared {
         log,
         engine: engine.clone(),
@@ -116,6 +117,7 @@ pub async fn run(
         demo_leader,
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
         shutdown: token.clone(),
+        tasks: tasks.clone(),
         limits: limits.clone(),
         metrics: metrics::install(),
     }));
@@ -146,7 +148,7 @@ pub async fn run(
             }
         }
     });
-    serve::serve(listener, app(state), limits, timeouts, token.clone()).await;
+    serve::serve(listener, app(state), limits, timeouts, token.clone(), tasks).await;
     engine.finish().await;
     Ok(())
 }

@@ -60,14 +60,18 @@ impl Limits {
     /// append, so the left-most entries are whatever the client chose to send).
     pub fn client(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
         if !self.is_trusted_proxy(peer) {
-            return peer;
+            return bucket(peer);
         }
-        forwarded_for
-            .into_iter()
-            .flat_map(|v| v.rsplit(','))
-            .map_while(|a| a.trim().parse::<IpAddr>().ok())
-            .find(|a| !self.is_trusted_proxy(*a))
-            .unwrap_or(peer)
+        bucket(
+            forwarded_for
+                .into_iter()
+                .flat_map(|v| v.rsplit(','))
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map_while(|a| a.parse::<IpAddr>().ok())
+                .find(|a| !self.is_trusted_proxy(*a))
+                .unwrap_or(peer),
+        )
     }
 
     /// Counts a new connection from `peer`, or refuses it past `--max-conns-per-ip`.
@@ -76,6 +80,7 @@ impl Limits {
         if self.max_conns_per_ip == 0 || self.is_trusted_proxy(peer) {
             return Some(ConnGuard(None));
         }
+        let peer = bucket(peer);
         let mut conns = self.conns.lock().expect("limits lock poisoned");
         let n = conns.entry(peer).or_insert(0);
         if *n >= self.max_conns_per_ip {
@@ -106,6 +111,19 @@ impl Limits {
 
     pub fn max_conns_per_ip(&self) -> u32 {
         self.max_conns_per_ip
+    }
+}
+
+/// The address a limit counts: an IPv6 client by its /64 (one host or home network is
+/// normally given a whole /64, so counting single addresses would let it pose as 2^64
+/// clients), an IPv4 client by its address.
+fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
     }
 }
 
@@ -178,6 +196,24 @@ mod tests {
         assert_eq!(proxy.len(), 5);
         drop(a);
         assert!(l.open_connection(ip("1.1.1.1")).is_some());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let l = Arc::new(Limits::new(vec![], 1, 1, 1));
+        let _a = l.open_connection(ip("2001:db8::1")).unwrap();
+        assert!(
+            l.open_connection(ip("2001:db8::ffff:2")).is_none(),
+            "same /64"
+        );
+        assert!(
+            l.open_connection(ip("2001:db8:0:1::1")).is_some(),
+            "another /64"
+        );
+        assert!(l.publish_allowed(l.client(ip("2001:db8::1"), None)).is_ok());
+        assert!(l
+            .publish_allowed(l.client(ip("2001:db8::2"), None))
+            .is_err());
     }
 
     #[test]

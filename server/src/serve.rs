@@ -47,9 +47,12 @@ pub async fn serve(
     limits: Arc<Limits>,
     timeouts: Timeouts,
     shutdown: CancellationToken,
+    connections: TaskTracker,
 ) {
-    // Every connection task, so that shutdown can wait for the last one.
-    let connections = TaskTracker::new();
+    // At most this many refusals (`--max-conns-per-ip`) in progress; past it a refused
+    // socket is just closed, so a flood of connections cannot hold descriptors by making
+    // the server answer each one.
+    let refusals = Arc::new(tokio::sync::Semaphore::new(256));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -69,7 +72,13 @@ pub async fn serve(
         let Some(counted) = limits.open_connection(peer) else {
             metrics::counter!("tidings_connections_refused_total", "reason" => "per_ip")
                 .increment(1);
-            tokio::spawn(refuse(tcp, limits.max_conns_per_ip()));
+            if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                let max = limits.max_conns_per_ip();
+                tokio::spawn(async move {
+                    refuse(tcp, max).await;
+                    drop(permit);
+                });
+            }
             continue;
         };
         let counted = Counted::new(counted);
@@ -96,8 +105,16 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Every connection ends on the token (streams close, hyper finishes the request in
+    // progress); a peer that stops reading is bounded by the write timeouts. Past a grace
+    // period the engine is stopped anyway rather than hang the exit.
     connections.close();
-    connections.wait().await;
+    if tokio::time::timeout(Duration::from_secs(15), connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open 15 s after shutdown began");
+    }
 }
 
 /// The router, attaching to every request of a connection from `peer` the client it is
@@ -113,11 +130,16 @@ where
     Router: tower::Service<http::Request<B>>,
 {
     router.map_request(move |mut req: http::Request<B>| {
-        let forwarded = req
+        // Every X-Forwarded-For line, in order: a proxy may add a line of its own
+        // instead of appending to the client's.
+        let forwarded: Vec<&str> = req
             .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let client = limits.client(peer, forwarded);
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let forwarded = forwarded.join(",");
+        let client = limits.client(peer, Some(&forwarded));
         req.extensions_mut().insert(ClientAddr(client));
         req.extensions_mut().insert(counted.clone());
         req

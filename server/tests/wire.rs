@@ -527,6 +527,20 @@ async fn retried_publishes_with_an_idempotency_key_are_stored_once() {
     let e: app::protocol::ErrorBody = conflict.json().await.unwrap();
     assert_eq!(e.code, "idempotency_key_reused");
     assert_eq!(history_len(&s).await, 2);
+    // A price whose decimal form does not parse back to the same f64 is still a replay,
+    // not a conflict (the comparison is on the stored bytes; found in review).
+    let tick = serde_json::json!({"stream":"ticker","data":{"symbol":"FP","price":0.30000000000000004,"change":-1e-7}});
+    for expect_replayed in [false, true] {
+        let r = client
+            .post(s.url("/api/publish"))
+            .header("Idempotency-Key", "3f1e-float")
+            .json(&tick)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.headers().contains_key("idempotent-replayed"), expect_replayed);
+    }
     let bad = client
         .post(s.url("/api/publish"))
         .header("Idempotency-Key", "")

@@ -71,7 +71,8 @@ pub async fn handler(
         .subscribe(filter, p.since)
         .await
         .map_err(IntoResponse::into_response)?;
-    tokio::spawn(async move {
+    let tasks = state.tasks.clone();
+    tasks.spawn(async move {
         // The socket keeps counting against its address's `--max-conns-per-ip`.
         let _counted = counted;
         let upgraded = match upgrade.on_upgrade.await {

@@ -214,7 +214,7 @@ async fn write_response(
                 // The stream ended (server shutting down): finish the response properly.
                 _ => {
                     if chunked {
-                        tcp.write_all(b"0\r\n\r\n").await?;
+                        write_or_drop(tcp, b"0\r\n\r\n", write_timeout).await?;
                     }
                     return tcp.shutdown().await;
                 }

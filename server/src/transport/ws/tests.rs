@@ -103,6 +103,7 @@ async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
         demo_leader: Arc::new(AtomicBool::new(true)),
         streams: Arc::new(tokio::sync::Semaphore::new(10)),
         shutdown: Default::default(),
+        tasks: Default::default(),
         metrics: crate::metrics::install(),
     }));
     Fixture {
