@@ -298,28 +298,28 @@ fn open_ws(
     let on_message = {
         let delivered = delivered.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
-        delivered.set(true);
-        let Some(text) = m.data().as_string() else {
-            return;
-        };
-        match serde_json::from_str::<ServerFrame>(&text) {
-            Ok(ServerFrame::Event { event }) => store.ingest(vec![event], text.len()),
-            Ok(ServerFrame::Ack { reference, id }) => store.ack(&reference, id),
-            Ok(ServerFrame::Error {
-                reference: Some(r),
-                error,
-                ..
-            }) => store.fail(&r, error),
-            Ok(ServerFrame::Error {
-                reference: None,
-                error,
-                ..
-            }) => store.notice.set(Some(error)),
-            Ok(ServerFrame::Reset { cursor }) => reset(store, cursor),
-            Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),
-            Err(_) => {}
-        }
-    })
+            delivered.set(true);
+            let Some(text) = m.data().as_string() else {
+                return;
+            };
+            match serde_json::from_str::<ServerFrame>(&text) {
+                Ok(ServerFrame::Event { event }) => store.ingest(vec![event], text.len()),
+                Ok(ServerFrame::Ack { reference, id }) => store.ack(&reference, id),
+                Ok(ServerFrame::Error {
+                    reference: Some(r),
+                    error,
+                    ..
+                }) => store.fail(&r, error),
+                Ok(ServerFrame::Error {
+                    reference: None,
+                    error,
+                    ..
+                }) => store.notice.set(Some(error)),
+                Ok(ServerFrame::Reset { cursor }) => reset(store, cursor),
+                Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),
+                Err(_) => {}
+            }
+        })
     };
     let on_close = {
         let (alive, slot) = (alive.clone(), slot.clone());

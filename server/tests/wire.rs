@@ -539,7 +539,10 @@ async fn retried_publishes_with_an_idempotency_key_are_stored_once() {
             .await
             .unwrap();
         assert_eq!(r.status(), 201);
-        assert_eq!(r.headers().contains_key("idempotent-replayed"), expect_replayed);
+        assert_eq!(
+            r.headers().contains_key("idempotent-replayed"),
+            expect_replayed
+        );
     }
     let bad = client
         .post(s.url("/api/publish"))
