@@ -25,6 +25,8 @@ step() {
   fi
 }
 
+step "formatting (cargo fmt --check, the workspace and the fuzz crate)" \
+  bash -c 'cargo fmt --all --check && cargo fmt --manifest-path fuzz/Cargo.toml --all --check'
 # The app crate's library is tested natively (protocol, validation, the resume rule); its
 # wasm build only ever goes through trunk, so csr and ssr are never enabled together.
 step "unit + integration tests (cargo)" cargo test -p app -p wire -p server -p bench
