@@ -162,6 +162,17 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// The `data` member of the event's JSON, exactly as serde writes it inside an
+    /// [`Event`] (the cluster's publish script and the idempotency check build on it).
+    pub fn data_json(&self) -> String {
+        match self {
+            Payload::Feed(d) => serde_json::to_string(d),
+            Payload::Chat(d) => serde_json::to_string(d),
+            Payload::Ticker(d) => serde_json::to_string(d),
+        }
+        .expect("payload data serialises")
+    }
+
     pub fn stream(&self) -> Stream {
         match self {
             Payload::Feed(_) => Stream::Feed,

@@ -187,24 +187,25 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
 /// generator is one address. The publish limit is the server's, raised so that the
 /// bench's own 100 events/s publisher is never limited (the flood comes from elsewhere).
 fn start_tidings(tidings: &Path, write_timeout: u64) -> io::Result<Server> {
-    let dir = std::env::temp_dir().join(format!("tidings-bench-abuse-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut c = Command::new(tidings);
-    c.args([
-        "--bind",
-        "127.0.0.1:0",
-        "--no-demo",
-        "--static-dir",
-        "/nonexistent",
-    ])
-    .args(["--max-conns-per-ip", "0"])
-    .args(["--publish-rate", &PUBLISH_RATE.to_string()])
-    .args(["--publish-burst", &PUBLISH_BURST.to_string()])
-    .args(["--write-timeout-secs", &write_timeout.to_string()])
-    .arg("--data-dir")
-    .arg(&dir)
-    .env("RUST_LOG", "error");
-    Server::start(c, Some(dir))
+    let (rate, burst, timeout) = (
+        PUBLISH_RATE.to_string(),
+        PUBLISH_BURST.to_string(),
+        write_timeout.to_string(),
+    );
+    crate::tidings_server(
+        Command::new(tidings),
+        "abuse",
+        &[
+            "--max-conns-per-ip",
+            "0",
+            "--publish-rate",
+            &rate,
+            "--publish-burst",
+            &burst,
+            "--write-timeout-secs",
+            &timeout,
+        ],
+    )
 }
 
 async fn run_once(

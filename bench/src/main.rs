@@ -339,6 +339,25 @@ impl Drop for Server {
     }
 }
 
+/// A Tidings server for a benchmark run: a free port, no demo, no static files, data in a
+/// fresh temporary directory (`tag` names it), RUST_LOG=error, plus `flags`.
+fn tidings_server(mut c: Command, tag: &str, flags: &[&str]) -> std::io::Result<Server> {
+    let dir = std::env::temp_dir().join(format!("tidings-bench-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    c.args([
+        "--bind",
+        "127.0.0.1:0",
+        "--no-demo",
+        "--static-dir",
+        "/nonexistent",
+    ])
+    .args(flags)
+    .arg("--data-dir")
+    .arg(&dir)
+    .env("RUST_LOG", "error");
+    Server::start(c, Some(dir))
+}
+
 #[derive(Serialize, Default)]
 struct Report {
     smoke: bool,
@@ -395,27 +414,14 @@ async fn compare(
     };
 
     let start_tidings = || {
-        let dir = std::env::temp_dir().join(format!("tidings-bench-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut c = command(tidings.as_os_str());
-        c.args([
-            "--bind",
-            "127.0.0.1:0",
-            "--no-demo",
-            "--static-dir",
-            "/nonexistent",
-            // The load generator is one address opening thousands of connections and
-            // publishing as fast as it can: the abuse limits would measure themselves.
-            // (Their cost on the hot path is measured in docs/performance.md.)
-            "--max-conns-per-ip",
-            "0",
-            "--publish-rate",
-            "0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .env("RUST_LOG", "error");
-        Server::start(c, Some(dir))
+        // The load generator is one address opening thousands of connections and
+        // publishing as fast as it can: the abuse limits would measure themselves
+        // (`tidings-bench abuse` measures them).
+        tidings_server(
+            command(tidings.as_os_str()),
+            "compare",
+            &["--max-conns-per-ip", "0", "--publish-rate", "0"],
+        )
     };
     let start_node = || {
         let mut c = command("node".as_ref());

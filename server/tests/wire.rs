@@ -53,22 +53,11 @@ async fn ws_raw(s: &TestServer, path: &str) -> TcpStream {
 async fn frames_until_closed(tcp: &mut TcpStream) -> Vec<(u8, Vec<u8>)> {
     let mut got = Vec::new();
     within(tcp.read_to_end(&mut got)).await.unwrap();
-    let mut out = Vec::new();
-    let mut b = &got[..];
-    while b.len() >= 2 {
-        let (op, len7) = (b[0] & 0x0f, (b[1] & 0x7f) as usize);
-        let (len, at) = match len7 {
-            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (n, 2),
-        };
-        out.push((op, b[at..at + len].to_vec()));
-        b = &b[at + len..];
-    }
-    out
+    let (frames, _) = wire::ws::decode_unmasked(&got);
+    frames
+        .into_iter()
+        .map(|(op, payload)| (op.byte(), payload.to_vec()))
+        .collect()
 }
 
 fn close_code(frames: &[(u8, Vec<u8>)]) -> Option<u16> {
@@ -581,5 +570,39 @@ async fn metrics_are_exposed_in_prometheus_format() {
     ] {
         assert!(text.contains(needle), "{needle} missing in:\n{text}");
     }
+    s.stop().await;
+}
+
+/// Behind a trusted proxy the client is the right-most untrusted `X-Forwarded-For`
+/// address, read across every line of the header (a proxy may add a line of its own rather
+/// than append): a client cannot pick its rate-limit bucket by sending the header itself.
+#[tokio::test]
+async fn rate_limits_follow_x_forwarded_for_only_as_a_trusted_proxy_writes_it() {
+    let s = TestServer::start_with(|c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        c.publish_rate = 1;
+        c.publish_burst = 1;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"stream":"chat","data":{"author":"a","body":"b"}});
+    let publish = |lines: &'static [&'static str]| {
+        let mut r = client.post(s.url("/api/publish")).json(&body);
+        for l in lines {
+            r = r.header("x-forwarded-for", *l);
+        }
+        async move { r.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(publish(&["9.9.9.1"]).await, 201);
+    assert_eq!(
+        publish(&["9.9.9.1"]).await,
+        429,
+        "same client, bucket empty"
+    );
+    assert_eq!(publish(&["9.9.9.2"]).await, 201, "another client");
+    // A forged first line, then the proxy's own line naming 9.9.9.1: that one counts.
+    assert_eq!(publish(&["9.9.9.3", "9.9.9.1"]).await, 429);
+    // Appended in one line, the right-most untrusted address counts.
+    assert_eq!(publish(&["9.9.9.4, 9.9.9.2"]).await, 429);
     s.stop().await;
 }

@@ -76,10 +76,7 @@ impl CloseCode {
     pub const GOING_AWAY: CloseCode = CloseCode(1001);
     pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
     pub const INVALID_PAYLOAD: CloseCode = CloseCode(1007);
-    pub const POLICY: CloseCode = CloseCode(1008);
     pub const TOO_BIG: CloseCode = CloseCode(1009);
-    pub const INTERNAL_ERROR: CloseCode = CloseCode(1011);
-    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
     /// Whether a peer may send this code in a close frame: the codes IANA has assigned for
     /// use on the wire (1000-1003, 1007-1014) and the ranges for libraries and applications
@@ -150,6 +147,44 @@ pub fn encode_masked(first: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     f.extend_from_slice(&mask);
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
     f
+}
+
+/// Splits unmasked frames (a server's, as a client reads them) off the front of `bytes`:
+/// each frame's opcode and payload, in order, and how many bytes they took (a frame not yet
+/// complete is left). For tests and load generators; lengths are checked, never trusted.
+pub fn decode_unmasked(bytes: &[u8]) -> (Vec<(OpCode, &[u8])>, usize) {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    loop {
+        let b = &bytes[at..];
+        if b.len() < 2 || b[1] & 0x80 != 0 {
+            break;
+        }
+        let (len, header) = match b[1] & 0x7F {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => {
+                let mut be = [0u8; 8];
+                be.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(be), 10)
+            }
+            126 | 127 => break,
+            n => (u64::from(n), 2),
+        };
+        let Ok(opcode) = OpCode::try_from(b[0] & 0x0F) else {
+            break;
+        };
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_add(header));
+        match end {
+            Some(end) if end <= b.len() => {
+                frames.push((opcode, &b[header..end]));
+                at += end;
+            }
+            _ => break,
+        }
+    }
+    (frames, at)
 }
 
 /// Longest close reason: a control frame's 125 bytes minus the 2-byte code.

@@ -103,15 +103,6 @@ impl Keys {
 
 /// The event JSON exactly as `serde_json` writes an [`Event`] (the Lua script builds the
 /// same bytes; a unit test holds the two together).
-fn data_json(payload: &Payload) -> String {
-    match payload {
-        Payload::Feed(d) => serde_json::to_string(d),
-        Payload::Chat(d) => serde_json::to_string(d),
-        Payload::Ticker(d) => serde_json::to_string(d),
-    }
-    .expect("payload data serialises")
-}
-
 fn event_json(id: u64, ts: u64, stream: Stream, data: &str) -> String {
     format!(r#"{{"id":{id},"ts":{ts},"stream":"{stream}","data":{data}}}"#)
 }
@@ -208,7 +199,7 @@ impl Cluster {
     ) -> Result<(Arc<StoredEvent>, bool), EngineError> {
         let stream = payload.stream();
         let ts = now_ms();
-        let data = data_json(&payload);
+        let data = payload.data_json();
         let mut conn = self.conn.clone();
         let ttl = match key {
             Some(_) => crate::engine::IDEMPOTENCY_TTL.as_secs().to_string(),
@@ -471,7 +462,7 @@ mod tests {
                 ts: 99,
                 payload: payload.clone(),
             };
-            let ours = event_json(7, 99, payload.stream(), &data_json(&payload));
+            let ours = event_json(7, 99, payload.stream(), &payload.data_json());
             assert_eq!(ours, serde_json::to_string(&e).unwrap());
         }
     }

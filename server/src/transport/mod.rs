@@ -25,6 +25,28 @@ pub type Encoding = fn(id: u64, json: &str) -> Bytes;
 /// transport's `ENCODING` is its index here.
 pub const ENCODINGS: [Encoding; 2] = [sse::encode_event, ws::encode_event];
 
+/// Writes `bytes` for a streaming transport, giving up on a client that has not taken them
+/// within `limit`: it stopped reading, and holding its connection would only hold memory (it
+/// resumes from its cursor when it reconnects). Counted as a slow-consumer close of
+/// `transport`.
+pub async fn write_or_drop(
+    io: &mut (impl tokio::io::AsyncWrite + Unpin),
+    bytes: &[u8],
+    limit: Duration,
+    transport: &'static str,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    match tokio::time::timeout(limit, io.write_all(bytes)).await {
+        Ok(result) => result,
+        Err(_) => {
+            metrics::counter!("tidings_slow_consumer_closes_total", "transport" => transport)
+                .increment(1);
+            tracing::debug!(transport, "dropping a client that stopped reading");
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}
+
 pub fn streams(list: Option<&str>) -> Result<StreamSet, ApiError> {
     StreamSet::parse(list).map_err(ApiError::BadRequest)
 }

@@ -406,7 +406,10 @@ pub async fn serve_socket<S: Io>(
             }
         }
         if !out.is_empty() {
-            if !write(&mut conn.io, &out, write_timeout).await {
+            if super::write_or_drop(&mut conn.io, &out, write_timeout, "ws")
+                .await
+                .is_err()
+            {
                 writable = false;
                 break None;
             }
@@ -479,22 +482,6 @@ fn push_ack(
             },
         ),
         Err(e) => push_error(out, Some(reference), &e),
-    }
-}
-
-/// Writes `bytes`, giving up on a client that has not taken them within `limit`: it
-/// stopped reading, and holding its connection would only hold memory (it resumes from its
-/// cursor when it comes back).
-async fn write(io: &mut (impl AsyncWrite + Unpin), bytes: &[u8], limit: Duration) -> bool {
-    match timeout(limit, io.write_all(bytes)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            metrics::counter!("tidings_slow_consumer_closes_total", "transport" => "ws")
-                .increment(1);
-            tracing::debug!("dropping a websocket client that stopped reading");
-            false
-        }
     }
 }
 

@@ -750,3 +750,22 @@ fn an_announced_length_is_not_allocated_ahead() {
     assert_eq!(r.next_message(), Ok(None));
     assert!(r.buffered() <= 64 * 1024 + 64, "{}", r.buffered());
 }
+
+#[test]
+fn unmasked_frames_split_and_lengths_are_checked() {
+    let mut bytes = Vec::new();
+    encode(&mut bytes, OpCode::Text, b"hi");
+    encode(&mut bytes, OpCode::Ping, b"");
+    encode(&mut bytes, OpCode::Text, &[b'x'; 300]);
+    let whole = bytes.len();
+    bytes.extend_from_slice(&[0x81, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    let (frames, used) = decode_unmasked(&bytes);
+    assert_eq!(
+        used, whole,
+        "the frame claiming 2^64-1 bytes is left, not trusted"
+    );
+    assert_eq!(frames.len(), 3);
+    assert_eq!(frames[0], (OpCode::Text, &b"hi"[..]));
+    assert_eq!(frames[1], (OpCode::Ping, &b""[..]));
+    assert_eq!(frames[2].1.len(), 300);
+}

@@ -209,12 +209,12 @@ async fn write_response(
                     if chunked {
                         out.extend_from_slice(b"\r\n");
                     }
-                    write_or_drop(tcp, &out, write_timeout).await?;
+                    crate::transport::write_or_drop(tcp, &out, write_timeout, "sse").await?;
                 }
                 // The stream ended (server shutting down): finish the response properly.
                 _ => {
                     if chunked {
-                        write_or_drop(tcp, b"0\r\n\r\n", write_timeout).await?;
+                        crate::transport::write_or_drop(tcp, b"0\r\n\r\n", write_timeout, "sse").await?;
                     }
                     return tcp.shutdown().await;
                 }
@@ -231,22 +231,6 @@ async fn write_response(
                     Err(e) => return Err(e),
                 }
             }
-        }
-    }
-}
-
-/// Writes a chunk, dropping a client that has not taken it within `limit` (it stopped
-/// reading; holding it would only hold memory, and it resumes from Last-Event-ID).
-async fn write_or_drop(tcp: &mut TcpStream, bytes: &[u8], limit: Duration) -> io::Result<()> {
-    match tokio::time::timeout(limit, tcp.write_all(bytes)).await {
-        Ok(result) => result,
-        Err(_) => {
-            metrics::counter!("tidings_slow_consumer_closes_total", "transport" => "sse")
-                .increment(1);
-            Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client stopped reading",
-            ))
         }
     }
 }

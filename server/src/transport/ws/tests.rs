@@ -122,22 +122,12 @@ fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Unmasked server frames out of `bytes`: (opcode, payload).
-fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 2 {
-        let (op, len7) = (bytes[0] & 0x0f, (bytes[1] & 0x7f) as usize);
-        let (len, at) = match len7 {
-            126 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
-            127 => (
-                u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            n => (n, 2),
-        };
-        out.push((op, bytes[at..at + len].to_vec()));
-        bytes = &bytes[at + len..];
-    }
-    out
+fn server_frames(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let (frames, _) = wire::ws::decode_unmasked(bytes);
+    frames
+        .into_iter()
+        .map(|(op, payload)| (op.byte(), payload.to_vec()))
+        .collect()
 }
 
 /// The socket loop on an in-memory pipe of `capacity` bytes each way, subscribed from
