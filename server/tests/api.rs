@@ -742,6 +742,45 @@ async fn restart_keeps_history_and_never_reuses_ids() {
     drop(tmp);
 }
 
+/// A client whose answer was lost when the server went down retries after the restart
+/// with the same idempotency key: it gets the event stored before, not a second copy.
+#[tokio::test]
+async fn idempotency_keys_survive_a_restart() {
+    let s = TestServer::start().await;
+    let client = reqwest::Client::new();
+    let body = serde_json::json!({"stream":"chat","data":{"author":"a","body":"only once"}});
+    let publish = |url: String| {
+        client
+            .post(url)
+            .header("Idempotency-Key", "restart-key-1")
+            .json(&body)
+            .send()
+    };
+    let first: Event = publish(s.url("/api/publish"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dir = s.dir.clone();
+    let tmp = s.stop().await;
+
+    let s = TestServer::start_in(dir, |_| {}).await;
+    let retry = publish(s.url("/api/publish")).await.unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Event>().await.unwrap(), first);
+    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=chat"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h.events, vec![first], "stored once");
+    s.stop().await;
+    drop(tmp);
+}
+
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001_and_ends_sse() {
     let s = TestServer::start().await;

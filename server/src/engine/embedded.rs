@@ -8,7 +8,7 @@
 //! therefore never seen by a client before it is durable, so a restart can never hand it
 //! out again, and a publisher's `201`/`ack` always means "stored".
 
-use super::sqlite::Store;
+use super::sqlite::{NewRow, Store};
 use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
 use app::protocol::{Event, Payload, Stream};
@@ -42,10 +42,17 @@ impl Embedded {
         let store = Store::open(data_dir).await?;
         let latest = store.max_id().await?;
         let recent = store.recent(retention).await?;
-        tracing::info!(latest, loaded = recent.len(), "store opened");
+        let remembered = Remembered::load(&store).await?;
+        tracing::info!(
+            latest,
+            loaded = recent.len(),
+            keys = remembered.events.len(),
+            "store opened"
+        );
         let log = Arc::new(EventLog::new(retention, recent, latest));
         let closing = CancellationToken::new();
-        let (publisher, writer) = spawn_writer(store.clone(), log.clone(), closing.clone());
+        let (publisher, writer) =
+            spawn_writer(store.clone(), log.clone(), closing.clone(), remembered);
         Ok((
             log,
             Embedded {
@@ -133,6 +140,24 @@ struct Remembered {
 }
 
 impl Remembered {
+    /// The keys stored within the last [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL),
+    /// with their age kept: a key is forgotten when it would have been without the restart.
+    async fn load(store: &Store) -> Result<Remembered, sqlx::Error> {
+        let ttl = crate::engine::IDEMPOTENCY_TTL;
+        let now_ms = now_ms();
+        let since = now_ms.saturating_sub(ttl.as_millis() as u64);
+        let now = Instant::now();
+        let mut r = Remembered::default();
+        for (key, event, ts) in store.recent_keys(since, MAX_KEYS).await? {
+            let age = Duration::from_millis(now_ms.saturating_sub(ts)).min(ttl);
+            // Instant cannot go before the process's clock origin on some platforms; then the
+            // key simply counts as stored now (remembered a little longer, never shorter).
+            let at = now.checked_sub(age).unwrap_or(now);
+            r.insert(key, event, at);
+        }
+        Ok(r)
+    }
+
     fn get(&self, key: &str) -> Option<&Arc<StoredEvent>> {
         self.events.get(key)
     }
@@ -202,12 +227,12 @@ fn spawn_writer(
     store: Store,
     log: Arc<EventLog>,
     closing: CancellationToken,
+    mut remembered: Remembered,
 ) -> (Publisher, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Request>(QUEUE);
     let writer = async move {
         let mut next_id = log.latest() + 1;
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut remembered = Remembered::default();
         loop {
             let taken = tokio::select! {
                 // Queued publishes first: closing never drops one.
@@ -225,7 +250,7 @@ fn spawn_writer(
             let ts = now_ms();
             let now = Instant::now();
             remembered.expire(now);
-            let mut events: Vec<(Arc<StoredEvent>, u64)> = Vec::with_capacity(batch.len());
+            let mut events: Vec<(Arc<StoredEvent>, Option<&str>)> = Vec::with_capacity(batch.len());
             let mut answers = Vec::with_capacity(batch.len());
             let mut new_keys: HashMap<&str, usize> = HashMap::new();
             for r in &batch {
@@ -246,12 +271,20 @@ fn spawn_writer(
                     payload: r.payload.clone(),
                 };
                 answers.push(Answer::New(events.len()));
-                events.push((Arc::new(StoredEvent::new(&event)), ts));
+                events.push((Arc::new(StoredEvent::new(&event)), r.key.as_deref()));
             }
             let stored = if events.is_empty() {
                 Ok(())
             } else {
-                store.insert(&events).await
+                let rows: Vec<NewRow> = events
+                    .iter()
+                    .map(|(event, key)| NewRow {
+                        event,
+                        ts,
+                        key: *key,
+                    })
+                    .collect();
+                store.insert(&rows).await
             };
             let result = match stored {
                 Ok(()) => {

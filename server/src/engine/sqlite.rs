@@ -6,10 +6,18 @@ use app::protocol::{Event, Stream};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::Row as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// One event of a batch to write: the event, its publish time and the idempotency key its
+/// publisher gave (if any).
+pub struct NewRow<'a> {
+    pub event: &'a Arc<StoredEvent>,
+    pub ts: u64,
+    pub key: Option<&'a str>,
+}
 
 #[derive(Clone)]
 pub struct Store {
@@ -60,15 +68,44 @@ impl Store {
     /// its own thread and every statement is a round trip to it, and under fan-out load
     /// each round trip waits for a turn behind thousands of connection tasks. n + 2 round
     /// trips per batch made publishing (and so the events available per write) the limit.
-    pub async fn insert(&self, events: &[(Arc<StoredEvent>, u64)]) -> Result<(), sqlx::Error> {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO events (id, stream, ts, json) ");
-        q.push_values(events, |mut row, (e, ts)| {
-            row.push_bind(e.id as i64)
-                .push_bind(e.stream.as_str())
-                .push_bind(*ts as i64)
-                .push_bind(std::str::from_utf8(&e.json).expect("event JSON is UTF-8"));
+    pub async fn insert(&self, events: &[NewRow<'_>]) -> Result<(), sqlx::Error> {
+        let mut q = sqlx::QueryBuilder::new("INSERT INTO events (id, stream, ts, json, idem_key) ");
+        q.push_values(events, |mut row, r| {
+            row.push_bind(r.event.id as i64)
+                .push_bind(r.event.stream.as_str())
+                .push_bind(r.ts as i64)
+                .push_bind(std::str::from_utf8(&r.event.json).expect("event JSON is UTF-8"))
+                .push_bind(r.key);
         });
         q.build().execute(&self.pool).await.map(|_| ())
+    }
+
+    /// The idempotency keys of events stored at or after `since_ms` (at most `n`, the newest),
+    /// oldest first, with their events and publish times: what the writer remembers again
+    /// after a restart.
+    pub async fn recent_keys(
+        &self,
+        since_ms: u64,
+        n: usize,
+    ) -> Result<Vec<(String, Arc<StoredEvent>, u64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT idem_key, id, stream, json, ts FROM events \
+             WHERE idem_key IS NOT NULL AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
+        )
+        .bind(since_ms.min(i64::MAX as u64) as i64)
+        .bind(n as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.into_iter().rev() {
+            let stream: String = row.get(2);
+            let Some(stream) = Stream::parse(&stream) else {
+                continue;
+            };
+            let event = StoredEvent::from_json(row.get::<i64, _>(1) as u64, stream, row.get(3));
+            out.push((row.get(0), Arc::new(event), row.get::<i64, _>(4) as u64));
+        }
+        Ok(out)
     }
 
     /// The newest `n` events, oldest first: the resume window after a restart.
