@@ -148,7 +148,12 @@ pub struct ChatMessage {
 pub struct Tick {
     pub symbol: String,
     pub price: f64,
+    /// `price - open` when `open` is given (the demo ticker always gives it).
     pub change: f64,
+    /// The day's opening price (the first price of the UTC day): the basis of `change`.
+    /// Optional for publishers that do not track one; clients then show `change` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open: Option<f64>,
 }
 
 /// What was published: the stream and its typed data. Serialises as
@@ -574,39 +579,59 @@ fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
 pub fn validate(payload: Payload) -> Result<Payload, String> {
     Ok(match payload {
         Payload::Feed(f) => Payload::Feed(FeedItem {
-            title: text_field("title", &f.title, MAX_FEED_TITLE_CHARS, false)?,
-            body: text_field("body", &f.body, MAX_FEED_BODY_CHARS, true)?,
-            author: text_field("author", &f.author, MAX_AUTHOR_CHARS, false)?,
+            title: text_field("Title", &f.title, MAX_FEED_TITLE_CHARS, false)?,
+            body: text_field("Story text", &f.body, MAX_FEED_BODY_CHARS, true)?,
+            author: text_field("Author", &f.author, MAX_AUTHOR_CHARS, false)?,
         }),
         Payload::Chat(c) => Payload::Chat(ChatMessage {
-            author: text_field("author", &c.author, MAX_AUTHOR_CHARS, false)?,
-            body: text_field("body", &c.body, MAX_CHAT_BODY_CHARS, true)?,
+            author: text_field("Name", &c.author, MAX_AUTHOR_CHARS, false)?,
+            body: text_field("Message", &c.body, MAX_CHAT_BODY_CHARS, true)?,
         }),
         Payload::Ticker(t) => {
-            let symbol = text_field("symbol", &t.symbol, MAX_SYMBOL_CHARS, false)?;
+            let symbol = text_field("Symbol", &t.symbol, MAX_SYMBOL_CHARS, false)?;
             if !symbol
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
             {
-                return Err("symbol may only contain ASCII letters, digits, '.' and '-'".into());
+                return Err("Symbol may only contain ASCII letters, digits, '.' and '-'".into());
             }
             if !t.price.is_finite() || t.price <= 0.0 {
-                return Err("price must be a finite number greater than 0".into());
+                return Err("Price must be a finite number greater than 0".into());
             }
             if !t.change.is_finite() {
-                return Err("change must be a finite number".into());
+                return Err("Change must be a finite number".into());
+            }
+            if t.open.is_some_and(|o| !o.is_finite() || o <= 0.0) {
+                return Err("Opening price must be a finite number greater than 0".into());
             }
             Payload::Ticker(Tick {
                 symbol,
                 price: t.price,
                 change: t.change,
+                open: t.open,
             })
         }
     })
 }
 
+/// `n` with a comma every three digits ("3,000"), as people read counts.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Multi-line fields (bodies) may contain newlines and tabs; every other control character
 /// is refused, because it can corrupt terminals, logs and line-based protocols (SSE).
+///
+/// `name` is the label a person knows the field by ("Message", not `body`): the same text
+/// is shown in the app and returned to API clients (docs/protocol.md maps labels to fields).
 fn text_field(
     name: &str,
     value: &str,
@@ -615,12 +640,14 @@ fn text_field(
 ) -> Result<String, String> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(format!("{name} must not be empty"));
+        return Err(format!("{name} is empty"));
     }
     let n = v.chars().count();
     if n > max_chars {
         return Err(format!(
-            "{name} is {n} characters long; the limit is {max_chars}"
+            "{name} is {} characters; the limit is {}",
+            thousands(n),
+            thousands(max_chars)
         ));
     }
     if let Some(c) = v
@@ -785,19 +812,37 @@ mod tests {
             body: "b".into(),
         }));
         assert!(too_long.unwrap_err().contains("limit is 40"));
-        let body = "x".repeat(MAX_CHAT_BODY_CHARS + 1);
-        assert!(validate(Payload::Chat(ChatMessage {
-            author: "a".into(),
-            body
-        }))
-        .is_err());
+        let body = "x".repeat(3000);
+        assert_eq!(
+            validate(Payload::Chat(ChatMessage {
+                author: "a".into(),
+                body
+            }))
+            .unwrap_err(),
+            "Message is 3,000 characters; the limit is 2,000"
+        );
         let title = "t".repeat(MAX_FEED_TITLE_CHARS + 1);
         let feed = FeedItem {
             title,
             body: "b".into(),
             author: "a".into(),
         };
-        assert!(validate(Payload::Feed(feed)).unwrap_err().contains("title"));
+        assert!(validate(Payload::Feed(feed))
+            .unwrap_err()
+            .starts_with("Title is 141"));
+    }
+
+    #[test]
+    fn counts_are_written_with_thousands_separators() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (65536, "65,536"),
+            (1234567, "1,234,567"),
+        ] {
+            assert_eq!(thousands(n), s);
+        }
     }
 
     #[test]

@@ -165,7 +165,7 @@ test('invalid chat input is refused with a clear message and nothing is sent', a
   try {
     const page = await open(browser, server.base, 'ws', 'ok');
     await send(page, '   ');
-    await expect(page.getByTestId('chat-error')).toHaveText('body must not be empty');
+    await expect(page.getByTestId('chat-error')).toHaveText('Message is empty');
     await expect(page.getByTestId('chat-outgoing')).toHaveCount(0);
     // The name field cannot hold more than the server accepts.
     await page.getByTestId('nick').fill('x'.repeat(60));

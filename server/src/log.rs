@@ -437,6 +437,7 @@ mod tests {
                 symbol: "X".into(),
                 price: 1.0,
                 change: 0.0,
+                open: None,
             }),
             _ => Payload::Chat(ChatMessage {
                 author: "a".into(),

@@ -3,7 +3,7 @@
 
 mod common;
 
-use app::protocol::{Event, HistoryResponse, PollResponse, ServerFrame, ServerInfo};
+use app::protocol::{Event, HistoryResponse, Payload, PollResponse, ServerFrame, ServerInfo, Tick};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -150,7 +150,7 @@ async fn every_bad_publish_gets_a_clear_json_error() {
         (
             r#"{"stream":"chat","data":{"author":"  ","body":"x"}}"#.into(),
             422,
-            "author must not be empty",
+            "Name is empty",
         ),
         (
             json!({"stream":"chat","data":{"author": "a".repeat(41),"body":"x"}}).to_string(),
@@ -160,7 +160,7 @@ async fn every_bad_publish_gets_a_clear_json_error() {
         (
             json!({"stream":"chat","data":{"author":"a","body": "b".repeat(2001)}}).to_string(),
             422,
-            "limit is 2000",
+            "limit is 2,000",
         ),
         (
             r#"{"stream":"chat","data":{"author":"a","body":"bell\u0007"}}"#.into(),
@@ -538,7 +538,7 @@ async fn ws_bad_frames_get_error_frames_and_the_socket_stays_usable() {
         (
             r#"{"type":"publish","ref":"r3","stream":"chat","data":{"author":"","body":"x"}}"#,
             Some("r3"),
-            "author must not be empty",
+            "Name is empty",
             "invalid",
         ),
         (
@@ -777,6 +777,57 @@ async fn idempotency_keys_survive_a_restart() {
         .await
         .unwrap();
     assert_eq!(h.events, vec![first], "stored once");
+    s.stop().await;
+    drop(tmp);
+}
+
+/// The demo ticker continues from the last stored prices after a restart (it used to jump
+/// back to the listing prices), and every tick carries the day's open it is measured from.
+#[tokio::test]
+async fn the_demo_ticker_continues_from_stored_prices_after_a_restart() {
+    async fn ticks(s: &TestServer, since: u64, n: usize) -> Vec<(u64, Tick)> {
+        let mut out = Vec::new();
+        let mut cursor = since;
+        while out.len() < n {
+            let r = poll(s, &format!("streams=ticker&since={cursor}&wait=5")).await;
+            cursor = r.cursor;
+            for e in r.events {
+                if let Payload::Ticker(t) = e.payload {
+                    out.push((e.id, t));
+                }
+            }
+        }
+        out
+    }
+    let s = TestServer::start_with(|c| c.no_demo = false).await;
+    let before = ticks(&s, 0, 12).await;
+    let dir = s.dir.clone();
+    let tmp = s.stop().await;
+    let last_id = before.last().unwrap().0;
+    let s = TestServer::start_in(dir, |c| c.no_demo = false).await;
+    let after = ticks(&s, last_id, 6).await;
+    for (_, t) in &after {
+        let open = t.open.expect("the demo gives the day's open");
+        assert!((t.change - (t.price - open)).abs() < 0.006, "{t:?}");
+        // The price before the restart: at most one 1 % move away.
+        if let Some((_, prev)) = before.iter().rev().find(|(_, p)| p.symbol == t.symbol) {
+            if after
+                .iter()
+                .find(|(_, a)| a.symbol == t.symbol)
+                .map(|(_, a)| a)
+                == Some(t)
+            {
+                let ratio = t.price / prev.price;
+                assert!(
+                    (0.985..=1.015).contains(&ratio),
+                    "{} jumped {} -> {}",
+                    t.symbol,
+                    prev.price,
+                    t.price
+                );
+            }
+        }
+    }
     s.stop().await;
     drop(tmp);
 }

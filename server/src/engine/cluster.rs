@@ -455,6 +455,7 @@ mod tests {
                 symbol: "AB".into(),
                 price: 1.25,
                 change: -0.5,
+                open: Some(1.75),
             }),
         ] {
             let e = Event {
