@@ -99,19 +99,40 @@ pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec
         .map_err(|e| e.to_string())
 }
 
-/// `POST /api/publish`; the stored event on success.
-pub async fn publish(body: String) -> ApiResult<Event> {
+/// `POST /api/publish` with an idempotency key; the stored event on success. A failure is
+/// an [`ErrorBody`] whose `code` is the server's, or `network` when no answer came.
+pub async fn publish(body: String, key: &str) -> Result<Event, ErrorBody> {
+    let network = |e: gloo_net::Error| ErrorBody {
+        error: format!("no answer from the server ({e})"),
+        code: "network".into(),
+    };
     let resp = Request::post(&format!("{}/api/publish", base()))
         .header("content-type", "application/json")
+        .header("idempotency-key", key)
         .body(body)
-        .map_err(|e| e.to_string())?
+        .map_err(network)?
         .send()
         .await
-        .map_err(|e| format!("network error: {e}"))?;
+        .map_err(network)?;
     let status = resp.status();
     let text = resp.text().await.unwrap_or_default();
     if status != 201 {
-        return Err(error_message(status, &text));
+        return Err(
+            serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| ErrorBody {
+                error: format!("the server answered HTTP {status}"),
+                // An answer without our JSON comes from something in between (a proxy that
+                // could not reach the server): worth another try.
+                code: if status == 429 || status >= 500 {
+                    "unavailable"
+                } else {
+                    ""
+                }
+                .into(),
+            }),
+        );
     }
-    serde_json::from_str(&text).map_err(|e| e.to_string())
+    serde_json::from_str(&text).map_err(|e| ErrorBody {
+        error: e.to_string(),
+        code: String::new(),
+    })
 }

@@ -5,8 +5,11 @@
 //! - [`info`]: the `server_info` server function (csr: the client stub; ssr: the handler).
 //! - `store` (csr): the one reactive store of live state; every transport feeds it.
 //! - `transport` (csr): polling, SSE and WebSocket clients over the browser's native
-//!   fetch, EventSource and WebSocket; they only decode and hand events to the store.
-//! - `ui` (csr): components, which only read the store.
+//!   fetch, EventSource and WebSocket; they decode, hand events to the store, reconnect.
+//! - `sync` (csr): startup, history, the outbox of unsent messages, the clock.
+//! - `ui` (csr): components, which read the store and call `sync`/`transport`.
+//!
+//! Dependencies point one way: ui -> sync -> transport -> store -> protocol.
 
 pub mod protocol;
 pub mod resume;
@@ -18,6 +21,8 @@ pub mod info;
 pub mod api;
 #[cfg(feature = "csr")]
 pub mod store;
+#[cfg(feature = "csr")]
+pub mod sync;
 #[cfg(feature = "csr")]
 pub mod transport;
 #[cfg(feature = "csr")]

@@ -312,6 +312,9 @@ pub enum ClientFrame {
     Publish {
         #[serde(rename = "ref")]
         reference: String,
+        /// Idempotency key, as the `Idempotency-Key` header of `POST /api/publish`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
         #[serde(flatten)]
         payload: Payload,
     },

@@ -2,11 +2,65 @@
 //! [`LiveStore::ingest`]; components only read it. Because every transport resumes from
 //! the store's `cursor` and `ingest` drops anything at or below it, switching transports
 //! (or reconnecting) can neither lose nor repeat an event.
+//!
+//! It depends on nothing else of the app: transports write into it, `sync` (startup,
+//! history, the outbox) reads and writes it, views read it.
 
 use crate::protocol::{ChatMessage, Event, FeedItem, Payload, Tick};
 use crate::resume::{Cursor, Fresh};
 use leptos::prelude::*;
 use std::collections::VecDeque;
+
+/// Which transport delivers the live streams.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    /// Short polling every `n` milliseconds.
+    Poll(u32),
+    /// Long polling: the server holds each request until an event arrives (or 25 s).
+    LongPoll,
+    Sse,
+    Ws,
+}
+
+impl Kind {
+    pub fn key(self) -> String {
+        match self {
+            Kind::Poll(ms) => format!("poll-{ms}"),
+            Kind::LongPoll => "longpoll".into(),
+            Kind::Sse => "sse".into(),
+            Kind::Ws => "ws".into(),
+        }
+    }
+
+    pub fn from_key(k: &str) -> Option<Kind> {
+        match k {
+            "longpoll" => Some(Kind::LongPoll),
+            "sse" => Some(Kind::Sse),
+            "ws" => Some(Kind::Ws),
+            _ => k.strip_prefix("poll-")?.parse().ok().map(Kind::Poll),
+        }
+    }
+
+    /// Short enough for a phone's one-line picker.
+    pub fn label(self) -> String {
+        match self {
+            Kind::Poll(ms) => format!("Poll {} s", ms / 1000),
+            Kind::LongPoll => "Long poll".into(),
+            Kind::Sse => "SSE".into(),
+            Kind::Ws => "WebSocket".into(),
+        }
+    }
+
+    /// What the short label stands for (tooltip and accessible name).
+    pub fn title(self) -> String {
+        match self {
+            Kind::Poll(ms) => format!("Polling: ask the server every {} s", ms / 1000),
+            Kind::LongPoll => "Long polling: the server answers when there is news".into(),
+            Kind::Sse => "Server-Sent Events: one long response the server pushes into".into(),
+            Kind::Ws => "WebSocket: a two-way socket".into(),
+        }
+    }
+}
 
 /// Feed items kept on screen.
 const FEED_KEEP: usize = 50;
@@ -61,6 +115,8 @@ pub struct FeedEntry {
     pub id: u64,
     pub ts: u64,
     pub item: FeedItem,
+    /// Arrived live while the page was open (not loaded from history): marked "new".
+    pub fresh: bool,
 }
 
 #[derive(Clone, PartialEq, Debug)]
@@ -77,20 +133,42 @@ pub struct TickerEntry {
     pub moved: i8,
 }
 
-/// A chat message this page sent, until the stream delivers it.
+/// A chat message this page sent, until the stream delivers it. `key` is its idempotency
+/// key (and its WebSocket `ref`): every retry carries it, so the server stores it once.
 #[derive(Clone, PartialEq, Debug)]
 pub struct Outgoing {
-    pub reference: String,
+    pub key: String,
     pub msg: ChatMessage,
     pub status: OutStatus,
 }
 
 #[derive(Clone, PartialEq, Debug)]
 pub enum OutStatus {
-    Pending,
+    /// On its way; no answer yet.
+    Sending,
+    /// Not stored yet (no connection, or it was lost before an answer): resent with the
+    /// same key when the connection is back, or by hand.
+    Queued,
     /// Stored as this id; shown until the stream brings it.
     Acked(u64),
+    /// Refused for good (e.g. too long): the reason, for the person to fix or discard.
     Failed(String),
+}
+
+impl OutStatus {
+    /// What becomes of a message the server refused with this error `code`: a refusal that
+    /// passes (rate limit, store unavailable) is queued for a resend; any other is final.
+    pub fn after_refusal(code: &str, error: String) -> OutStatus {
+        match code {
+            "rate_limited" | "unavailable" | "network" => OutStatus::Queued,
+            _ => OutStatus::Failed(error),
+        }
+    }
+
+    /// Whether the message may still need sending (kept across a reload).
+    pub fn unsent(&self) -> bool {
+        matches!(self, OutStatus::Sending | OutStatus::Queued)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -105,6 +183,21 @@ pub struct LiveStore {
     /// Highest event id received: every transport resumes after it.
     pub cursor: RwSignal<u64>,
     pub conn: RwSignal<ConnState>,
+    /// The transport feeding the store.
+    pub kind: RwSignal<Kind>,
+    /// When the server last answered (a poll, an event, a heartbeat): ms since the epoch.
+    pub last_contact: RwSignal<Option<f64>>,
+    /// Short polling: when the next request goes out.
+    pub next_check: RwSignal<Option<f64>>,
+    /// While reconnecting: when the next attempt is. Setting it to `Some(0.0)` makes the
+    /// waiting transport try at once ("retry now").
+    pub next_attempt: RwSignal<Option<f64>>,
+    /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
+    pub now: RwSignal<f64>,
+    /// Whether history may hold chat messages older than the oldest shown.
+    pub older_chat: RwSignal<bool>,
+    /// History to reload up to this cursor (set by a reset; `sync` does the loading).
+    pub reload: RwSignal<Option<u64>>,
     pub stats: RwSignal<Stats>,
     /// Set once history is loaded and the cursor is known.
     pub ready: RwSignal<bool>,
@@ -121,6 +214,13 @@ impl LiveStore {
             outbox: RwSignal::new(Vec::new()),
             cursor: RwSignal::new(0),
             conn: RwSignal::new(ConnState::Connecting),
+            kind: RwSignal::new(Kind::Ws),
+            last_contact: RwSignal::new(None),
+            next_check: RwSignal::new(None),
+            next_attempt: RwSignal::new(None),
+            now: RwSignal::new(js_sys::Date::now()),
+            older_chat: RwSignal::new(false),
+            reload: RwSignal::new(None),
             stats: RwSignal::new(Stats::default()),
             ready: RwSignal::new(false),
             notice: RwSignal::new(None),
@@ -136,6 +236,7 @@ impl LiveStore {
             latencies_ms: latencies,
         } = cursor.take(events, js_sys::Date::now());
         let cursor = cursor.0;
+        self.last_contact.set(Some(js_sys::Date::now()));
         let mut feed = Vec::new();
         let mut chat = Vec::new();
         let mut ticks = Vec::new();
@@ -145,6 +246,7 @@ impl LiveStore {
                     id: e.id,
                     ts: e.ts,
                     item,
+                    fresh: true,
                 }),
                 Payload::Chat(msg) => chat.push(ChatEntry {
                     id: e.id,
@@ -245,6 +347,7 @@ impl LiveStore {
                     id: e.id,
                     ts: e.ts,
                     item,
+                    fresh: false,
                 }),
                 _ => None,
             });
@@ -272,36 +375,38 @@ impl LiveStore {
     /// continue from the cursor it gives, even if that is lower than ours.
     pub fn reset_to(&self, cursor: u64) {
         self.cursor.set(cursor);
+        self.reload.set(Some(cursor));
         self.notice.set(Some(
             "Some events could not be resumed; reloaded from history.".into(),
         ));
     }
 
-    pub fn ack(&self, reference: &str, id: u64) {
+    pub fn ack(&self, key: &str, id: u64) {
         let delivered = id <= self.cursor.get_untracked();
         self.outbox.update(|o| {
             if delivered {
-                o.retain(|m| m.reference != reference);
-            } else if let Some(m) = o.iter_mut().find(|m| m.reference == reference) {
+                o.retain(|m| m.key != key);
+            } else if let Some(m) = o.iter_mut().find(|m| m.key == key) {
                 m.status = OutStatus::Acked(id);
             }
         });
     }
 
-    pub fn fail(&self, reference: &str, error: String) {
+    pub fn set_status(&self, key: &str, status: OutStatus) {
         self.outbox.update(|o| {
-            if let Some(m) = o.iter_mut().find(|m| m.reference == reference) {
-                m.status = OutStatus::Failed(error);
+            if let Some(m) = o.iter_mut().find(|m| m.key == key) {
+                m.status = status;
             }
         });
     }
 
     /// Messages sent on a socket that closed before their ack: they may or may not have been
-    /// stored, so they are not resent automatically (that could duplicate them).
-    pub fn fail_pending(&self, why: &str) {
+    /// stored. Queued again: the resend carries the same idempotency key, so if the first
+    /// copy was stored the server answers with it instead of storing a second.
+    pub fn requeue_sending(&self) {
         self.outbox.update(|o| {
-            for m in o.iter_mut().filter(|m| m.status == OutStatus::Pending) {
-                m.status = OutStatus::Failed(why.to_string());
+            for m in o.iter_mut().filter(|m| m.status == OutStatus::Sending) {
+                m.status = OutStatus::Queued;
             }
         });
     }

@@ -3,10 +3,14 @@
 //! Each one only opens its connection from the store's cursor, decodes what arrives and
 //! hands it to [`LiveStore`]; resume, de-duplication and display live in the store. One
 //! connection is active at a time; dropping it (on a switch) stops it for good.
+//!
+//! Reconnecting is theirs too, with one rule ([`retry_after_failure`]): a short, capped,
+//! jittered backoff the person can cut short ("retry now").
 
 use crate::api;
-use crate::protocol::{ClientFrame, Event, Payload, PollResponse, ServerFrame, StreamSet};
-use crate::store::{ConnState, LiveStore, OutStatus, Outgoing};
+use crate::protocol::{Event, PollResponse, ServerFrame, StreamSet};
+pub use crate::store::Kind;
+use crate::store::{ConnState, LiveStore, OutStatus};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use std::cell::{Cell, RefCell};
@@ -15,53 +19,36 @@ use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 use web_sys::{EventSource, MessageEvent, WebSocket};
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Kind {
-    /// Short polling every `n` milliseconds.
-    Poll(u32),
-    /// Long polling: the server holds each request until an event arrives (or 25 s).
-    LongPoll,
-    Sse,
-    Ws,
-}
-
-impl Kind {
-    pub fn key(self) -> String {
-        match self {
-            Kind::Poll(ms) => format!("poll-{ms}"),
-            Kind::LongPoll => "longpoll".into(),
-            Kind::Sse => "sse".into(),
-            Kind::Ws => "ws".into(),
-        }
-    }
-
-    pub fn from_key(k: &str) -> Option<Kind> {
-        match k {
-            "longpoll" => Some(Kind::LongPoll),
-            "sse" => Some(Kind::Sse),
-            "ws" => Some(Kind::Ws),
-            _ => k.strip_prefix("poll-")?.parse().ok().map(Kind::Poll),
-        }
-    }
-
-    pub fn label(self) -> String {
-        match self {
-            Kind::Poll(ms) => format!("Polling every {} s", ms / 1000),
-            Kind::LongPoll => "Long polling".into(),
-            Kind::Sse => "Server-Sent Events".into(),
-            Kind::Ws => "WebSocket".into(),
-        }
-    }
-}
-
 const STREAMS: StreamSet = StreamSet::ALL;
 
-/// Reconnect delay: exponential from 500 ms up to 15 s, with full jitter in its upper half
-/// so that clients dropped together (a server restart) do not all come back together.
+/// Reconnect delay: doubling from 500 ms to a cap of 2 s, with full jitter in its upper
+/// half so that clients dropped together (a server restart) do not all come back together.
+/// The cap is what finds a server that is back within 1-2 s; a socket the server has said
+/// it refuses (wrong origin) waits up to 15 s instead, as retrying sooner cannot help.
 fn backoff_ms(failures: u32) -> u32 {
-    let cap = (500u32 << failures.min(5)).min(15_000);
+    let cap = if REFUSED.with(Cell::get) {
+        15_000
+    } else {
+        (250u32 << failures.min(3)).min(2_000)
+    };
     let jitter = js_sys::Math::random();
     (cap as f64 * (0.5 + 0.5 * jitter)) as u32
+}
+
+/// Waits out the backoff after `failures` failures, showing when the next attempt is; the
+/// wait ends early when the person asks to retry now (`next_attempt` set to 0).
+pub async fn retry_after_failure(store: LiveStore, failures: u32) {
+    let until = js_sys::Date::now() + backoff_ms(failures) as f64;
+    store.next_attempt.set(Some(until));
+    loop {
+        let due = store.next_attempt.get_untracked().unwrap_or(0.0);
+        let left = due - js_sys::Date::now();
+        if left <= 0.0 {
+            break;
+        }
+        sleep(left.min(100.0) as u32).await;
+    }
+    store.next_attempt.set(None);
 }
 
 fn is_online() -> bool {
@@ -99,7 +86,18 @@ impl Drop for Connection {
 
 thread_local! {
     static ACTIVE: RefCell<Option<Connection>> = const { RefCell::new(None) };
-    static NEXT_REF: Cell<u64> = const { Cell::new(1) };
+    /// The server said it refuses WebSockets from this page's origin.
+    static REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The active WebSocket, when it is open: chat messages go over it.
+pub fn open_socket() -> Option<WebSocket> {
+    ACTIVE.with(|a| {
+        a.borrow()
+            .as_ref()
+            .and_then(|c| c.ws.borrow().clone())
+            .filter(|ws| ws.ready_state() == WebSocket::OPEN)
+    })
 }
 
 /// Switches to `kind`, resuming from the store's cursor.
@@ -107,6 +105,9 @@ pub fn activate(store: LiveStore, kind: Kind) {
     // Drop the old connection first: from here on it can no longer feed the store.
     ACTIVE.with(|a| a.borrow_mut().take());
     store.stats.set(Default::default());
+    store.kind.set(kind);
+    store.next_check.set(None);
+    store.next_attempt.set(None);
     store.conn.set(ConnState::Connecting);
     let conn = Connection {
         alive: Rc::new(Cell::new(true)),
@@ -157,6 +158,7 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
                 }
                 failures = 0;
                 store.conn.set(ConnState::Live);
+                store.last_contact.set(Some(js_sys::Date::now()));
                 if resp.reset {
                     reset(store, resp.cursor);
                 } else {
@@ -168,13 +170,17 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
             Err(_) => {
                 failures += 1;
                 set_down(store);
-                sleep(backoff_ms(failures)).await;
+                retry_after_failure(store, failures).await;
                 continue;
             }
         };
         if !more {
             if let Some(ms) = interval {
+                store
+                    .next_check
+                    .set(Some(js_sys::Date::now() + f64::from(ms)));
                 sleep(ms).await;
+                store.next_check.set(None);
             }
         }
     }
@@ -204,6 +210,7 @@ fn open_sse(
             if dropped.replace(false) {
                 store.stats.update(|s| s.reconnects += 1);
             }
+            store.last_contact.set(Some(js_sys::Date::now()));
             store.conn.set(ConnState::Live);
         })
     };
@@ -245,7 +252,7 @@ fn open_sse(
                 let (alive, slot) = (alive.clone(), slot.clone());
                 let n = failures + 1;
                 spawn_local(async move {
-                    sleep(backoff_ms(n)).await;
+                    retry_after_failure(store, n).await;
                     open_sse(store, alive, slot, n);
                 });
             }
@@ -292,6 +299,7 @@ fn open_ws(
             if failures > 0 {
                 store.stats.update(|s| s.reconnects += 1);
             }
+            store.last_contact.set(Some(js_sys::Date::now()));
             store.conn.set(ConnState::Live);
         })
     };
@@ -308,8 +316,8 @@ fn open_ws(
                 Ok(ServerFrame::Error {
                     reference: Some(r),
                     error,
-                    ..
-                }) => store.fail(&r, error),
+                    code,
+                }) => store.set_status(&r, OutStatus::after_refusal(&code, error)),
                 Ok(ServerFrame::Error {
                     reference: None,
                     error,
@@ -324,8 +332,7 @@ fn open_ws(
     let on_close = {
         let (alive, slot) = (alive.clone(), slot.clone());
         Closure::<dyn FnMut()>::new(move || {
-            store
-                .fail_pending("connection lost before the server confirmed; it may have been sent");
+            store.requeue_sending();
             if !alive.get() {
                 return;
             }
@@ -343,7 +350,7 @@ fn open_ws(
             }
             let (alive, slot) = (alive.clone(), slot.clone());
             spawn_local(async move {
-                sleep(backoff_ms(n)).await;
+                retry_after_failure(store, n).await;
                 open_ws(store, alive, slot, n);
             });
         })
@@ -366,75 +373,19 @@ async fn explain_refusal(store: LiveStore) {
     if info.websocket_origin_allowed {
         return;
     }
+    REFUSED.with(|r| r.set(true));
     let origin = web_sys::window()
         .and_then(|w| w.location().origin().ok())
         .unwrap_or_default();
     store.notice.set(Some(format!(
         "The server refuses WebSockets from this page's origin ({origin}). Start it with \
-         --allow-origin {origin} (scripts/dev.sh does), or pick SSE or polling. Retrying less \
-         and less often."
+         --allow-origin {origin} (scripts/dev.sh does), or pick SSE or polling. Retrying \
+         every 15 s."
     )));
 }
 
-/// The server said our cursor was outside its window: reload what is shown from history
-/// and continue from the cursor it gave.
+/// The server said our cursor was outside its window: continue from the cursor it gave;
+/// the store asks `sync` to reload what is shown from history.
 fn reset(store: LiveStore, cursor: u64) {
     store.reset_to(cursor);
-    spawn_local(async move {
-        crate::ui::load_history(store, cursor).await;
-    });
-}
-
-/// Sends a chat message: on the WebSocket (acknowledged there) when that is the active,
-/// open transport, otherwise with `POST /api/publish`.
-pub fn send_chat(store: LiveStore, author: String, body: String) -> Result<(), String> {
-    let payload =
-        crate::protocol::validate(Payload::Chat(crate::protocol::ChatMessage { author, body }))?;
-    let Payload::Chat(msg) = payload.clone() else {
-        unreachable!()
-    };
-    let reference = NEXT_REF.with(|n| {
-        let r = n.get();
-        n.set(r + 1);
-        format!("m{r}")
-    });
-    store.outbox.update(|o| {
-        o.push(Outgoing {
-            reference: reference.clone(),
-            msg,
-            status: OutStatus::Pending,
-        })
-    });
-    let socket = ACTIVE.with(|a| {
-        a.borrow()
-            .as_ref()
-            .and_then(|c| c.ws.borrow().clone())
-            .filter(|ws| ws.ready_state() == WebSocket::OPEN)
-    });
-    if let Some(ws) = socket {
-        let frame = ClientFrame::Publish {
-            reference: reference.clone(),
-            payload,
-        };
-        let text = serde_json::to_string(&frame).map_err(|e| e.to_string())?;
-        if ws.send_with_str(&text).is_err() {
-            store.fail(&reference, "the socket refused the message".into());
-        }
-        return Ok(());
-    }
-    let body = serde_json::to_string(&payload).map_err(|e| e.to_string())?;
-    spawn_local(async move {
-        match api::publish(body).await {
-            Ok(event) => store.ack(&reference, event.id),
-            Err(e) => store.fail(&reference, e),
-        }
-    });
-    Ok(())
-}
-
-/// Forgets a failed message (the user dismissed it or is retrying it).
-pub fn dismiss(store: LiveStore, reference: &str) {
-    store
-        .outbox
-        .update(|o| o.retain(|m| m.reference != reference));
 }

@@ -1,16 +1,20 @@
-//! Components. They read the [`LiveStore`] and call [`transport`]; none of them talks to the
-//! network itself.
+//! Components. They read the [`LiveStore`] and call [`sync`] and [`transport`]; none of them
+//! talks to the network itself.
 
 use crate::api;
 use crate::info::get_server_info;
-use crate::protocol::{ServerInfo, Stream};
-use crate::store::{ConnState, LiveStore, OutStatus};
-use crate::transport::{self, Kind};
+use crate::protocol::{thousands, ServerInfo, Tick, MAX_CHAT_BODY_CHARS};
+use crate::store::{ConnState, Kind, LiveStore, OutStatus};
+use crate::{sync, transport};
+use leptos::html;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use wasm_bindgen::closure::Closure;
+use wasm_bindgen::JsCast;
 
 const TRANSPORT_KEY: &str = "tidings.transport";
 const NICK_KEY: &str = "tidings.nick";
+const TITLE: &str = "Tidings — live updates over polling, SSE and WebSocket";
 const KINDS: [Kind; 6] = [
     Kind::Poll(1000),
     Kind::Poll(5000),
@@ -30,25 +34,67 @@ fn store_item(key: &str, value: &str) {
     }
 }
 
-/// Loads the latest feed items, chat messages and prices up to `upto` into the store.
-pub async fn load_history(store: LiveStore, upto: u64) {
-    let feed = api::history(Stream::Feed, upto + 1, 20)
-        .await
-        .unwrap_or_default();
-    let chat = api::history(Stream::Chat, upto + 1, 50)
-        .await
-        .unwrap_or_default();
-    let ticks = api::history(Stream::Ticker, upto + 1, 50)
-        .await
-        .unwrap_or_default();
-    store.load(upto, feed, chat, ticks);
+fn date(ts: u64) -> js_sys::Date {
+    js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ts as f64))
 }
 
 fn clock(ts: u64) -> String {
-    js_sys::Date::new(&wasm_bindgen::JsValue::from_f64(ts as f64))
+    date(ts)
         .to_locale_time_string("en-GB")
         .as_string()
         .unwrap_or_default()
+}
+
+/// The full local date and time, for a tooltip.
+fn full_date(ts: u64) -> String {
+    date(ts)
+        .to_locale_string("en-GB", &wasm_bindgen::JsValue::UNDEFINED)
+        .as_string()
+        .unwrap_or_default()
+}
+
+fn iso(ts: u64) -> String {
+    date(ts).to_iso_string().as_string().unwrap_or_default()
+}
+
+/// A duration in words people use: "3 s", "2 min", "5 h".
+fn span(ms: f64) -> String {
+    let s = (ms.max(0.0) / 1000.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        _ => format!("{} h", s / 3600),
+    }
+}
+
+/// "just now", "40 s ago", "2 min ago", "3 h ago", else the date.
+fn ago(now: f64, ts: u64) -> String {
+    let ms = now - ts as f64;
+    if ms < 10_000.0 {
+        "just now".into()
+    } else if ms < 86_400_000.0 {
+        format!("{} ago", span(ms))
+    } else {
+        full_date(ts)
+    }
+}
+
+/// The name used when the nickname box is left empty: one per browser, kept.
+fn default_nick() -> String {
+    const KEY: &str = "tidings.guest";
+    stored(KEY).unwrap_or_else(|| {
+        let n = format!("guest-{}", (js_sys::Math::random() * 9000.0) as u32 + 1000);
+        store_item(KEY, &n);
+        n
+    })
+}
+
+fn document() -> Option<web_sys::Document> {
+    web_sys::window()?.document()
+}
+
+fn page_hidden() -> bool {
+    document().is_some_and(|d| d.hidden())
 }
 
 #[component]
@@ -60,43 +106,32 @@ pub fn App() -> impl IntoView {
         // Server functions go to the same API base as everything else. Set once per page.
         leptos::server_fn::client::set_server_url(Box::leak(base.into_boxed_str()));
     }
-    let kind = RwSignal::new(
-        stored(TRANSPORT_KEY)
-            .and_then(|k| Kind::from_key(&k))
-            .unwrap_or(Kind::Ws),
-    );
+    let initial = stored(TRANSPORT_KEY)
+        .and_then(|k| Kind::from_key(&k))
+        .unwrap_or(Kind::Ws);
     let info = RwSignal::new(None::<ServerInfo>);
-
-    // Start: find the head of the log, show history up to it, then go live from there.
-    spawn_local(async move {
-        let mut failures = 0u32;
-        let cursor = loop {
-            match api::latest_cursor().await {
-                Ok(c) => break c,
-                Err(_) => {
-                    failures += 1;
-                    store.conn.set(ConnState::Reconnecting);
-                    gloo_timers::future::TimeoutFuture::new((500 * failures).min(5000)).await;
-                }
-            }
-        };
-        store.cursor.set(cursor);
-        load_history(store, cursor).await;
-        transport::activate(store, kind.get_untracked());
-        info.set(get_server_info().await.ok());
-    });
+    sync::start(store, initial);
+    spawn_local(async move { info.set(get_server_info().await.ok()) });
 
     let choose = move |k: Kind| {
-        kind.set(k);
         store_item(TRANSPORT_KEY, &k.key());
         if store.ready.get_untracked() {
             transport::activate(store, k);
+        } else {
+            store.kind.set(k);
         }
     };
+    // Wide screens show the connection details open; phones keep them folded.
+    let wide = web_sys::window()
+        .and_then(|w| w.inner_width().ok())
+        .and_then(|w| w.as_f64())
+        .is_some_and(|w| w > 800.0);
 
     view! {
+        <a class="skip" href="#draft">"Skip to the chat"</a>
         <header class="top">
             <h1>"Tidings"</h1>
+            <Status/>
             <nav class="picker" aria-label="Transport">
                 {KINDS
                     .into_iter()
@@ -104,7 +139,9 @@ pub fn App() -> impl IntoView {
                         view! {
                             <button
                                 data-testid=format!("transport-{}", k.key())
-                                class:active=move || kind.get() == k
+                                class:active=move || store.kind.get() == k
+                                aria-pressed=move || (store.kind.get() == k).to_string()
+                                title=k.title()
                                 on:click=move |_| choose(k)
                             >
                                 {k.label()}
@@ -113,12 +150,12 @@ pub fn App() -> impl IntoView {
                     })
                     .collect_view()}
             </nav>
-            <span class="conn" data-testid="conn-state" data-state=move || store.conn.get().label()>
-                {move || store.conn.get().label()}
-            </span>
         </header>
         <Notice/>
-        <StatsStrip/>
+        <details class="details" open=wide>
+            <summary>"Connection details"</summary>
+            <StatsStrip/>
+        </details>
         <main class="grid">
             <TickerPanel/>
             <FeedPanel/>
@@ -127,14 +164,59 @@ pub fn App() -> impl IntoView {
         <footer>
             {move || match info.get() {
                 Some(i) => format!(
-                    "server {} · resume window ids {}–{} (keeps {}) · demo {}",
-                    i.version, i.oldest_id, i.latest_id, i.retention, match (i.demo, i.demo_leader) { (false, _) => "off", (true, true) => "on (run here)", (true, false) => "on (run by another server)" }
+                    "{}The server keeps the last {} events, so a page that reconnects catches up on what it missed. Tidings {}.",
+                    if i.demo { "News and prices are a demo, generated by the server. " } else { "" },
+                    thousands(i.retention),
+                    i.version,
                 ),
-                None => "server info loading…".to_string(),
+                None => "Loading server details…".to_string(),
             }}
-            " · API: "
-            {if api::base().is_empty() { "same origin".to_string() } else { api::base() }}
+            {(!api::base().is_empty()).then(|| format!(" API: {}", api::base()))}
         </footer>
+    }
+}
+
+/// The connection badge: what the page really knows. "live" only for a transport that
+/// pushes; polling says when it last asked and when it asks next; a reconnect says when the
+/// next attempt is and offers one now.
+#[component]
+fn Status() -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    let text = move || {
+        let now = store.now.get();
+        match store.conn.get() {
+            ConnState::Connecting => "connecting…".to_string(),
+            ConnState::Offline => "offline · waiting for the network".to_string(),
+            ConnState::Reconnecting => match store.next_attempt.get() {
+                Some(at) if at > now => format!("reconnecting · next try in {}", span(at - now)),
+                _ => "reconnecting…".to_string(),
+            },
+            ConnState::Live => match store.kind.get() {
+                Kind::Poll(_) => {
+                    let checked = store.last_contact.get().map_or_else(
+                        || "checked".to_string(),
+                        |t| format!("checked {} ago", span(now - t)),
+                    );
+                    match store.next_check.get() {
+                        Some(at) => format!("{checked} · next in {}", span(at - now)),
+                        None => format!("{checked} · checking…"),
+                    }
+                }
+                _ => "live".to_string(),
+            },
+        }
+    };
+    view! {
+        <div class="status" role="status">
+            <span class="conn" data-testid="conn-state" data-state=move || store.conn.get().label()>
+                {text}
+            </span>
+            {move || (store.conn.get() == ConnState::Reconnecting).then(|| view! {
+                <button class="retry" data-testid="retry-now" on:click=move |_| store.next_attempt.set(Some(0.0))>
+                    "Retry now"
+                </button>
+            })}
+        </div>
     }
 }
 
@@ -144,9 +226,9 @@ fn Notice() -> impl IntoView {
     move || {
         store.notice.get().map(|n| {
             view! {
-                <div class="notice" data-testid="notice">
+                <div class="notice" data-testid="notice" role="alert">
                     {n}
-                    <button on:click=move |_| store.notice.set(None)>"×"</button>
+                    <button aria-label="Dismiss notice" on:click=move |_| store.notice.set(None)>"×"</button>
                 </div>
             }
         })
@@ -170,11 +252,31 @@ fn StatsStrip() -> impl IntoView {
             {stat("events", "stat-events", Signal::derive(move || store.stats.with(|s| s.events.to_string())))}
             {stat("requests", "stat-requests", Signal::derive(move || store.stats.with(|s| s.requests.to_string())))}
             {stat("received", "stat-bytes", Signal::derive(move || store.stats.with(|s| format!("{:.1} KB", s.bytes as f64 / 1024.0))))}
-            {stat("last latency", "stat-latency", Signal::derive(move || store.stats.with(|s| ms(s.last_latency_ms))))}
-            {stat("median latency", "stat-median", Signal::derive(move || store.stats.with(|s| ms(s.median_latency_ms()))))}
+            {stat("last delay", "stat-latency", Signal::derive(move || store.stats.with(|s| ms(s.last_latency_ms))))}
+            {stat("median delay", "stat-median", Signal::derive(move || store.stats.with(|s| ms(s.median_latency_ms()))))}
             {stat("reconnects", "stat-reconnects", Signal::derive(move || store.stats.with(|s| s.reconnects.to_string())))}
-            {stat("cursor", "stat-cursor", Signal::derive(move || store.cursor.get().to_string()))}
+            {stat("last event #", "stat-cursor", Signal::derive(move || store.cursor.get().to_string()))}
         </section>
+    }
+}
+
+/// "▲ +1.20 (+1.05%)": the sign and arrow carry the direction for readers who do not see
+/// the colour; the percentage is against the day's open when the tick gives one.
+fn change_text(t: &Tick) -> String {
+    let arrow = if t.change > 0.0 {
+        "▲"
+    } else if t.change < 0.0 {
+        "▼"
+    } else {
+        "■"
+    };
+    match t.open {
+        Some(open) => format!(
+            "{arrow} {:+.2} ({:+.2}%)",
+            t.change,
+            t.change / open * 100.0
+        ),
+        None => format!("{arrow} {:+.2}", t.change),
     }
 }
 
@@ -182,8 +284,8 @@ fn StatsStrip() -> impl IntoView {
 fn TickerPanel() -> impl IntoView {
     let store = expect_context::<LiveStore>();
     view! {
-        <section class="panel ticker">
-            <h2>"Ticker"</h2>
+        <section class="panel ticker" aria-labelledby="ticker-h">
+            <h2 id="ticker-h">"Ticker" <span class="basis">"change since today's open (00:00 UTC)"</span></h2>
             <div class="ticks" data-testid="ticker">
                 <For
                     each=move || store.ticker.get()
@@ -191,11 +293,12 @@ fn TickerPanel() -> impl IntoView {
                     children=move |t| {
                         let dir = if t.tick.change > 0.0 { "up" } else if t.tick.change < 0.0 { "down" } else { "flat" };
                         let flash = match t.moved { 1 => "flash-up", -1 => "flash-down", _ => "" };
+                        let basis = t.tick.open.map(|o| format!("opened today at {o:.2}"));
                         view! {
-                            <div class=format!("tick {dir} {flash}") data-testid="tick" data-symbol=t.tick.symbol.clone()>
+                            <div class=format!("tick {dir} {flash}") data-testid="tick" data-symbol=t.tick.symbol.clone() title=basis>
                                 <span class="symbol">{t.tick.symbol.clone()}</span>
                                 <span class="price">{format!("{:.2}", t.tick.price)}</span>
-                                <span class="change">{format!("{:+.2}", t.tick.change)}</span>
+                                <span class="change" data-testid="tick-change">{change_text(&t.tick)}</span>
                             </div>
                         }
                     }
@@ -209,18 +312,28 @@ fn TickerPanel() -> impl IntoView {
 fn FeedPanel() -> impl IntoView {
     let store = expect_context::<LiveStore>();
     view! {
-        <section class="panel feed">
-            <h2>"News"</h2>
-            <ol class="items" data-testid="feed">
+        <section class="panel feed" aria-labelledby="feed-h">
+            <h2 id="feed-h">"News"</h2>
+            // Focusable so keyboard users can scroll it; announced politely when a story arrives.
+            <ol class="items" data-testid="feed" tabindex="0" aria-label="News stories" aria-live="polite">
                 <For
                     each=move || store.feed.get()
                     key=|f| f.id
                     children=move |f| {
+                        let ts = f.ts;
                         view! {
-                            <li class="item" data-testid="feed-item" data-id=f.id.to_string()>
-                                <h3>{f.item.title.clone()}</h3>
-                                <p>{f.item.body.clone()}</p>
-                                <small>{f.item.author.clone()} " · " {clock(f.ts)}</small>
+                            <li class="item" class:fresh=f.fresh data-testid="feed-item" data-id=f.id.to_string()>
+                                <h3 dir="auto">
+                                    {f.fresh.then(|| view! { <span class="new" data-testid="feed-new">"new"</span> })}
+                                    {f.item.title.clone()}
+                                </h3>
+                                <p dir="auto">{f.item.body.clone()}</p>
+                                <small>
+                                    {f.item.author.clone()} " · "
+                                    <time datetime=iso(ts) title=full_date(ts) data-testid="feed-time">
+                                        {move || ago(store.now.get(), ts)}
+                                    </time>
+                                </small>
                             </li>
                         }
                     }
@@ -230,67 +343,156 @@ fn FeedPanel() -> impl IntoView {
     }
 }
 
+/// Counts chat messages from others that arrive while `pending` is true (the tab is hidden,
+/// or the person has scrolled up), into `count`.
+fn count_arrivals(
+    store: LiveStore,
+    nick: RwSignal<String>,
+    pending: impl Fn() -> bool + 'static,
+    count: RwSignal<u32>,
+) {
+    Effect::new(move |seen: Option<u64>| {
+        let newest = store.chat.with(|c| c.last().map_or(0, |m| m.id));
+        if let Some(seen) = seen {
+            if seen > 0 && newest > seen && pending() {
+                let me = nick.get_untracked();
+                let n = store.chat.with_untracked(|c| {
+                    c.iter()
+                        .filter(|m| m.id > seen && m.msg.author != me)
+                        .count()
+                });
+                count.update(|c| *c += n as u32);
+            }
+        }
+        newest
+    });
+}
+
 #[component]
 fn ChatPanel() -> impl IntoView {
     let store = expect_context::<LiveStore>();
-    let nick =
-        RwSignal::new(stored(NICK_KEY).unwrap_or_else(|| {
-            format!("guest-{}", (js_sys::Math::random() * 9000.0) as u32 + 1000)
-        }));
+    let fallback = default_nick();
+    let nick = RwSignal::new(
+        stored(NICK_KEY)
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| fallback.clone()),
+    );
     let draft = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
-    let send =
-        move || match transport::send_chat(store, nick.get_untracked(), draft.get_untracked()) {
+    let scroller = NodeRef::<html::Div>::new();
+    // Whether the view is at the newest message (the list is anchored at the bottom).
+    let at_bottom = RwSignal::new(true);
+    let below = RwSignal::new(0u32);
+    let unread = RwSignal::new(0u32);
+    count_arrivals(store, nick, move || !at_bottom.get_untracked(), below);
+    count_arrivals(store, nick, page_hidden, unread);
+    // The tab title carries the unread count while the tab is hidden.
+    Effect::new(move |_| {
+        let n = unread.get();
+        if let Some(d) = document() {
+            d.set_title(&if n == 0 {
+                TITLE.to_string()
+            } else {
+                format!("({n}) {TITLE}")
+            });
+        }
+    });
+    if let Some(d) = document() {
+        let seen = Closure::<dyn FnMut()>::new(move || {
+            if !page_hidden() {
+                unread.set(0);
+            }
+        });
+        let _ =
+            d.add_event_listener_with_callback("visibilitychange", seen.as_ref().unchecked_ref());
+        seen.forget(); // for the page's lifetime
+    }
+    let to_bottom = move || {
+        if let Some(el) = scroller.get_untracked() {
+            el.set_scroll_top(0);
+        }
+        below.set(0);
+    };
+    let send = move || {
+        let author = nick.get_untracked();
+        let author = if author.trim().is_empty() {
+            fallback.clone()
+        } else {
+            author
+        };
+        match sync::send(store, author, draft.get_untracked()) {
             Ok(()) => {
                 draft.set(String::new());
                 error.set(None);
+                to_bottom();
             }
             Err(e) => error.set(Some(e)),
-        };
+        }
+    };
+    let loading_older = RwSignal::new(false);
+    let older = move |_| {
+        loading_older.set(true);
+        spawn_local(async move {
+            sync::load_older(store).await;
+            loading_older.set(false);
+        });
+    };
+    let count = Memo::new(move |_| draft.with(|d| d.trim().chars().count()));
     view! {
-        <section class="panel chat">
-            <h2>"Chat"</h2>
-            // column-reverse keeps the view anchored at the newest message.
-            <div class="scroll">
-                <ul class="messages" data-testid="chat">
+        <section class="panel chat" aria-labelledby="chat-h">
+            <h2 id="chat-h">"Chat"</h2>
+            // column-reverse keeps the view anchored at the newest message: scrollTop is 0 at
+            // the bottom and negative above it.
+            <div
+                class="scroll"
+                node_ref=scroller
+                tabindex="0"
+                aria-label="Chat messages"
+                on:scroll=move |_| {
+                    if let Some(el) = scroller.get_untracked() {
+                        let bottom = el.scroll_top() > -40;
+                        at_bottom.set(bottom);
+                        if bottom {
+                            below.set(0);
+                        }
+                    }
+                }
+            >
+                <ul class="messages" data-testid="chat" role="log" aria-live="polite">
+                    {move || store.older_chat.get().then(|| view! {
+                        <li class="older">
+                            <button data-testid="load-older" disabled=move || loading_older.get() on:click=older>
+                                {move || if loading_older.get() { "Loading…" } else { "Load older messages" }}
+                            </button>
+                        </li>
+                    })}
                     <For
                         each=move || store.chat.get()
                         key=|m| m.id
                         children=move |m| {
+                            let author = m.msg.author.clone();
                             view! {
-                                <li class="message" data-testid="chat-message" data-id=m.id.to_string()>
-                                    <span class="author">{m.msg.author.clone()}</span>
-                                    <span class="body">{m.msg.body.clone()}</span>
-                                    <time>{clock(m.ts)}</time>
+                                <li class="message" class:mine=move || nick.with(|n| *n == author)
+                                    data-testid="chat-message" data-id=m.id.to_string()>
+                                    <span class="author" dir="auto" title=m.msg.author.clone()>{m.msg.author.clone()}</span>
+                                    <time datetime=iso(m.ts) title=full_date(m.ts)>{clock(m.ts)}</time>
+                                    <span class="body" dir="auto">{m.msg.body.clone()}</span>
                                 </li>
                             }
                         }
                     />
                     <For
                         each=move || store.outbox.get()
-                        key=|o| (o.reference.clone(), format!("{:?}", o.status))
-                        children=move |o| {
-                            let reference = o.reference.clone();
-                            let (class, label) = match &o.status {
-                                OutStatus::Pending => ("pending", "sending…".to_string()),
-                                OutStatus::Acked(_) => ("pending", "sent".to_string()),
-                                OutStatus::Failed(e) => ("failed", format!("failed: {e}")),
-                            };
-                            let failed = matches!(o.status, OutStatus::Failed(_));
-                            view! {
-                                <li class=format!("message outgoing {class}") data-testid="chat-outgoing" data-status=class>
-                                    <span class="author">{o.msg.author.clone()}</span>
-                                    <span class="body">{o.msg.body.clone()}</span>
-                                    <span class="status">{label}</span>
-                                    {failed.then(|| view! {
-                                        <button class="dismiss" on:click=move |_| transport::dismiss(store, &reference)>"dismiss"</button>
-                                    })}
-                                </li>
-                            }
-                        }
+                        key=|o| (o.key.clone(), format!("{:?}", o.status))
+                        children=move |o| view! { <OutboxItem o=o draft=draft/> }
                     />
                 </ul>
             </div>
+            {move || (below.get() > 0).then(|| view! {
+                <button class="jump" data-testid="new-messages" on:click=move |_| to_bottom()>
+                    {move || format!("{} new message{} ↓", below.get(), if below.get() == 1 { "" } else { "s" })}
+                </button>
+            })}
             <form class="composer" on:submit=move |ev| {
                 ev.prevent_default();
                 send();
@@ -298,26 +500,103 @@ fn ChatPanel() -> impl IntoView {
                 <input
                     class="nick"
                     data-testid="nick"
-                    aria-label="Nickname"
+                    aria-label="Your name"
+                    placeholder="Your name"
                     maxlength="40"
                     prop:value=move || nick.get()
                     on:input=move |ev| {
                         let v = event_target_value(&ev);
-                        store_item(NICK_KEY, &v);
+                        if !v.trim().is_empty() {
+                            store_item(NICK_KEY, &v);
+                        }
                         nick.set(v);
+                    }
+                    on:blur=move |_| {
+                        // Never keep an empty name: back to the default.
+                        if nick.with_untracked(|n| n.trim().is_empty()) {
+                            nick.set(default_nick());
+                            store_item(NICK_KEY, &nick.get_untracked());
+                        }
                     }
                 />
                 <input
                     class="draft"
+                    id="draft"
                     data-testid="chat-input"
                     aria-label="Message"
+                    aria-describedby="chat-error chat-count"
+                    aria-invalid=move || error.get().is_some().to_string()
                     placeholder="Say something…"
+                    autocomplete="off"
                     prop:value=move || draft.get()
-                    on:input=move |ev| draft.set(event_target_value(&ev))
+                    on:input=move |ev| {
+                        draft.set(event_target_value(&ev));
+                        error.set(None);
+                    }
                 />
                 <button type="submit" data-testid="chat-send">"Send"</button>
             </form>
-            {move || error.get().map(|e| view! { <p class="error" data-testid="chat-error">{e}</p> })}
+            <p class="count" id="chat-count" data-testid="chat-count" class:over=move || { count.get() > MAX_CHAT_BODY_CHARS }>
+                {move || (count.get() * 10 >= MAX_CHAT_BODY_CHARS * 9).then(|| format!("{} / {}", thousands(count.get()), thousands(MAX_CHAT_BODY_CHARS)))}
+            </p>
+            <p class="error" id="chat-error" data-testid="chat-error" role="alert">{move || error.get()}</p>
         </section>
+    }
+}
+
+/// One message of the outbox: where it stands, in words, and what the person can do.
+#[component]
+fn OutboxItem(o: crate::store::Outgoing, draft: RwSignal<String>) -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    let key = o.key.clone();
+    let (class, note): (&str, Signal<String>) = match &o.status {
+        OutStatus::Sending => ("pending", Signal::stored("sending…".into())),
+        OutStatus::Acked(_) => (
+            "pending",
+            Signal::derive(move || match (store.kind.get(), store.next_check.get()) {
+                (Kind::Poll(_), Some(at)) => format!(
+                    "sent · appears at the next check, in {}",
+                    span(at - store.now.get())
+                ),
+                (Kind::Poll(_), None) => "sent · appears at the next check".into(),
+                _ => "sent".into(),
+            }),
+        ),
+        OutStatus::Queued => (
+            "queued",
+            Signal::derive(move || {
+                if store.conn.get() == ConnState::Live {
+                    "not sent yet · retrying".into()
+                } else {
+                    "not sent yet · will send when the connection is back".into()
+                }
+            }),
+        ),
+        OutStatus::Failed(e) => ("failed", Signal::stored(format!("not sent: {e}"))),
+    };
+    let queued = o.status == OutStatus::Queued;
+    let failed = matches!(o.status, OutStatus::Failed(_));
+    let body = o.msg.body.clone();
+    let (k1, k2) = (key.clone(), key.clone());
+    view! {
+        <li class=format!("message outgoing {class}") data-testid="chat-outgoing" data-status=class data-key=o.key.clone()>
+            <span class="author" dir="auto">{o.msg.author.clone()}</span>
+            <span class="status">{note}</span>
+            <span class="body" dir="auto">{o.msg.body.clone()}</span>
+            {(queued || failed).then(|| view! {
+                <span class="actions">
+                    {queued.then(|| view! {
+                        <button data-testid="outbox-retry" on:click=move |_| sync::retry(store, &k1)>"Retry now"</button>
+                    })}
+                    {failed.then(|| view! {
+                        <button data-testid="outbox-edit" on:click=move |_| {
+                            draft.set(body.clone());
+                            sync::discard(store, &k2);
+                        }>"Edit"</button>
+                    })}
+                    <button data-testid="outbox-discard" on:click=move |_| sync::discard(store, &key)>"Discard"</button>
+                </span>
+            })}
+        </li>
     }
 }

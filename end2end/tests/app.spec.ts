@@ -52,7 +52,7 @@ test('switching transports mid-stream loses and duplicates nothing', async ({ br
     })();
     for (const t of ['poll-1000', 'sse', 'longpoll', 'ws', 'sse', 'poll-1000', 'ws'] as Transport[]) {
       await page.getByTestId(`transport-${t}`).click();
-      await expect(page.getByTestId('conn-state')).toHaveText('live');
+      await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
       await page.waitForTimeout(700); // let events flow on this transport before switching again
     }
     stop = true;
@@ -85,12 +85,21 @@ test('feed and ticker update live', async ({ browser }) => {
     const e = await server.publish('feed', { title: 'Breaking: e2e passes', body: 'Film at eleven.', author: 'QA desk' });
     const top = page.getByTestId('feed-item').first();
     await expect(top).toHaveAttribute('data-id', String(e.id));
-    await expect(top.locator('h3')).toHaveText('Breaking: e2e passes');
-    // And a ticker move published through the API shows its price and colour.
+    await expect(top.locator('h3')).toHaveText('newBreaking: e2e passes');
+    // It arrived live, so it is marked new; its time is relative, the full date on hover.
+    await expect(top.getByTestId('feed-new')).toBeVisible();
+    await expect(top.getByTestId('feed-time')).toHaveText('just now');
+    await expect(top.getByTestId('feed-time')).toHaveAttribute('title', /\d{4}/);
+    // And a ticker move published through the API shows its price, colour and a sign and
+    // arrow (colour is not the only signal); without an open price, no percentage.
     await server.publish('ticker', { symbol: 'ZZZ', price: 12.34, change: -0.56 });
     const zzz = page.locator('[data-testid=tick][data-symbol=ZZZ]');
     await expect(zzz.locator('.price')).toHaveText('12.34');
     await expect(zzz).toHaveClass(/down/);
+    await expect(zzz.getByTestId('tick-change')).toHaveText('▼ -0.56');
+    // The demo ticker gives the day's open: the change carries its percentage.
+    await expect(page.locator(`[data-testid=tick][data-symbol="${symbol}"]`).getByTestId('tick-change'))
+      .toHaveText(/^[▲▼■] [+-]\d+\.\d\d \([+-]\d+\.\d\d%\)$/);
   } finally {
     await server.stop();
   }
@@ -126,7 +135,7 @@ test('a server restart: reconnecting, then live, then every new message once', a
     const after = [await server.chat('bob', 'after 1'), await server.chat('bob', 'after 2'), await server.chat('bob', 'after 3')];
     expect(after[0].id).toBeGreaterThan(before[1].id);
     for (const p of pages) {
-      await expect(p.getByTestId('conn-state')).toHaveText('live');
+      await expect(p.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
       await expect(messages(p)).toHaveText(['before 1', 'before 2', 'after 1', 'after 2', 'after 3']);
       expect(await chatIds(p)).toEqual([...before, ...after].map((e) => e.id));
       await expect(p.getByTestId('stat-reconnects')).not.toHaveText('0');
@@ -149,7 +158,7 @@ test('the app served from one origin talks to the API on another', async ({ brow
       await expect(messages(p)).toHaveText(['cross-origin over http', 'cross-origin over a websocket']);
     }
     // The server function answered across origins too.
-    await expect(ws.locator('footer')).toContainText('resume window');
+    await expect(ws.locator('footer')).toContainText('catches up');
     await expect(ws.locator('footer')).toContainText(server.base);
     // And the server really is on another origin than the page.
     expect(new URL(ws.url()).origin).not.toBe(server.base);
@@ -171,7 +180,7 @@ test('invalid chat input is refused with a clear message and nothing is sent', a
     await page.getByTestId('nick').fill('x'.repeat(60));
     await expect(page.getByTestId('nick')).toHaveValue('x'.repeat(40));
     await send(page, 'fine');
-    await expect(page.getByTestId('chat-error')).toHaveCount(0);
+    await expect(page.getByTestId('chat-error')).toBeEmpty();
     await expect(messages(page)).toHaveText(['fine']);
   } finally {
     await server.stop();

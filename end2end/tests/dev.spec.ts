@@ -50,7 +50,7 @@ test.describe('front-end dev loop (trunk serve)', () => {
       expect(sockets.length - before).toBeLessThanOrEqual(3);
       // The other transports still work meanwhile.
       await page.getByTestId('transport-sse').click();
-      await expect(page.getByTestId('conn-state')).toHaveText('live');
+      await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
     } finally {
       await server.stop();
     }

@@ -13,10 +13,10 @@ export async function open(browser: Browser, url: string, transport: Transport, 
   page.on('pageerror', (e) => errors.push(String(e)));
   (page as any).consoleErrors = errors;
   await page.goto(url);
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
+  await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
   await page.getByTestId(`transport-${transport}`).click();
   await expect(page.getByTestId(`transport-${transport}`)).toHaveClass(/active/);
-  await expect(page.getByTestId('conn-state')).toHaveText('live');
+  await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
   await page.getByTestId('nick').fill(nick);
   return page;
 }
