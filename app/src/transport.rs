@@ -139,8 +139,15 @@ fn resume_query(store: &LiveStore) -> String {
 /// Short polling (`interval`) or long polling (`None`).
 async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32>) {
     let mut failures = 0u32;
-    let wait = if interval.is_none() { "&wait=25" } else { "" };
+    // Long polling: the first request (and the first after a failure) does not wait, so the
+    // page learns at once that the server is there instead of after 25 quiet seconds.
+    let mut reached = false;
     while alive.get() {
+        let wait = if interval.is_none() && reached {
+            "&wait=25"
+        } else {
+            ""
+        };
         let path = format!("/api/poll?{}&limit=500{wait}", resume_query(&store));
         store.stats.update(|s| s.requests += 1);
         let answer = api::get_text(&path).await;
@@ -157,6 +164,7 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
                     store.stats.update(|s| s.reconnects += 1);
                 }
                 failures = 0;
+                reached = true;
                 store.conn.set(ConnState::Live);
                 store.last_contact.set(Some(js_sys::Date::now()));
                 if resp.reset {
@@ -169,6 +177,7 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
             }
             Err(_) => {
                 failures += 1;
+                reached = false;
                 set_down(store);
                 retry_after_failure(store, failures).await;
                 continue;

@@ -202,7 +202,7 @@ fn Status() -> impl IntoView {
                         None => format!("{checked} · checking…"),
                     }
                 }
-                _ => "live".to_string(),
+                k => format!("live · {}", k.label()),
             },
         }
     };
@@ -286,7 +286,7 @@ fn TickerPanel() -> impl IntoView {
     view! {
         <section class="panel ticker" aria-labelledby="ticker-h">
             <h2 id="ticker-h">"Ticker" <span class="basis">"change since today's open (00:00 UTC)"</span></h2>
-            <div class="ticks" data-testid="ticker">
+            <div class="ticks" data-testid="ticker" tabindex="0" aria-label="Prices">
                 <For
                     each=move || store.ticker.get()
                     key=|t| (t.tick.symbol.clone(), t.tick.price.to_bits())
@@ -448,6 +448,8 @@ fn ChatPanel() -> impl IntoView {
                 node_ref=scroller
                 tabindex="0"
                 aria-label="Chat messages"
+                role="log"
+                aria-live="polite"
                 on:scroll=move |_| {
                     if let Some(el) = scroller.get_untracked() {
                         let bottom = el.scroll_top() > -40;
@@ -458,7 +460,7 @@ fn ChatPanel() -> impl IntoView {
                     }
                 }
             >
-                <ul class="messages" data-testid="chat" role="log" aria-live="polite">
+                <ul class="messages" data-testid="chat">
                     {move || store.older_chat.get().then(|| view! {
                         <li class="older">
                             <button data-testid="load-older" disabled=move || loading_older.get() on:click=older>

@@ -125,13 +125,24 @@ test('a server restart: reconnecting, then live, then every new message once', a
   try {
     const before = [await server.chat('ann', 'before 1'), await server.chat('ann', 'before 2')];
     const pages: Page[] = [];
-    for (const t of ['sse', 'ws', 'poll-1000'] as Transport[]) pages.push(await open(browser, server.base, t, `p-${t}`));
+    const kinds: Transport[] = ['sse', 'ws', 'poll-1000', 'longpoll'];
+    for (const t of kinds) pages.push(await open(browser, server.base, t, `p-${t}`));
     for (const p of pages) await expect(messages(p)).toHaveText(['before 1', 'before 2']);
 
     await server.stop();
     for (const p of pages) await expect(p.getByTestId('conn-state')).toHaveText(/reconnecting|offline/);
+    // Down long enough for every backoff to reach its cap.
+    await pages[0].waitForTimeout(6_000);
 
     server = await server.restart();
+    // How long each transport takes to find the server again: a figure for the record, not
+    // an assertion (timing on a shared 2-core box is noise-prone).
+    const up = Date.now();
+    const found = await Promise.all(pages.map(async (p) => {
+      await expect(p.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
+      return Date.now() - up;
+    }));
+    console.log(`back live after the server came back: ${kinds.map((k, i) => `${k} ${found[i]} ms`).join(', ')}`);
     const after = [await server.chat('bob', 'after 1'), await server.chat('bob', 'after 2'), await server.chat('bob', 'after 3')];
     expect(after[0].id).toBeGreaterThan(before[1].id);
     for (const p of pages) {

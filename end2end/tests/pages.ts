@@ -1,7 +1,7 @@
 // What the specs do with a page, written once: open the app on a transport, send a chat line.
 import { expect, Browser, BrowserContext, Page } from '@playwright/test';
 
-export type Transport = 'poll-1000' | 'poll-5000' | 'longpoll' | 'sse' | 'ws';
+export type Transport = 'poll-1000' | 'poll-5000' | 'poll-30000' | 'longpoll' | 'sse' | 'ws';
 
 /** Opens the app in a fresh browser context (its own storage) on `transport`, live, with
  *  the nickname set. Console errors are collected on `page.consoleErrors`. */
