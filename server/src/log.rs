@@ -164,6 +164,13 @@ impl EventLog {
         }
     }
 
+    /// The event `id`, if the window still holds it.
+    pub fn get(&self, id: u64) -> Option<Arc<StoredEvent>> {
+        let w = self.window.read().expect("log lock poisoned");
+        let i = w.partition_point(|e| e.id < id);
+        w.get(i).filter(|e| e.id == id).cloned()
+    }
+
     /// Reads at most `limit` matching events after `after`.
     ///
     /// `after == 0` means "from the start of the window". A cursor is valid when the window

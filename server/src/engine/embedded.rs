@@ -46,7 +46,7 @@ impl Embedded {
         tracing::info!(
             latest,
             loaded = recent.len(),
-            keys = remembered.events.len(),
+            keys = remembered.ids.len(),
             "store opened"
         );
         let log = Arc::new(EventLog::new(retention, recent, latest));
@@ -117,7 +117,8 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 4096;
 
 /// Most idempotency keys remembered at once; past it the oldest are forgotten early
-/// (bounded memory whatever clients send: at most ~30 MB of keys and shared events).
+/// (bounded memory whatever clients send: a key of at most 128 bytes and an id each, about
+/// 30 MB at the limit).
 const MAX_KEYS: usize = 100_000;
 
 type Reply = Result<(Arc<StoredEvent>, bool), EngineError>;
@@ -128,13 +129,14 @@ struct Request {
     reply: oneshot::Sender<Reply>,
 }
 
-/// Idempotency keys of recent publishes and the events they stored, forgotten after
-/// [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL). Owned by the writer task alone: the
-/// check and the insert happen in the one place that assigns ids, so two retries racing
-/// each other cannot both store.
+/// Idempotency keys of recent publishes and the ids of the events they stored, forgotten
+/// after [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL). Owned by the writer task alone:
+/// the check and the insert happen in the one place that assigns ids, so two retries racing
+/// each other cannot both store. Ids, not events: a replay is rare, and reads its event back
+/// from the window or the store, so remembering a key never holds a message in memory.
 #[derive(Default)]
 struct Remembered {
-    events: HashMap<String, Arc<StoredEvent>>,
+    ids: HashMap<String, u64>,
     /// Keys in the order they were stored, to forget the oldest first.
     order: VecDeque<(Instant, String)>,
 }
@@ -148,23 +150,23 @@ impl Remembered {
         let since = now_ms.saturating_sub(ttl.as_millis() as u64);
         let now = Instant::now();
         let mut r = Remembered::default();
-        for (key, event, ts) in store.recent_keys(since, MAX_KEYS).await? {
+        for (key, id, ts) in store.recent_keys(since, MAX_KEYS).await? {
             let age = Duration::from_millis(now_ms.saturating_sub(ts)).min(ttl);
             // Instant cannot go before the process's clock origin on some platforms; then the
             // key simply counts as stored now (remembered a little longer, never shorter).
             let at = now.checked_sub(age).unwrap_or(now);
-            r.insert(key, event, at);
+            r.insert(key, id, at);
         }
         Ok(r)
     }
 
-    fn get(&self, key: &str) -> Option<&Arc<StoredEvent>> {
-        self.events.get(key)
+    fn get(&self, key: &str) -> Option<u64> {
+        self.ids.get(key).copied()
     }
 
-    fn insert(&mut self, key: String, event: Arc<StoredEvent>, now: Instant) {
+    fn insert(&mut self, key: String, id: u64, now: Instant) {
         self.order.push_back((now, key.clone()));
-        self.events.insert(key, event);
+        self.ids.insert(key, id);
         while self.order.len() > MAX_KEYS {
             self.forget_oldest();
         }
@@ -182,7 +184,25 @@ impl Remembered {
 
     fn forget_oldest(&mut self) {
         if let Some((_, key)) = self.order.pop_front() {
-            self.events.remove(&key);
+            self.ids.remove(&key);
+        }
+    }
+}
+
+/// The event a remembered key stored: from the resume window, else from the store.
+async fn replayed(store: &Store, log: &EventLog, id: u64) -> Result<Arc<StoredEvent>, EngineError> {
+    if let Some(e) = log.get(id) {
+        return Ok(e);
+    }
+    match store.event(id).await {
+        Ok(Some(e)) => Ok(e),
+        Ok(None) => {
+            tracing::error!(id, "a remembered idempotency key points at a missing event");
+            Err(EngineError::Store)
+        }
+        Err(err) => {
+            tracing::error!(%err, "reading a replayed event failed");
+            Err(EngineError::Store)
         }
     }
 }
@@ -193,8 +213,8 @@ enum Answer {
     New(usize),
     /// Its key was used by the `i`-th new event of this same batch.
     SameBatch(usize),
-    /// Its key was used before.
-    Remembered(Arc<StoredEvent>),
+    /// Its key was used before, for the event with this id.
+    Remembered(u64),
 }
 
 /// A cheap, cloneable handle to the writer task.
@@ -255,8 +275,8 @@ fn spawn_writer(
             let mut new_keys: HashMap<&str, usize> = HashMap::new();
             for r in &batch {
                 if let Some(key) = r.key.as_deref() {
-                    if let Some(e) = remembered.get(key) {
-                        answers.push(Answer::Remembered(e.clone()));
+                    if let Some(id) = remembered.get(key) {
+                        answers.push(Answer::Remembered(id));
                         continue;
                     }
                     if let Some(&i) = new_keys.get(key) {
@@ -292,7 +312,7 @@ fn spawn_writer(
                     let stored: Vec<_> = events.into_iter().map(|(e, _)| e).collect();
                     log.append(&stored);
                     for (key, i) in new_keys {
-                        remembered.insert(key.to_owned(), stored[i].clone(), now);
+                        remembered.insert(key.to_owned(), stored[i].id, now);
                     }
                     Ok(stored)
                 }
@@ -304,7 +324,9 @@ fn spawn_writer(
             };
             for (req, answer) in batch.drain(..).zip(answers) {
                 let answer = match (&result, answer) {
-                    (_, Answer::Remembered(e)) => Ok((e, true)),
+                    (_, Answer::Remembered(id)) => {
+                        replayed(&store, &log, id).await.map(|e| (e, true))
+                    }
                     (Ok(stored), Answer::New(i)) => Ok((stored[i].clone(), false)),
                     (Ok(stored), Answer::SameBatch(i)) => Ok((stored[i].clone(), true)),
                     (Err(e), _) => Err(e.clone()),

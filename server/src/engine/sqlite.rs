@@ -81,31 +81,44 @@ impl Store {
     }
 
     /// The idempotency keys of events stored at or after `since_ms` (at most `n`, the newest),
-    /// oldest first, with their events and publish times: what the writer remembers again
+    /// oldest first, with their event ids and publish times: what the writer remembers again
     /// after a restart.
     pub async fn recent_keys(
         &self,
         since_ms: u64,
         n: usize,
-    ) -> Result<Vec<(String, Arc<StoredEvent>, u64)>, sqlx::Error> {
+    ) -> Result<Vec<(String, u64, u64)>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT idem_key, id, stream, json, ts FROM events \
+            "SELECT idem_key, id, ts FROM events \
              WHERE idem_key IS NOT NULL AND ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
         )
         .bind(since_ms.min(i64::MAX as u64) as i64)
         .bind(n as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows.into_iter().rev() {
-            let stream: String = row.get(2);
-            let Some(stream) = Stream::parse(&stream) else {
-                continue;
-            };
-            let event = StoredEvent::from_json(row.get::<i64, _>(1) as u64, stream, row.get(3));
-            out.push((row.get(0), Arc::new(event), row.get::<i64, _>(4) as u64));
-        }
-        Ok(out)
+        Ok(rows
+            .into_iter()
+            .rev()
+            .map(|row| {
+                (
+                    row.get(0),
+                    row.get::<i64, _>(1) as u64,
+                    row.get::<i64, _>(2) as u64,
+                )
+            })
+            .collect())
+    }
+
+    /// One stored event by id (a replayed publish whose event left the resume window).
+    pub async fn event(&self, id: u64) -> Result<Option<Arc<StoredEvent>>, sqlx::Error> {
+        let row = sqlx::query("SELECT stream, json FROM events WHERE id = ?")
+            .bind(id.min(i64::MAX as u64) as i64)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|row| {
+            let stream = Stream::parse(&row.get::<String, _>(0))?;
+            Some(Arc::new(StoredEvent::from_json(id, stream, row.get(1))))
+        }))
     }
 
     /// The newest `n` events, oldest first: the resume window after a restart.
