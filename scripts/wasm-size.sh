@@ -6,10 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # bytes. Raised on 2026-12-02 from 150,000 (measured 146,982) to hold the everyday-use work
 # (issue 14: outbox, honest status, chat/news/ticker features, accessibility), which measured
-# 171,689: +24.7 KB, nearly all of it Leptos view code (twiggy: app, tachys and reactive_graph
-# monomorphisations; opt-level "s" and wasm-opt --converge were tried and are larger or equal).
-# The 150 KiB goal below is now missed; docs/performance.md says so and what would win it back.
-BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-175000}
+# 171,689, then 177,084 with the review's fixes (ordered sends, request deadlines, merged
+# localStorage, rows updated in place): +30 KB, nearly all of it Leptos view code (twiggy:
+# app, tachys and reactive_graph monomorphisations; opt-level "s" and wasm-opt --converge were
+# tried and are larger or equal). The 150 KiB goal below is now missed; docs/performance.md
+# says so and what would win it back.
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-180000}
 GOAL_GZIP=153600                              # 150 KiB: the product goal (docs/performance.md)
 wasm=$(ls app/dist/*_bg.wasm)
 js=$(ls app/dist/app-*.js)

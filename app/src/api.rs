@@ -59,9 +59,23 @@ pub fn ws_base() -> String {
 /// A failed call: a message fit to show a person.
 pub type ApiResult<T> = Result<T, String>;
 
-/// GET returning the body text and its length (for the bytes-received statistic).
-pub async fn get_text(path: &str) -> ApiResult<(String, usize)> {
+/// Aborts a request that has not been answered within `ms` (a half-open connection would
+/// otherwise hold it forever). Keep the pair alive for as long as the request runs: dropping
+/// the timer cancels the deadline.
+fn deadline(ms: u32) -> Option<(web_sys::AbortController, gloo_timers::callback::Timeout)> {
+    let controller = web_sys::AbortController::new().ok()?;
+    let abort = controller.clone();
+    let timer = gloo_timers::callback::Timeout::new(ms, move || abort.abort());
+    Some((controller, timer))
+}
+
+/// GET returning the body text and its length (for the bytes-received statistic); an
+/// error when no answer came within `timeout_ms`.
+pub async fn get_text(path: &str, timeout_ms: u32) -> ApiResult<(String, usize)> {
+    let limit = deadline(timeout_ms);
+    let signal = limit.as_ref().map(|(c, _)| c.signal());
     let resp = Request::get(&format!("{}{path}", base()))
+        .abort_signal(signal.as_ref())
         .send()
         .await
         .map_err(|e| format!("network error: {e}"))?;
@@ -83,16 +97,17 @@ pub fn error_message(status: u16, body: &str) -> String {
 
 /// `GET /api/poll` without `since`: the latest id, where a fresh client starts.
 pub async fn latest_cursor() -> ApiResult<u64> {
-    let (text, _) = get_text("/api/poll").await?;
+    let (text, _) = get_text("/api/poll", 15_000).await?;
     serde_json::from_str::<PollResponse>(&text)
         .map(|r| r.cursor)
         .map_err(|e| e.to_string())
 }
 
 pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec<Event>> {
-    let (text, _) = get_text(&format!(
-        "/api/history?stream={stream}&before={before}&limit={limit}"
-    ))
+    let (text, _) = get_text(
+        &format!("/api/history?stream={stream}&before={before}&limit={limit}"),
+        15_000,
+    )
     .await?;
     serde_json::from_str::<HistoryResponse>(&text)
         .map(|r| r.events)
@@ -101,21 +116,26 @@ pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec
 
 /// `POST /api/publish` with an idempotency key; the stored event on success. A failure is
 /// an [`ErrorBody`] whose `code` is the server's, or `network` when no answer came.
-pub async fn publish(body: String, key: &str) -> Result<Event, ErrorBody> {
+pub async fn publish(body: String, key: &str, timeout_ms: u32) -> Result<Event, ErrorBody> {
     let network = |e: gloo_net::Error| ErrorBody {
         error: format!("no answer from the server ({e})"),
         code: "network".into(),
     };
+    let limit = deadline(timeout_ms);
+    let signal = limit.as_ref().map(|(c, _)| c.signal());
     let resp = Request::post(&format!("{}/api/publish", base()))
         .header("content-type", "application/json")
         .header("idempotency-key", key)
+        .abort_signal(signal.as_ref())
         .body(body)
         .map_err(network)?
         .send()
         .await
         .map_err(network)?;
     let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    // An answer cut off after its status is no answer: resent with the same key, the
+    // server replays the stored event (a lost 201 body once showed as a final failure).
+    let text = resp.text().await.map_err(network)?;
     if status != 201 {
         return Err(
             serde_json::from_str::<ErrorBody>(&text).unwrap_or_else(|_| ErrorBody {
@@ -132,7 +152,7 @@ pub async fn publish(body: String, key: &str) -> Result<Event, ErrorBody> {
         );
     }
     serde_json::from_str(&text).map_err(|e| ErrorBody {
-        error: e.to_string(),
-        code: String::new(),
+        error: format!("an unreadable answer ({e})"),
+        code: "network".into(),
     })
 }

@@ -140,6 +140,14 @@ pub struct Outgoing {
     pub key: String,
     pub msg: ChatMessage,
     pub status: OutStatus,
+    /// When it was first queued (ms since the epoch): after the server's idempotency window
+    /// a resend could store it twice, so it is no longer resent by itself.
+    pub since: f64,
+    /// Last sent on the WebSocket (a close of that socket queues it again).
+    pub via_ws: bool,
+    /// Resends so far, and when the next may go (a refusal that passes backs off).
+    pub attempts: u32,
+    pub retry_at: f64,
 }
 
 #[derive(Clone, PartialEq, Debug)]
@@ -160,7 +168,7 @@ impl OutStatus {
     /// passes (rate limit, store unavailable) is queued for a resend; any other is final.
     pub fn after_refusal(code: &str, error: String) -> OutStatus {
         match code {
-            "rate_limited" | "unavailable" | "network" => OutStatus::Queued,
+            "rate_limited" | "unavailable" | "network" | "timeout" => OutStatus::Queued,
             _ => OutStatus::Failed(error),
         }
     }
@@ -196,6 +204,8 @@ pub struct LiveStore {
     pub now: RwSignal<f64>,
     /// Whether history may hold chat messages older than the oldest shown.
     pub older_chat: RwSignal<bool>,
+    /// The person loaded older messages: keep them all (no trimming while they read).
+    pub keep_chat: RwSignal<bool>,
     /// History to reload up to this cursor (set by a reset; `sync` does the loading).
     pub reload: RwSignal<Option<u64>>,
     pub stats: RwSignal<Stats>,
@@ -220,6 +230,7 @@ impl LiveStore {
             next_attempt: RwSignal::new(None),
             now: RwSignal::new(js_sys::Date::now()),
             older_chat: RwSignal::new(false),
+            keep_chat: RwSignal::new(false),
             reload: RwSignal::new(None),
             stats: RwSignal::new(Stats::default()),
             ready: RwSignal::new(false),
@@ -283,7 +294,12 @@ impl LiveStore {
             let delivered: Vec<u64> = chat.iter().map(|c| c.id).collect();
             self.chat.update(|c| {
                 c.extend(chat);
-                let excess = c.len().saturating_sub(CHAT_KEEP);
+                let keep = if self.keep_chat.get_untracked() {
+                    usize::MAX
+                } else {
+                    CHAT_KEEP
+                };
+                let excess = c.len().saturating_sub(keep);
                 c.drain(..excess);
             });
             self.outbox.update(|o| {
@@ -368,6 +384,10 @@ impl LiveStore {
                 .chain(newer)
                 .collect();
         });
+        // Messages acknowledged but not yet delivered when a reset skipped past them are in
+        // the history just loaded.
+        self.outbox
+            .update(|o| o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if id <= upto)));
         self.ready.set(true);
     }
 
@@ -392,20 +412,48 @@ impl LiveStore {
         });
     }
 
+    /// Sets a message's status, unless it is already acknowledged: an answer that arrives
+    /// late (a failed retry racing the ack) never undoes "stored".
     pub fn set_status(&self, key: &str, status: OutStatus) {
         self.outbox.update(|o| {
             if let Some(m) = o.iter_mut().find(|m| m.key == key) {
-                m.status = status;
+                if !matches!(m.status, OutStatus::Acked(_)) {
+                    m.status = status;
+                }
             }
         });
     }
 
-    /// Messages sent on a socket that closed before their ack: they may or may not have been
-    /// stored. Queued again: the resend carries the same idempotency key, so if the first
-    /// copy was stored the server answers with it instead of storing a second.
-    pub fn requeue_sending(&self) {
+    /// The server (or the network) turned a message back: final refusals are shown; ones
+    /// that pass are queued again with a growing wait (1, 2, 4 ... 30 s), so a rate limit or
+    /// an outage is not answered with a resend every second.
+    pub fn refused(&self, key: &str, code: &str, error: String) {
+        let status = OutStatus::after_refusal(code, error);
+        let now = js_sys::Date::now();
         self.outbox.update(|o| {
-            for m in o.iter_mut().filter(|m| m.status == OutStatus::Sending) {
+            let Some(m) = o.iter_mut().find(|m| m.key == key) else {
+                return;
+            };
+            if matches!(m.status, OutStatus::Acked(_)) {
+                return;
+            }
+            if status == OutStatus::Queued {
+                m.attempts += 1;
+                m.retry_at = now + f64::from((1_000u32 << m.attempts.min(5)).min(30_000));
+            }
+            m.status = status;
+        });
+    }
+
+    /// Messages sent on the WebSocket that closed before their ack: they may or may not have
+    /// been stored. Queued again: the resend carries the same idempotency key, so if the
+    /// first copy was stored the server answers with it instead of storing a second.
+    pub fn requeue_sent_on_socket(&self) {
+        self.outbox.update(|o| {
+            for m in o
+                .iter_mut()
+                .filter(|m| m.via_ws && m.status == OutStatus::Sending)
+            {
                 m.status = OutStatus::Queued;
             }
         });

@@ -13,6 +13,8 @@ use crate::transport;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 
 /// Chat messages per history page (first load and each "load older").
 pub const CHAT_PAGE: usize = 50;
@@ -40,7 +42,7 @@ pub fn start(store: LiveStore, kind: Kind) {
     Effect::new(move |was_live: Option<bool>| {
         let live = store.conn.get() == ConnState::Live;
         if live && was_live != Some(true) {
-            flush(store);
+            flush_now(store);
         }
         live
     });
@@ -70,19 +72,24 @@ pub fn start(store: LiveStore, kind: Kind) {
     });
 }
 
-/// Loads the latest feed items, chat messages and prices up to `upto` into the store.
+/// Loads the latest feed items, chat messages and prices up to `upto` into the store,
+/// retrying (with the transports' backoff) until the server answers all three.
 async fn load_history(store: LiveStore, upto: u64) {
-    let feed = api::history(Stream::Feed, upto + 1, 20)
-        .await
-        .unwrap_or_default();
-    let chat = api::history(Stream::Chat, upto + 1, CHAT_PAGE)
-        .await
-        .unwrap_or_default();
-    let ticks = api::history(Stream::Ticker, upto + 1, 50)
-        .await
-        .unwrap_or_default();
-    store.older_chat.set(chat.len() == CHAT_PAGE);
-    store.load(upto, feed, chat, ticks);
+    let mut failures = 0u32;
+    loop {
+        let pages = (
+            api::history(Stream::Feed, upto + 1, 20).await,
+            api::history(Stream::Chat, upto + 1, CHAT_PAGE).await,
+            api::history(Stream::Ticker, upto + 1, 50).await,
+        );
+        if let (Ok(feed), Ok(chat), Ok(ticks)) = pages {
+            store.older_chat.set(chat.len() == CHAT_PAGE);
+            store.load(upto, feed, chat, ticks);
+            return;
+        }
+        failures += 1;
+        transport::retry_after_failure(store, failures).await;
+    }
 }
 
 /// Prepends the page of chat history before the oldest message shown.
@@ -97,6 +104,7 @@ pub async fn load_older(store: LiveStore) {
         return;
     };
     store.older_chat.set(events.len() == CHAT_PAGE);
+    store.keep_chat.set(true);
     let older: Vec<ChatEntry> = events.into_iter().filter_map(chat_entry).collect();
     store.chat.update(|c| {
         let first = c.first().map_or(u64::MAX, |m| m.id);
@@ -123,8 +131,23 @@ fn new_key() -> String {
     format!("{:x}-{:x}-{:x}", js_sys::Date::now() as u64, r(), r())
 }
 
-/// Puts a chat message in the outbox and sends it. `Err` is a reason to show at once
-/// (nothing was queued): the message breaks a rule and would never be accepted.
+/// How long after first queueing a message is still resent by itself: inside the server's
+/// idempotency window (10 min) with a margin, so a resend can never store a second copy.
+const RESEND_FOR_MS: f64 = 9.0 * 60_000.0;
+/// The longest a publish may take before it counts as unanswered (and is resent, same key).
+const PUBLISH_TIMEOUT_MS: u32 = 15_000;
+
+thread_local! {
+    /// A flush is running: messages go out one at a time, in order.
+    static FLUSHING: Cell<bool> = const { Cell::new(false) };
+    /// Every key this tab has held: its entries in localStorage are this tab's to rewrite;
+    /// the others belong to other tabs and are left alone.
+    static KNOWN: RefCell<HashSet<String>> = RefCell::new(HashSet::new());
+}
+
+/// Puts a chat message in the outbox and sends it (after any still waiting, in order).
+/// `Err` is a reason to show at once (nothing was queued): the message breaks a rule and
+/// would never be accepted.
 pub fn send(store: LiveStore, author: String, body: String) -> Result<(), String> {
     let Payload::Chat(msg) =
         crate::protocol::validate(Payload::Chat(ChatMessage { author, body }))?
@@ -132,75 +155,115 @@ pub fn send(store: LiveStore, author: String, body: String) -> Result<(), String
         unreachable!("validate keeps the stream")
     };
     let key = new_key();
+    KNOWN.with(|k| k.borrow_mut().insert(key.clone()));
     store.outbox.update(|o| {
         o.push(Outgoing {
-            key: key.clone(),
+            key,
             msg,
-            status: OutStatus::Sending,
+            status: OutStatus::Queued,
+            since: js_sys::Date::now(),
+            via_ws: false,
+            attempts: 0,
+            retry_at: 0.0,
         })
     });
-    dispatch(store, key);
+    flush(store);
     Ok(())
 }
 
-/// Sends (or resends) one message: on the WebSocket when it is the open transport (the ack
-/// comes back on it), else with `POST /api/publish`. Both carry the message's key.
-fn dispatch(store: LiveStore, key: String) {
-    let Some(msg) = store.outbox.with_untracked(|o| {
+/// The next message to send: the first queued one, if it is due. Messages leave in the
+/// order they were written, so one that must wait holds back those behind it.
+fn next_due(store: LiveStore) -> Option<Outgoing> {
+    let now = js_sys::Date::now();
+    store.outbox.with_untracked(|o| {
         o.iter()
-            .find(|m| m.key == key && m.status.unsent())
-            .map(|m| m.msg.clone())
-    }) else {
-        return;
-    };
-    store.set_status(&key, OutStatus::Sending);
-    let payload = Payload::Chat(msg);
-    if let Some(ws) = transport::open_socket() {
-        let frame = ClientFrame::Publish {
-            reference: key.clone(),
-            key: Some(key.clone()),
-            payload,
-        };
-        let sent = serde_json::to_string(&frame)
-            .ok()
-            .is_some_and(|text| ws.send_with_str(&text).is_ok());
-        if !sent {
-            store.set_status(&key, OutStatus::Queued);
-        }
-        // Otherwise the ack or error frame settles it; a close requeues it.
-        return;
+            .find(|m| m.status == OutStatus::Queued)
+            .filter(|m| m.retry_at <= now)
+            .cloned()
+    })
+}
+
+/// Sends what is queued, one message at a time and in order: on the WebSocket when it is
+/// the open transport (acks come back on it), else `POST /api/publish`, each with its key.
+/// Called on every send, when the connection turns live, and each second while live.
+fn flush(store: LiveStore) {
+    if FLUSHING.with(|f| f.replace(true)) {
+        return; // the running flush picks up what was just queued
     }
-    let Ok(body) = serde_json::to_string(&payload) else {
-        return;
-    };
     spawn_local(async move {
-        match api::publish(body, &key).await {
-            Ok(event) => store.ack(&key, event.id),
-            Err(ErrorBody { error, code }) => {
-                store.set_status(&key, OutStatus::after_refusal(&code, error))
+        while let Some(m) = next_due(store) {
+            if js_sys::Date::now() - m.since > RESEND_FOR_MS {
+                store.set_status(
+                    &m.key,
+                    OutStatus::Failed(
+                        "not confirmed for over 9 minutes, so not resent by itself: it may have \
+                         been stored (check the chat). Edit to send it again, or discard."
+                            .into(),
+                    ),
+                );
+                continue;
             }
+            let payload = Payload::Chat(m.msg.clone());
+            if let Some(ws) = transport::open_socket() {
+                let frame = ClientFrame::Publish {
+                    reference: m.key.clone(),
+                    key: Some(m.key.clone()),
+                    payload,
+                };
+                let sent = serde_json::to_string(&frame)
+                    .ok()
+                    .is_some_and(|text| ws.send_with_str(&text).is_ok());
+                if !sent {
+                    break; // the socket is closing; its close queues and flushes again
+                }
+                mark(store, &m.key, |o| {
+                    o.status = OutStatus::Sending;
+                    o.via_ws = true;
+                });
+                continue; // the ack or error frame settles it; the socket keeps the order
+            }
+            mark(store, &m.key, |o| {
+                o.status = OutStatus::Sending;
+                o.via_ws = false;
+            });
+            let body = serde_json::to_string(&payload).unwrap_or_default();
+            match api::publish(body, &m.key, PUBLISH_TIMEOUT_MS).await {
+                Ok(event) => store.ack(&m.key, event.id),
+                Err(ErrorBody { error, code }) => {
+                    let again = OutStatus::after_refusal(&code, String::new()) == OutStatus::Queued;
+                    store.refused(&m.key, &code, error);
+                    if again {
+                        break; // it waits its backoff, and holds the rest back, in order
+                    }
+                }
+            }
+        }
+        FLUSHING.with(|f| f.set(false));
+    });
+}
+
+fn mark(store: LiveStore, key: &str, f: impl FnOnce(&mut Outgoing)) {
+    store.outbox.update(|o| {
+        if let Some(m) = o.iter_mut().find(|m| m.key == key) {
+            f(m);
         }
     });
 }
 
-/// Sends every queued message (when the connection is live again, and each second while
-/// it is, for messages a rate limit or a busy store turned back).
-fn flush(store: LiveStore) {
-    let queued: Vec<String> = store.outbox.with_untracked(|o| {
-        o.iter()
-            .filter(|m| m.status == OutStatus::Queued)
-            .map(|m| m.key.clone())
-            .collect()
+/// The connection is live again: what waits goes now, without waiting out its backoff.
+fn flush_now(store: LiveStore) {
+    store.outbox.update(|o| {
+        for m in o.iter_mut().filter(|m| m.status == OutStatus::Queued) {
+            m.retry_at = 0.0;
+        }
     });
-    for key in queued {
-        dispatch(store, key);
-    }
+    flush(store);
 }
 
 /// "Retry now" on one message.
 pub fn retry(store: LiveStore, key: &str) {
-    store.set_status(key, OutStatus::Queued);
-    dispatch(store, key.to_string());
+    mark(store, key, |o| o.retry_at = 0.0);
+    flush(store);
 }
 
 /// Forgets a message the person discarded (or took back to edit).
@@ -214,42 +277,54 @@ struct Saved {
     key: String,
     author: String,
     body: String,
+    since: f64,
 }
 
+fn read_saved() -> Vec<Saved> {
+    api::local_storage()
+        .and_then(|s| s.get_item(OUTBOX_KEY).ok().flatten())
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+/// Writes this tab's unsent messages, merged with other tabs': entries whose keys this tab
+/// never held are kept as they are, this tab's are replaced by what it still has to send.
 fn save_outbox(outbox: &Vec<Outgoing>) {
     let Some(storage) = api::local_storage() else {
         return;
     };
-    let unsent: Vec<Saved> = outbox
-        .iter()
-        .filter(|m| m.status.unsent())
-        .map(|m| Saved {
-            key: m.key.clone(),
-            author: m.msg.author.clone(),
-            body: m.msg.body.clone(),
-        })
-        .collect();
-    let _ = if unsent.is_empty() {
+    let mut saved: Vec<Saved> = KNOWN.with(|k| {
+        let k = k.borrow();
+        read_saved()
+            .into_iter()
+            .filter(|s| !k.contains(&s.key))
+            .collect()
+    });
+    saved.extend(outbox.iter().filter(|m| m.status.unsent()).map(|m| Saved {
+        key: m.key.clone(),
+        author: m.msg.author.clone(),
+        body: m.msg.body.clone(),
+        since: m.since,
+    }));
+    let _ = if saved.is_empty() {
         storage.remove_item(OUTBOX_KEY)
     } else {
         storage.set_item(
             OUTBOX_KEY,
-            &serde_json::to_string(&unsent).unwrap_or_default(),
+            &serde_json::to_string(&saved).unwrap_or_default(),
         )
     };
 }
 
 /// Messages left unsent by an earlier visit (or another tab): queued, to be sent with their
-/// own keys once live. If the earlier send did reach the server, the key makes the server
+/// own keys once live. If an earlier send did reach the server, the key makes the server
 /// answer with that event instead of storing it twice.
 fn restore_outbox(store: LiveStore) {
-    let saved: Vec<Saved> = api::local_storage()
-        .and_then(|s| s.get_item(OUTBOX_KEY).ok().flatten())
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let saved = read_saved();
     if saved.is_empty() {
         return;
     }
+    KNOWN.with(|k| k.borrow_mut().extend(saved.iter().map(|s| s.key.clone())));
     store.outbox.set(
         saved
             .into_iter()
@@ -260,6 +335,10 @@ fn restore_outbox(store: LiveStore) {
                     body: s.body,
                 },
                 status: OutStatus::Queued,
+                since: s.since,
+                via_ws: false,
+                attempts: 0,
+                retry_at: 0.0,
             })
             .collect(),
     );

@@ -10,7 +10,7 @@
 use crate::api;
 use crate::protocol::{Event, PollResponse, ServerFrame, StreamSet};
 pub use crate::store::Kind;
-use crate::store::{ConnState, LiveStore, OutStatus};
+use crate::store::{ConnState, LiveStore};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use std::cell::{Cell, RefCell};
@@ -25,8 +25,8 @@ const STREAMS: StreamSet = StreamSet::ALL;
 /// half so that clients dropped together (a server restart) do not all come back together.
 /// The cap is what finds a server that is back within 1-2 s; a socket the server has said
 /// it refuses (wrong origin) waits up to 15 s instead, as retrying sooner cannot help.
-fn backoff_ms(failures: u32) -> u32 {
-    let cap = if REFUSED.with(Cell::get) {
+fn backoff_ms(failures: u32, refused: bool) -> u32 {
+    let cap = if refused {
         15_000
     } else {
         (250u32 << failures.min(3)).min(2_000)
@@ -38,7 +38,11 @@ fn backoff_ms(failures: u32) -> u32 {
 /// Waits out the backoff after `failures` failures, showing when the next attempt is; the
 /// wait ends early when the person asks to retry now (`next_attempt` set to 0).
 pub async fn retry_after_failure(store: LiveStore, failures: u32) {
-    let until = js_sys::Date::now() + backoff_ms(failures) as f64;
+    wait_backoff(store, backoff_ms(failures, false)).await;
+}
+
+async fn wait_backoff(store: LiveStore, ms: u32) {
+    let until = js_sys::Date::now() + ms as f64;
     store.next_attempt.set(Some(until));
     loop {
         let due = store.next_attempt.get_untracked().unwrap_or(0.0);
@@ -88,6 +92,16 @@ thread_local! {
     static ACTIVE: RefCell<Option<Connection>> = const { RefCell::new(None) };
     /// The server said it refuses WebSockets from this page's origin.
     static REFUSED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// "Retry now": cuts a backoff short, or, when the transport is reconnecting by itself (the
+/// browser's EventSource, a WebSocket handshake that hangs), starts over from the cursor.
+pub fn retry_now(store: LiveStore) {
+    if store.next_attempt.get_untracked().is_some() || !store.ready.get_untracked() {
+        store.next_attempt.set(Some(0.0));
+    } else {
+        activate(store, store.kind.get_untracked());
+    }
 }
 
 /// The active WebSocket, when it is open: chat messages go over it.
@@ -150,7 +164,13 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
         };
         let path = format!("/api/poll?{}&limit=500{wait}", resume_query(&store));
         store.stats.update(|s| s.requests += 1);
-        let answer = api::get_text(&path).await;
+        // A long poll is held up to 25 s; anything much longer is a dead connection.
+        let limit = if interval.is_none() && reached {
+            40_000
+        } else {
+            15_000
+        };
+        let answer = api::get_text(&path, limit).await;
         if !alive.get() {
             return; // switched away while the request was in flight
         }
@@ -316,6 +336,8 @@ fn open_ws(
         let delivered = delivered.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
             delivered.set(true);
+            // A socket that delivers is accepted: whatever was refused before is not now.
+            REFUSED.with(|r| r.set(false));
             let Some(text) = m.data().as_string() else {
                 return;
             };
@@ -326,7 +348,7 @@ fn open_ws(
                     reference: Some(r),
                     error,
                     code,
-                }) => store.set_status(&r, OutStatus::after_refusal(&code, error)),
+                }) => store.refused(&r, &code, error),
                 Ok(ServerFrame::Error {
                     reference: None,
                     error,
@@ -341,7 +363,7 @@ fn open_ws(
     let on_close = {
         let (alive, slot) = (alive.clone(), slot.clone());
         Closure::<dyn FnMut()>::new(move || {
-            store.requeue_sending();
+            store.requeue_sent_on_socket();
             if !alive.get() {
                 return;
             }
@@ -359,7 +381,7 @@ fn open_ws(
             }
             let (alive, slot) = (alive.clone(), slot.clone());
             spawn_local(async move {
-                retry_after_failure(store, n).await;
+                wait_backoff(store, backoff_ms(n, REFUSED.with(Cell::get))).await;
                 open_ws(store, alive, slot, n);
             });
         })

@@ -212,7 +212,7 @@ fn Status() -> impl IntoView {
                 {text}
             </span>
             {move || (store.conn.get() == ConnState::Reconnecting).then(|| view! {
-                <button class="retry" data-testid="retry-now" on:click=move |_| store.next_attempt.set(Some(0.0))>
+                <button class="retry" data-testid="retry-now" on:click=move |_| transport::retry_now(store)>
                     "Retry now"
                 </button>
             })}
@@ -344,17 +344,19 @@ fn FeedPanel() -> impl IntoView {
 }
 
 /// Counts chat messages from others that arrive while `pending` is true (the tab is hidden,
-/// or the person has scrolled up), into `count`.
+/// or the person has scrolled up), into `count`. Only live arrivals count: the history a
+/// page loads (or reloads after a reset) is not news.
 fn count_arrivals(
     store: LiveStore,
     nick: RwSignal<String>,
     pending: impl Fn() -> bool + 'static,
     count: RwSignal<u32>,
 ) {
-    Effect::new(move |seen: Option<u64>| {
+    Effect::new(move |before: Option<(bool, u64)>| {
         let newest = store.chat.with(|c| c.last().map_or(0, |m| m.id));
-        if let Some(seen) = seen {
-            if seen > 0 && newest > seen && pending() {
+        let ready = store.ready.get();
+        if let Some((true, seen)) = before {
+            if newest > seen && pending() {
                 let me = nick.get_untracked();
                 let n = store.chat.with_untracked(|c| {
                     c.iter()
@@ -364,7 +366,7 @@ fn count_arrivals(
                 count.update(|c| *c += n as u32);
             }
         }
-        newest
+        (ready, newest)
     });
 }
 
@@ -485,7 +487,7 @@ fn ChatPanel() -> impl IntoView {
                     />
                     <For
                         each=move || store.outbox.get()
-                        key=|o| (o.key.clone(), format!("{:?}", o.status))
+                        key=|o| o.key.clone()
                         children=move |o| view! { <OutboxItem o=o draft=draft/> }
                     />
                 </ul>
@@ -546,59 +548,61 @@ fn ChatPanel() -> impl IntoView {
     }
 }
 
-/// One message of the outbox: where it stands, in words, and what the person can do.
+/// One message of the outbox: where it stands, in words, and what the person can do. Keyed
+/// by its idempotency key alone, so a change of status updates the row in place (focus on
+/// its buttons stays put) instead of replacing it.
 #[component]
 fn OutboxItem(o: crate::store::Outgoing, draft: RwSignal<String>) -> impl IntoView {
     let store = expect_context::<LiveStore>();
     let key = o.key.clone();
-    let (class, note): (&str, Signal<String>) = match &o.status {
-        OutStatus::Sending => ("pending", Signal::stored("sending…".into())),
-        OutStatus::Acked(_) => (
-            "pending",
-            Signal::derive(move || match (store.kind.get(), store.next_check.get()) {
-                (Kind::Poll(_), Some(at)) => format!(
-                    "sent · appears at the next check, in {}",
-                    span(at - store.now.get())
-                ),
-                (Kind::Poll(_), None) => "sent · appears at the next check".into(),
-                _ => "sent".into(),
-            }),
-        ),
-        OutStatus::Queued => (
-            "queued",
-            Signal::derive(move || {
-                if store.conn.get() == ConnState::Live {
-                    "not sent yet · retrying".into()
-                } else {
-                    "not sent yet · will send when the connection is back".into()
-                }
-            }),
-        ),
-        OutStatus::Failed(e) => ("failed", Signal::stored(format!("not sent: {e}"))),
+    let status = {
+        let key = key.clone();
+        Memo::new(move |_| {
+            store.outbox.with(|o| {
+                o.iter()
+                    .find(|m| m.key == key)
+                    .map_or(OutStatus::Sending, |m| m.status.clone())
+            })
+        })
     };
-    let queued = o.status == OutStatus::Queued;
-    let failed = matches!(o.status, OutStatus::Failed(_));
+    let class = move || match status.get() {
+        OutStatus::Sending | OutStatus::Acked(_) => "pending",
+        OutStatus::Queued => "queued",
+        OutStatus::Failed(_) => "failed",
+    };
+    let note = move || match status.get() {
+        OutStatus::Sending => "sending…".to_string(),
+        OutStatus::Acked(_) => match (store.kind.get(), store.next_check.get()) {
+            (Kind::Poll(_), Some(at)) => format!(
+                "sent · appears at the next check, in {}",
+                span(at - store.now.get())
+            ),
+            (Kind::Poll(_), None) => "sent · appears at the next check".into(),
+            _ => "sent".into(),
+        },
+        OutStatus::Queued if store.conn.get() == ConnState::Live => {
+            "not sent yet · retrying".into()
+        }
+        OutStatus::Queued => "not sent yet · will send when the connection is back".into(),
+        OutStatus::Failed(e) => format!("not sent: {e}"),
+    };
     let body = o.msg.body.clone();
     let (k1, k2) = (key.clone(), key.clone());
     view! {
-        <li class=format!("message outgoing {class}") data-testid="chat-outgoing" data-status=class data-key=o.key.clone()>
+        <li class=move || format!("message outgoing {}", class()) data-testid="chat-outgoing" data-status=class data-key=o.key.clone()>
             <span class="author" dir="auto">{o.msg.author.clone()}</span>
             <span class="status">{note}</span>
             <span class="body" dir="auto">{o.msg.body.clone()}</span>
-            {(queued || failed).then(|| view! {
-                <span class="actions">
-                    {queued.then(|| view! {
-                        <button data-testid="outbox-retry" on:click=move |_| sync::retry(store, &k1)>"Retry now"</button>
-                    })}
-                    {failed.then(|| view! {
-                        <button data-testid="outbox-edit" on:click=move |_| {
-                            draft.set(body.clone());
-                            sync::discard(store, &k2);
-                        }>"Edit"</button>
-                    })}
-                    <button data-testid="outbox-discard" on:click=move |_| sync::discard(store, &key)>"Discard"</button>
-                </span>
-            })}
+            <span class="actions" class:idle=move || matches!(status.get(), OutStatus::Sending | OutStatus::Acked(_))>
+                <button data-testid="outbox-retry" class:gone=move || status.get() != OutStatus::Queued
+                    on:click=move |_| sync::retry(store, &k1)>"Retry now"</button>
+                <button data-testid="outbox-edit" class:gone=move || !matches!(status.get(), OutStatus::Failed(_))
+                    on:click=move |_| {
+                        draft.set(body.clone());
+                        sync::discard(store, &k2);
+                    }>"Edit"</button>
+                <button data-testid="outbox-discard" on:click=move |_| sync::discard(store, &key)>"Discard"</button>
+            </span>
         </li>
     }
 }

@@ -63,6 +63,8 @@ test('a message sent while the server is down survives a reload and is delivered
   try {
     const url = `${site.base}/?api=${encodeURIComponent(server.base)}`;
     const page = await open(browser, url, 'ws', 'olive');
+    // A second page sends over HTTP (SSE is receive-only): its queue must keep its order too.
+    const other = await open(browser, url, 'sse', 'sam');
     await server.stop();
     await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', /reconnecting|offline/);
     await expect(page.getByTestId('retry-now')).toBeVisible();
@@ -72,6 +74,8 @@ test('a message sent while the server is down survives a reload and is delivered
     await expect(out.locator('.status')).toHaveText(/not sent yet/);
     // The input is free for the next message; the unsent one waits in the outbox.
     await expect(page.getByTestId('chat-input')).toHaveValue('');
+    for (const n of [1, 2, 3, 4]) await send(other, `http ${n}`);
+    await expect(other.getByTestId('chat-outgoing')).toHaveCount(4);
 
     await page.reload();
     await expect(page.getByTestId('chat-outgoing')).toHaveCount(1);
@@ -79,14 +83,18 @@ test('a message sent while the server is down survives a reload and is delivered
 
     server = await server.restart();
     await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
-    await expect(bodies(page)).toHaveText(['kept through a restart']);
+    await expect(page.getByTestId('chat-message').filter({ hasText: 'kept through a restart' })).toHaveCount(1);
     await expect(page.getByTestId('chat-outgoing')).toHaveCount(0);
-    // Stored once, and only once, whatever retries happened.
+    await expect(other.getByTestId('chat-outgoing')).toHaveCount(0);
+    // Stored once, and only once, whatever retries happened; each page's in its order.
     const history = await (await fetch(`${server.base}/api/history?stream=chat`)).json();
-    expect(history.events.map((e: any) => e.data.body)).toEqual(['kept through a restart']);
+    const stored: string[] = history.events.map((e: any) => e.data.body);
+    expect(stored.filter((b) => b === 'kept through a restart')).toHaveLength(1);
+    expect(stored.filter((b) => b.startsWith('http '))).toEqual(['http 1', 'http 2', 'http 3', 'http 4']);
+    expect(stored).toHaveLength(5);
     // A reload now brings nothing back into the outbox.
     await page.reload();
-    await expect(bodies(page)).toHaveText(['kept through a restart']);
+    await expect(bodies(page)).toHaveText(stored);
     await expect(page.getByTestId('chat-outgoing')).toHaveCount(0);
     expect(await page.evaluate(() => localStorage.getItem('tidings.outbox'))).toBeNull();
   } finally {
