@@ -330,6 +330,10 @@ pub struct SubscribeQuery {
     /// Admin token for WebSocket publishing to feed/ticker (browsers cannot set headers
     /// on a WebSocket upgrade).
     pub token: Option<String>,
+    /// SSE: start the stream with an `event: hello` message (`data: {"cursor": N}`), which
+    /// scripts can see, unlike comments: how a client tells a flowing stream from one a
+    /// buffering proxy holds back. Off by default (plain clients need not know it).
+    pub hello: Option<bool>,
 }
 
 /// The query of `GET /api/poll`.

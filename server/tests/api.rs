@@ -458,6 +458,26 @@ async fn sse_delivers_live_and_resumes_with_no_gap_or_duplicate() {
     s.stop().await;
 }
 
+/// `hello=true` opens the stream with a message scripts can see (the app's Auto transport
+/// tells a flowing stream from a buffered one by it); without it, only a comment.
+#[tokio::test]
+async fn sse_hello_is_a_visible_first_message_on_request() {
+    let s = TestServer::start().await;
+    let e = s.chat("before").await;
+    let mut sse =
+        SseClient::connect(&s.url(&format!("/api/sse?hello=true&since={}", e.id)), None).await;
+    let m = within(sse.next_data()).await.unwrap();
+    assert_eq!(m.event.as_deref(), Some("hello"));
+    assert_eq!(m.id, None, "a hello does not move Last-Event-ID");
+    assert_eq!(m.data, format!("{{\"cursor\":{}}}", e.id));
+    let next = s.chat("after").await;
+    assert_eq!(ids(&sse.events(1).await), vec![next.id]);
+    let mut plain = SseClient::connect(&s.url("/api/sse"), None).await;
+    let first = within(plain.next()).await.unwrap();
+    assert!(first.comment && first.event.is_none(), "{first:?}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn sse_filters_streams_and_heartbeats_move_the_resume_cursor() {
     let s = TestServer::start_with(|c| c.heartbeat_secs = 1).await;

@@ -48,6 +48,7 @@ pub async fn handler(
         ticks: super::heartbeat(&state),
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
+        hello: p.hello.unwrap_or(false),
         _open: crate::metrics::OpenStream::new("sse"),
         _counted: counted,
     };
@@ -88,6 +89,8 @@ struct Conn {
     /// Created once per connection (see the same note in `ws.rs`).
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     started: bool,
+    /// Send `event: hello` first (`?hello=true`).
+    hello: bool,
     _open: crate::metrics::OpenStream,
     /// The stream keeps counting against its address's `--max-conns-per-ip` for as long as
     /// it lasts (the request that opened it is long gone).
@@ -105,6 +108,12 @@ impl Conn {
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if !self.started {
             self.started = true;
+            if self.hello {
+                let cursor = self.sub.cursor();
+                return Some(Bytes::from(format!(
+                    "retry: {RETRY_MS}\nevent: hello\ndata: {{\"cursor\":{cursor}}}\n\n"
+                )));
+            }
             return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
         }
         // One chunk per wake-up: every event available, copied out of the log.
