@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 # localStorage, rows updated in place): +30 KB, nearly all of it Leptos view code (twiggy:
 # app, tachys and reactive_graph monomorphisations; opt-level "s" and wasm-opt --converge were
 # tried and are larger or equal). The 150 KiB goal below is now missed; docs/performance.md
-# says so and what would win it back.
-BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-180000}
+# says so and what would win it back. Then 185,000 for the Auto transport (issue 9: proving,
+# falling back, probing to climb back): 181,793 measured (+4.7 KB; its first build was +19 KB
+# because parsing one f64 from localStorage pulled in the float parser's tables: keep floats
+# out of parsing here).
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-185000}
 GOAL_GZIP=153600                              # 150 KiB: the product goal (docs/performance.md)
 wasm=$(ls app/dist/*_bg.wasm)
 js=$(ls app/dist/app-*.js)

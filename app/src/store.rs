@@ -20,6 +20,9 @@ pub enum Kind {
     LongPoll,
     Sse,
     Ws,
+    /// The best that works here: WebSocket, else SSE, else long polling; falls back by
+    /// itself and climbs back when a better one works again.
+    Auto,
 }
 
 impl Kind {
@@ -29,6 +32,7 @@ impl Kind {
             Kind::LongPoll => "longpoll".into(),
             Kind::Sse => "sse".into(),
             Kind::Ws => "ws".into(),
+            Kind::Auto => "auto".into(),
         }
     }
 
@@ -37,6 +41,7 @@ impl Kind {
             "longpoll" => Some(Kind::LongPoll),
             "sse" => Some(Kind::Sse),
             "ws" => Some(Kind::Ws),
+            "auto" => Some(Kind::Auto),
             _ => k.strip_prefix("poll-")?.parse().ok().map(Kind::Poll),
         }
     }
@@ -48,6 +53,7 @@ impl Kind {
             Kind::LongPoll => "Long poll".into(),
             Kind::Sse => "SSE".into(),
             Kind::Ws => "WebSocket".into(),
+            Kind::Auto => "Auto".into(),
         }
     }
 
@@ -58,8 +64,21 @@ impl Kind {
             Kind::LongPoll => "Long polling: the server answers when there is news".into(),
             Kind::Sse => "Server-Sent Events: one long response the server pushes into".into(),
             Kind::Ws => "WebSocket: a two-way socket".into(),
+            Kind::Auto => {
+                "Auto: WebSocket, else SSE, else long polling, whichever works here".into()
+            }
         }
     }
+}
+
+/// What the Auto transport is on, and why not on a better one.
+#[derive(Clone, PartialEq, Debug)]
+pub struct AutoState {
+    pub on: Kind,
+    /// Why the better transports were left ("WebSocket blocked"); empty on WebSocket.
+    pub why: String,
+    /// Still finding out whether `on` works.
+    pub trying: bool,
 }
 
 /// Feed items kept on screen.
@@ -200,6 +219,11 @@ pub struct LiveStore {
     /// While reconnecting: when the next attempt is. Setting it to `Some(0.0)` makes the
     /// waiting transport try at once ("retry now").
     pub next_attempt: RwSignal<Option<f64>>,
+    /// Messages of any kind the server sent (events, hellos, acks, poll answers): what the
+    /// Auto transport takes as proof that a transport really delivers here.
+    pub heard: RwSignal<u64>,
+    /// The Auto transport's state (None for the other kinds).
+    pub auto: RwSignal<Option<AutoState>>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
     pub now: RwSignal<f64>,
     /// Whether history may hold chat messages older than the oldest shown.
@@ -229,6 +253,8 @@ impl LiveStore {
             next_check: RwSignal::new(None),
             next_attempt: RwSignal::new(None),
             now: RwSignal::new(js_sys::Date::now()),
+            heard: RwSignal::new(0),
+            auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
             keep_chat: RwSignal::new(false),
             reload: RwSignal::new(None),

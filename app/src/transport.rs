@@ -69,11 +69,28 @@ fn set_down(store: LiveStore) {
     });
 }
 
+mod auto;
+pub use auto::name as auto_name;
+
 /// An open transport. Dropping it closes the socket/stream and stops its loops.
 pub struct Connection {
     alive: Rc<Cell<bool>>,
     es: Rc<RefCell<Option<EventSource>>>,
     ws: Rc<RefCell<Option<WebSocket>>>,
+    /// Auto: the transport it runs now.
+    inner: Rc<RefCell<Option<Connection>>>,
+}
+
+impl Connection {
+    /// The WebSocket of this connection (or of the one Auto runs), when it is open.
+    fn open_ws(&self) -> Option<WebSocket> {
+        let own = self
+            .ws
+            .borrow()
+            .clone()
+            .filter(|ws| ws.ready_state() == WebSocket::OPEN);
+        own.or_else(|| self.inner.borrow().as_ref().and_then(Connection::open_ws))
+    }
 }
 
 impl Drop for Connection {
@@ -85,7 +102,27 @@ impl Drop for Connection {
         if let Some(ws) = self.ws.borrow_mut().take() {
             let _ = ws.close();
         }
+        self.inner.borrow_mut().take();
     }
+}
+
+/// Opens `kind` from the store's cursor. `hello`: SSE asks for a first message scripts can
+/// see (Auto's proof that the stream is not held back by a proxy).
+fn open(store: LiveStore, kind: Kind, hello: bool) -> Connection {
+    let conn = Connection {
+        alive: Rc::new(Cell::new(true)),
+        es: Rc::new(RefCell::new(None)),
+        ws: Rc::new(RefCell::new(None)),
+        inner: Rc::new(RefCell::new(None)),
+    };
+    match kind {
+        Kind::Poll(ms) => spawn_local(poll_loop(store, conn.alive.clone(), Some(ms))),
+        Kind::LongPoll => spawn_local(poll_loop(store, conn.alive.clone(), None)),
+        Kind::Sse => open_sse(store, conn.alive.clone(), conn.es.clone(), 0, hello),
+        Kind::Ws => open_ws(store, conn.alive.clone(), conn.ws.clone(), 0),
+        Kind::Auto => spawn_local(auto::run(store, conn.alive.clone(), conn.inner.clone())),
+    }
+    conn
 }
 
 thread_local! {
@@ -106,12 +143,7 @@ pub fn retry_now(store: LiveStore) {
 
 /// The active WebSocket, when it is open: chat messages go over it.
 pub fn open_socket() -> Option<WebSocket> {
-    ACTIVE.with(|a| {
-        a.borrow()
-            .as_ref()
-            .and_then(|c| c.ws.borrow().clone())
-            .filter(|ws| ws.ready_state() == WebSocket::OPEN)
-    })
+    ACTIVE.with(|a| a.borrow().as_ref().and_then(Connection::open_ws))
 }
 
 /// Switches to `kind`, resuming from the store's cursor.
@@ -123,17 +155,8 @@ pub fn activate(store: LiveStore, kind: Kind) {
     store.next_check.set(None);
     store.next_attempt.set(None);
     store.conn.set(ConnState::Connecting);
-    let conn = Connection {
-        alive: Rc::new(Cell::new(true)),
-        es: Rc::new(RefCell::new(None)),
-        ws: Rc::new(RefCell::new(None)),
-    };
-    match kind {
-        Kind::Poll(ms) => spawn_local(poll_loop(store, conn.alive.clone(), Some(ms))),
-        Kind::LongPoll => spawn_local(poll_loop(store, conn.alive.clone(), None)),
-        Kind::Sse => open_sse(store, conn.alive.clone(), conn.es.clone(), 0),
-        Kind::Ws => open_ws(store, conn.alive.clone(), conn.ws.clone(), 0),
-    }
+    store.auto.set(None);
+    let conn = open(store, kind, false);
     ACTIVE.with(|a| *a.borrow_mut() = Some(conn));
 }
 
@@ -185,6 +208,7 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
                 }
                 failures = 0;
                 reached = true;
+                store.heard.update(|n| *n += 1);
                 store.conn.set(ConnState::Live);
                 store.last_contact.set(Some(js_sys::Date::now()));
                 if resp.reset {
@@ -220,11 +244,17 @@ fn open_sse(
     alive: Rc<Cell<bool>>,
     slot: Rc<RefCell<Option<EventSource>>>,
     failures: u32,
+    hello: bool,
 ) {
     if !alive.get() {
         return;
     }
-    let url = format!("{}/api/sse?{}", api::base(), resume_query(&store));
+    let url = format!(
+        "{}/api/sse?{}{}",
+        api::base(),
+        resume_query(&store),
+        if hello { "&hello=true" } else { "" }
+    );
     let Ok(es) = EventSource::new(&url) else {
         store.conn.set(ConnState::Offline);
         return;
@@ -243,7 +273,9 @@ fn open_sse(
             store.conn.set(ConnState::Live);
         })
     };
+    let on_hello = Closure::<dyn FnMut()>::new(move || store.heard.update(|n| *n += 1));
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
+        store.heard.update(|n| *n += 1);
         let Some(text) = m.data().as_string() else {
             return;
         };
@@ -282,7 +314,7 @@ fn open_sse(
                 let n = failures + 1;
                 spawn_local(async move {
                     retry_after_failure(store, n).await;
-                    open_sse(store, alive, slot, n);
+                    open_sse(store, alive, slot, n, hello);
                 });
             }
             // Otherwise the browser reconnects by itself and sends Last-Event-ID.
@@ -292,6 +324,8 @@ fn open_sse(
     es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     es.set_onerror(Some(on_error.as_ref().unchecked_ref()));
     let _ = es.add_event_listener_with_callback("reset", on_reset.as_ref().unchecked_ref());
+    let _ = es.add_event_listener_with_callback("hello", on_hello.as_ref().unchecked_ref());
+    on_hello.forget();
     // The handlers live as long as the EventSource; it is closed when the connection drops,
     // after which they are never called again. Leaking them is bounded by reconnects.
     on_open.forget();
@@ -336,6 +370,7 @@ fn open_ws(
         let delivered = delivered.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
             delivered.set(true);
+            store.heard.update(|n| *n += 1);
             // A socket that delivers is accepted: whatever was refused before is not now.
             REFUSED.with(|r| r.set(false));
             let Some(text) = m.data().as_string() else {

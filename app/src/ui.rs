@@ -15,7 +15,8 @@ use wasm_bindgen::JsCast;
 const TRANSPORT_KEY: &str = "tidings.transport";
 const NICK_KEY: &str = "tidings.nick";
 const TITLE: &str = "Tidings — live updates over polling, SSE and WebSocket";
-const KINDS: [Kind; 6] = [
+const KINDS: [Kind; 7] = [
+    Kind::Auto,
     Kind::Poll(1000),
     Kind::Poll(5000),
     Kind::Poll(30000),
@@ -108,7 +109,7 @@ pub fn App() -> impl IntoView {
     }
     let initial = stored(TRANSPORT_KEY)
         .and_then(|k| Kind::from_key(&k))
-        .unwrap_or(Kind::Ws);
+        .unwrap_or(Kind::Auto);
     let info = RwSignal::new(None::<ServerInfo>);
     sync::start(store, initial);
     spawn_local(async move { info.set(get_server_info().await.ok()) });
@@ -185,7 +186,10 @@ fn Status() -> impl IntoView {
     let text = move || {
         let now = store.now.get();
         match store.conn.get() {
-            ConnState::Connecting => "connecting…".to_string(),
+            ConnState::Connecting => match store.auto.get() {
+                Some(a) => format!("connecting · Auto: trying {}", transport::auto_name(a.on)),
+                None => "connecting…".to_string(),
+            },
             ConnState::Offline => "offline · waiting for the network".to_string(),
             ConnState::Reconnecting => match store.next_attempt.get() {
                 Some(at) if at > now => format!("reconnecting · next try in {}", span(at - now)),
@@ -202,13 +206,21 @@ fn Status() -> impl IntoView {
                         None => format!("{checked} · checking…"),
                     }
                 }
+                Kind::Auto => match store.auto.get() {
+                    Some(a) if a.why.is_empty() => {
+                        format!("live · Auto: {}", transport::auto_name(a.on))
+                    }
+                    Some(a) => format!("live · Auto: {} — {}", transport::auto_name(a.on), a.why),
+                    None => "live · Auto".to_string(),
+                },
                 k => format!("live · {}", k.label()),
             },
         }
     };
     view! {
         <div class="status" role="status">
-            <span class="conn" data-testid="conn-state" data-state=move || store.conn.get().label()>
+            <span class="conn" data-testid="conn-state" data-state=move || store.conn.get().label()
+                data-auto=move || store.auto.get().map(|a| if a.trying { "trying".to_string() } else { a.on.key() })>
                 {text}
             </span>
             {move || (store.conn.get() == ConnState::Reconnecting).then(|| view! {

@@ -234,7 +234,7 @@ test('a static loading state shows until the app starts, then gives way to it', 
     release();
     await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
     await expect(page.locator('#boot')).toHaveCount(0);
-    await expect(page.getByTestId('conn-state')).toHaveText(/^live · WebSocket$/);
+    await expect(page.getByTestId('conn-state')).toHaveText('live · Auto: WebSocket');
   } finally {
     await server.stop();
   }

@@ -90,6 +90,39 @@ export async function staticSite(): Promise<{ base: string; close: () => Promise
   return { base: `http://127.0.0.1:${port}`, close: () => new Promise((r) => server.close(() => r())) };
 }
 
+/** nginx in front of one server, running one of deploy/'s configurations (nginx.conf, or
+ *  one that breaks things on purpose: nginx-no-websocket.conf, nginx-buffering.conf). */
+export class Proxy {
+  private constructor(private proc: ChildProcess, private dir: string, private upstream: number, public readonly port: number) {}
+
+  get base() { return `http://127.0.0.1:${this.port}`; }
+
+  static async start(file: string, upstream: number): Promise<Proxy> {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tidings-proxy-'));
+    const port = await freePort();
+    const p = new Proxy(undefined as any, dir, upstream, port);
+    p.write(file);
+    p.proc = spawn('nginx', ['-p', dir, '-c', path.join(dir, 'nginx.conf'), '-g', `daemon off; pid ${dir}/nginx.pid; error_log ${dir}/error.log;`], { stdio: 'ignore' });
+    await waitFor(async () => (await fetch(`${p.base}/readyz`).catch(() => null))?.ok ?? false, 'nginx');
+    return p;
+  }
+
+  private write(file: string) {
+    const conf = execFileSync(path.join(ROOT, 'deploy', 'nginx-conf.sh'), ['--file', file, String(this.port), String(this.upstream)]);
+    writeFileSync(path.join(this.dir, 'nginx.conf'), conf);
+  }
+
+  /** Switches to another configuration in place (nginx reloads on SIGHUP; connections it
+   *  already holds finish on the old one). */
+  async swap(file: string) {
+    this.write(file);
+    this.proc.kill('SIGHUP');
+    await new Promise((r) => setTimeout(r, 500));
+  }
+
+  async stop() { this.proc.kill('SIGTERM'); }
+}
+
 /** Redis + N Tidings servers in cluster mode + nginx round robin (deploy/nginx.conf). */
 export class ClusterSetup {
   private constructor(
