@@ -387,6 +387,24 @@ pub struct ErrorBody {
     pub code: String,
 }
 
+/// `GET /api/stats`: the server's side of the transport lab. Counters only grow (since
+/// the process started); a client takes two samples for rates. `now_ms` is the server's
+/// clock, for the lab's NTP-style estimate of the browser's clock offset.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+pub struct ServerStats {
+    pub now_ms: u64,
+    /// Open streams by transport: `ws`, `sse`, `long_poll` (requests waiting for events).
+    pub open_ws: u64,
+    pub open_sse: u64,
+    pub open_long_poll: u64,
+    /// `GET /api/poll` requests answered.
+    pub polls: u64,
+    /// Publishes accepted (HTTP and WebSocket).
+    pub publishes: u64,
+    /// Events written to subscribers (all transports).
+    pub delivered: u64,
+}
+
 /// What the server says about itself (the `server_info` server function).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
 pub struct ServerInfo {

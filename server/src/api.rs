@@ -164,6 +164,16 @@ pub async fn history(
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
 }
 
+/// `GET /api/stats`: open streams per transport and request/delivery counters (the
+/// transport lab's server side), with the server's clock. Public: counts only.
+pub async fn stats() -> Response {
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(crate::metrics::lab::stats()),
+    )
+        .into_response()
+}
+
 /// `GET /metrics`: Prometheus text format (see [`crate::metrics`]); with `--metrics-token`,
 /// only for `Authorization: Bearer <token>`.
 pub async fn metrics(

@@ -70,6 +70,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
+        .route("/api/stats", get(api::stats))
         .route("/api/poll", get(transport::poll::handler))
         .route("/api/sse", get(transport::sse::handler))
         .route("/api/ws", get(transport::ws::handler))

@@ -341,6 +341,8 @@ impl Subscription {
     /// Adds the deliveries counted since the last call to the process's metrics.
     pub fn flush_metrics(&mut self, transport: &'static str) {
         if self.delivered > 0 {
+            crate::metrics::lab::DELIVERED
+                .fetch_add(self.delivered, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("tidings_events_delivered_total", "transport" => transport)
                 .increment(std::mem::take(&mut self.delivered));
         }

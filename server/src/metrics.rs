@@ -51,12 +51,50 @@ pub fn error_answered(code: &'static str) {
     metrics::counter!("tidings_errors_total", "code" => code).increment(1);
 }
 
+/// The figures `/api/stats` shows (the transport lab's server side), kept beside the
+/// Prometheus ones because the exporter cannot be read back. Process-wide, like the
+/// recorder; relaxed atomics, touched once per connection, request or batch of deliveries.
+pub mod lab {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+    pub static OPEN_WS: AtomicU64 = AtomicU64::new(0);
+    pub static OPEN_SSE: AtomicU64 = AtomicU64::new(0);
+    pub static OPEN_LONG_POLL: AtomicU64 = AtomicU64::new(0);
+    pub static POLLS: AtomicU64 = AtomicU64::new(0);
+    pub static PUBLISHES: AtomicU64 = AtomicU64::new(0);
+    pub static DELIVERED: AtomicU64 = AtomicU64::new(0);
+
+    pub fn open(transport: &str) -> Option<&'static AtomicU64> {
+        match transport {
+            "ws" => Some(&OPEN_WS),
+            "sse" => Some(&OPEN_SSE),
+            "long_poll" => Some(&OPEN_LONG_POLL),
+            _ => None,
+        }
+    }
+
+    pub fn stats() -> app::protocol::ServerStats {
+        app::protocol::ServerStats {
+            now_ms: crate::engine::now_ms(),
+            open_ws: OPEN_WS.load(Relaxed),
+            open_sse: OPEN_SSE.load(Relaxed),
+            open_long_poll: OPEN_LONG_POLL.load(Relaxed),
+            polls: POLLS.load(Relaxed),
+            publishes: PUBLISHES.load(Relaxed),
+            delivered: DELIVERED.load(Relaxed),
+        }
+    }
+}
+
 /// An open stream of `transport`, counted for as long as the guard lives.
 pub struct OpenStream(&'static str);
 
 impl OpenStream {
     pub fn new(transport: &'static str) -> OpenStream {
         metrics::gauge!("tidings_connections", "transport" => transport).increment(1.0);
+        if let Some(n) = lab::open(transport) {
+            n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         OpenStream(transport)
     }
 }
@@ -64,5 +102,8 @@ impl OpenStream {
 impl Drop for OpenStream {
     fn drop(&mut self) {
         metrics::gauge!("tidings_connections", "transport" => self.0).decrement(1.0);
+        if let Some(n) = lab::open(self.0) {
+            n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }

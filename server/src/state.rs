@@ -117,6 +117,7 @@ impl AppState {
             metrics::counter!("tidings_idempotent_replays_total").increment(1);
         } else {
             metrics::histogram!("tidings_publish_seconds").record(started.elapsed());
+            crate::metrics::lab::PUBLISHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("tidings_events_published_total", "stream" => stream.as_str())
                 .increment(1);
         }

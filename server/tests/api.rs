@@ -734,6 +734,47 @@ async fn cursors_out_of_retention_or_ahead_get_an_explicit_reset() {
     s.stop().await;
 }
 
+/// `/api/stats`: the lab's server side. The figures are per process (tests in this binary
+/// share them), so the checks are relative.
+#[tokio::test]
+async fn stats_count_open_streams_and_requests() {
+    let s = TestServer::start().await;
+    let get = || async {
+        reqwest::get(s.url("/api/stats"))
+            .await
+            .unwrap()
+            .json::<app::protocol::ServerStats>()
+            .await
+            .unwrap()
+    };
+    let before = get().await;
+    let _ws = ws_connect(&s.ws_url("/api/ws")).await;
+    let mut sse = SseClient::connect(&s.url("/api/sse"), None).await;
+    within(sse.next()).await.unwrap();
+    poll(&s, "").await;
+    s.chat("counted").await;
+    let after = get().await;
+    assert!(after.open_ws >= 1 && after.open_sse >= 1, "{after:?}");
+    assert!(
+        after.polls > before.polls && after.publishes > before.publishes,
+        "{before:?} {after:?}"
+    );
+    let now = app_now_ms();
+    assert!(
+        after.now_ms.abs_diff(now) < 5_000,
+        "server clock {} vs {now}",
+        after.now_ms
+    );
+    s.stop().await;
+}
+
+fn app_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 // ---------------------------------------------------------------- lifecycle
 
 #[tokio::test]

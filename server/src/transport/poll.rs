@@ -18,6 +18,7 @@ pub async fn handler(
     State(state): State<AppState>,
     Query(p): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
+    crate::metrics::lab::POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let filter = super::streams(p.streams.as_deref())?;
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
