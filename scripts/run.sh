@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 . scripts/env.sh
-(cd app && trunk build --release)
+scripts/build-app.sh
 cargo build --release -p server
 exec "$TARGET_DIR/release/tidings" --static-dir app/dist "$@"

@@ -32,7 +32,7 @@ step "formatting (cargo fmt --check, the workspace and the fuzz crate)" \
 step "unit + integration tests (cargo)" cargo test -p app -p wire -p server -p bench
 step "fuzzing smoke run (every parser of peer input, 10 s each; scripts/fuzz.sh long for the real run)" \
   scripts/fuzz.sh smoke
-step "browser app (trunk, release)" bash -c 'cd app && trunk build --release && cd .. && scripts/wasm-size.sh'
+step "browser app and lab (trunk, release)" bash -c 'scripts/build-app.sh && scripts/wasm-size.sh'
 step "server for the end-to-end tests" cargo build -p server -p bench
 export TIDINGS_BIN="$TARGET_DIR/debug/tidings" TIDINGS_STATIC="$PWD/app/dist"
 step "end-to-end (Playwright, Chromium)" bash -c 'cd end2end && npx playwright test'

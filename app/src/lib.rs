@@ -20,6 +20,8 @@ pub mod info;
 #[cfg(feature = "csr")]
 pub mod api;
 #[cfg(feature = "csr")]
+pub mod lab;
+#[cfg(feature = "csr")]
 pub mod store;
 #[cfg(feature = "csr")]
 pub mod sync;

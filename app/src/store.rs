@@ -116,7 +116,26 @@ pub struct Stats {
     pub reconnects: u64,
     pub last_latency_ms: Option<f64>,
     pub latencies: VecDeque<f64>,
+    /// Poll answers that brought no event ("useless requests").
+    pub empty: u64,
+    /// Events received again at or below the cursor (resume overlaps), dropped.
+    pub dups: u64,
+    /// The lab keeps every arrival (`record` set); the app does not.
+    pub record: bool,
+    pub arrivals: Vec<Arrival>,
 }
+
+/// One event as it arrived: when (browser clock), which, and `ts` to arrival as the browser's
+/// clock sees it (the lab corrects it by the estimated clock offset).
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    pub at: f64,
+    pub id: u64,
+    pub latency_ms: f64,
+}
+
+/// Most arrivals the lab keeps per lane (10 minutes at 30 events/s).
+const MAX_ARRIVALS: usize = 20_000;
 
 impl Stats {
     pub fn median_latency_ms(&self) -> Option<f64> {
@@ -267,13 +286,28 @@ impl LiveStore {
     /// Takes a batch from any transport. Events at or below the cursor were already shown
     /// (a resume overlap) and are dropped; `bytes` is what the transport received for them.
     pub fn ingest(&self, events: Vec<Event>, bytes: usize) {
+        let received = events.len();
         let mut cursor = Cursor(self.cursor.get_untracked());
         let Fresh {
             events,
             latencies_ms: latencies,
         } = cursor.take(events, js_sys::Date::now());
         let cursor = cursor.0;
-        self.last_contact.set(Some(js_sys::Date::now()));
+        let now = js_sys::Date::now();
+        self.last_contact.set(Some(now));
+        // Raw (the browser's clock may be behind: the lab corrects by the offset it measured).
+        let arrivals: Vec<Arrival> = if self.stats.with_untracked(|s| s.record) {
+            events
+                .iter()
+                .map(|e| Arrival {
+                    at: now,
+                    id: e.id,
+                    latency_ms: now - e.ts as f64,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut feed = Vec::new();
         let mut chat = Vec::new();
         let mut ticks = Vec::new();
@@ -296,6 +330,9 @@ impl LiveStore {
         self.stats.update(|s| {
             s.bytes += bytes as u64;
             s.events += latencies.len() as u64;
+            s.dups += received.saturating_sub(latencies.len()) as u64;
+            let room = MAX_ARRIVALS.saturating_sub(s.arrivals.len());
+            s.arrivals.extend(arrivals.into_iter().take(room));
             for l in &latencies {
                 s.last_latency_ms = Some(*l);
                 s.latencies.push_back(*l);

@@ -131,6 +131,14 @@ thread_local! {
     static REFUSED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Opens `kind` for a store of its own (a lab lane), from that store's cursor. The page's
+/// own connection ([`activate`]) is not touched; dropping the result closes this one.
+pub fn connect(store: LiveStore, kind: Kind) -> Connection {
+    store.kind.set(kind);
+    store.conn.set(ConnState::Connecting);
+    open(store, kind, false)
+}
+
 /// "Retry now": cuts a backoff short, or, when the transport is reconnecting by itself (the
 /// browser's EventSource, a WebSocket handshake that hangs), starts over from the cursor.
 pub fn retry_now(store: LiveStore) {
@@ -211,6 +219,9 @@ async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32
                 store.heard.update(|n| *n += 1);
                 store.conn.set(ConnState::Live);
                 store.last_contact.set(Some(js_sys::Date::now()));
+                if resp.events.is_empty() {
+                    store.stats.update(|s| s.empty += 1);
+                }
                 if resp.reset {
                     reset(store, resp.cursor);
                 } else {

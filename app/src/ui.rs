@@ -133,6 +133,7 @@ pub fn App() -> impl IntoView {
         <header class="top">
             <h1>"Tidings"</h1>
             <Status/>
+            <a class="lab-link" href="/lab/" data-testid="lab-link" title="All transports side by side, measured">"Lab"</a>
             <nav class="picker" aria-label="Transport">
                 {KINDS
                     .into_iter()

@@ -1,0 +1,66 @@
+// The transport lab (issue 9): every lane live on its own connection, the lanes agree on
+// the ids they saw, the figures, verdicts, charts and the server's side are there, lanes can
+// be added, paused and removed, and axe finds nothing serious.
+import { test, expect } from '@playwright/test';
+import AxeBuilder from '@axe-core/playwright';
+import * as path from 'node:path';
+import { Server } from './server';
+
+test('the lab: seven lanes live at once, agreeing on every event', async ({ browser }) => {
+  const server = await Server.start({ args: ['--publish-rate', '0'] });
+  try {
+    const page = await (await browser.newContext({ viewport: { width: 1400, height: 1000 } })).newPage();
+    const errors: string[] = [];
+    page.on('pageerror', (e) => errors.push(String(e)));
+    await page.goto(`${server.base}/lab/`);
+    const lanes = page.getByTestId('lane');
+    await expect(lanes).toHaveCount(7);
+    await expect(page.getByTestId('clock-offset')).toHaveText(/Clock offset to the server: [+-]\d+ ms/);
+    for (const kind of ['poll-1000', 'poll-5000', 'poll-30000', 'longpoll', 'sse', 'ws', 'auto']) {
+      await expect(page.locator(`[data-testid=lane][data-kind="${kind}"] [data-testid=lane-state]`)).toHaveText(/^live/);
+    }
+    // Ten events a second for six seconds, then enough time for the 5 s poll to catch up.
+    let n = 0;
+    const until = Date.now() + 6_000;
+    while (Date.now() < until) {
+      await server.chat('lab', `event ${n++}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    for (const kind of ['poll-1000', 'poll-5000', 'longpoll', 'sse', 'ws', 'auto']) {
+      const lane = page.locator(`[data-testid=lane][data-kind="${kind}"]`);
+      await expect(lane.getByTestId('lane-events')).toHaveText(String(n), { timeout: 15_000 });
+      await expect(lane.getByTestId('lane-missed')).toHaveText('0');
+      await expect(lane.getByTestId('verdict')).toContainText('median delay');
+    }
+    await expect(page.locator('[data-kind="poll-5000"] [data-testid=verdict]')).toHaveText(/^polling every 5 s: median delay [\d.]+ m?s, \d+% of requests empty/);
+    await expect(page.locator('[data-kind="sse"] [data-testid=verdict]')).toHaveText(/^SSE: 1 request, median delay/);
+    // The charts have a dot per event for the lanes that received them; the server's side
+    // counts the streams the lab holds open.
+    await expect(page.getByTestId('delay-chart').locator('path.dots').first()).toHaveAttribute('d', /^M/);
+    await expect.poll(async () => Number(await page.getByTestId('server-open-ws').textContent())).toBeGreaterThanOrEqual(2);
+    await expect.poll(async () => Number(await page.getByTestId('server-open-sse').textContent())).toBeGreaterThanOrEqual(1);
+    await page.screenshot({ path: path.join('test-results', 'lab.png'), fullPage: true });
+    if (process.env.SCREENSHOTS_DIR) await page.screenshot({ path: path.join(process.env.SCREENSHOTS_DIR, 'lab.png'), fullPage: true });
+
+    // Pause one lane: it stops receiving; resumed, it catches up from its cursor, nothing missed.
+    const ws = page.locator('[data-testid=lane][data-kind="ws"]');
+    await ws.getByRole('button', { name: 'Pause WebSocket' }).click();
+    await expect(ws.getByTestId('lane-state')).toHaveText('paused');
+    await server.chat('lab', 'while paused');
+    await ws.getByRole('button', { name: 'Resume WebSocket' }).click();
+    await expect(ws.getByTestId('lane-events')).toHaveText(String(n + 1));
+    // Add and remove lanes.
+    await page.getByRole('combobox', { name: 'Transport of the new lane' }).selectOption('sse');
+    await page.getByTestId('add-lane').click();
+    await expect(lanes).toHaveCount(8);
+    await page.getByRole('button', { name: 'Remove Polling every 30 s' }).click();
+    await expect(lanes).toHaveCount(7);
+
+    const axe = await new AxeBuilder({ page }).analyze();
+    const bad = axe.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+    expect(bad.map((v) => `${v.id}: ${v.nodes.map((x) => x.target.join(' ')).join(', ')}`)).toEqual([]);
+    expect(errors).toEqual([]);
+  } finally {
+    await server.stop();
+  }
+});
