@@ -9,7 +9,9 @@
 //! - `sync` (csr): startup, history, the outbox of unsent messages, the clock.
 //! - `ui` (csr): components, which read the store and call `sync`/`transport`.
 //!
-//! Dependencies point one way: ui -> sync -> transport -> store -> protocol.
+//! - `tabs` (csr): one live connection per browser; the other tabs follow the leading one.
+//!
+//! Dependencies point one way: ui -> sync -> tabs -> transport -> store -> protocol.
 
 pub mod protocol;
 pub mod resume;
@@ -25,6 +27,8 @@ pub mod lab;
 pub mod store;
 #[cfg(feature = "csr")]
 pub mod sync;
+#[cfg(feature = "csr")]
+pub mod tabs;
 #[cfg(feature = "csr")]
 pub mod transport;
 #[cfg(feature = "csr")]

@@ -81,6 +81,62 @@ pub struct AutoState {
     pub trying: bool,
 }
 
+/// What the tab holding the live connection tells the other tabs of the browser (over a
+/// BroadcastChannel), and what they ask of it. See `tabs`.
+/// Externally tagged (serde's default): an internally tagged enum buffers through serde's
+/// `Content` type, which cost the app ~15 KB gzipped.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub enum Relay {
+    /// A batch as the leader's transport received it (the receiving store de-duplicates).
+    Events {
+        events: Vec<Event>,
+        bytes: usize,
+    },
+    Cursor {
+        cursor: u64,
+    },
+    Reset {
+        cursor: u64,
+    },
+    /// The leader's connection, to show in every tab.
+    State {
+        conn: String,
+        kind: String,
+        auto: Option<(String, String)>,
+        next_check: Option<f64>,
+        next_attempt: Option<f64>,
+        last_contact: Option<f64>,
+    },
+    /// A new tab asks for the state.
+    Hello,
+    /// Another tab's picker: switch the transport.
+    Switch {
+        kind: String,
+    },
+    /// Another tab's "Retry now".
+    Retry,
+}
+
+thread_local! {
+    /// Set while this tab leads: what the store ingests goes to the other tabs too.
+    static RELAY: std::cell::RefCell<Option<web_sys::BroadcastChannel>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Starts (or stops, with `None`) relaying what this tab's store ingests.
+pub fn set_relay(channel: Option<web_sys::BroadcastChannel>) {
+    RELAY.with(|r| *r.borrow_mut() = channel);
+}
+
+pub fn relay(message: &Relay) {
+    RELAY.with(|r| {
+        if let Some(c) = r.borrow().as_ref() {
+            if let Ok(text) = serde_json::to_string(message) {
+                let _ = c.post_message(&wasm_bindgen::JsValue::from_str(&text));
+            }
+        }
+    });
+}
+
 /// Feed items kept on screen.
 const FEED_KEEP: usize = 50;
 /// Chat messages kept on screen.
@@ -243,6 +299,10 @@ pub struct LiveStore {
     pub heard: RwSignal<u64>,
     /// The Auto transport's state (None for the other kinds).
     pub auto: RwSignal<Option<AutoState>>,
+    /// The page's own store (not a lab lane): it relays to other tabs while it leads.
+    pub relays: bool,
+    /// This tab shows what another tab's connection receives.
+    pub follower: RwSignal<bool>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
     pub now: RwSignal<f64>,
     /// Whether history may hold chat messages older than the oldest shown.
@@ -273,6 +333,8 @@ impl LiveStore {
             next_attempt: RwSignal::new(None),
             now: RwSignal::new(js_sys::Date::now()),
             heard: RwSignal::new(0),
+            relays: false,
+            follower: RwSignal::new(false),
             auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
             keep_chat: RwSignal::new(false),
@@ -286,6 +348,12 @@ impl LiveStore {
     /// Takes a batch from any transport. Events at or below the cursor were already shown
     /// (a resume overlap) and are dropped; `bytes` is what the transport received for them.
     pub fn ingest(&self, events: Vec<Event>, bytes: usize) {
+        if self.relays {
+            relay(&Relay::Events {
+                events: events.clone(),
+                bytes,
+            });
+        }
         let received = events.len();
         let mut cursor = Cursor(self.cursor.get_untracked());
         let Fresh {
@@ -393,6 +461,9 @@ impl LiveStore {
 
     /// Moves the cursor past events of streams this page does not show (never backwards).
     pub fn advance(&self, cursor: u64) {
+        if self.relays {
+            relay(&Relay::Cursor { cursor });
+        }
         let mut c = Cursor(self.cursor.get_untracked());
         c.advance(cursor);
         if c.0 != self.cursor.get_untracked() {
@@ -457,6 +528,9 @@ impl LiveStore {
     /// The server could not resume from our cursor (too old, or ahead of a wiped store):
     /// continue from the cursor it gives, even if that is lower than ours.
     pub fn reset_to(&self, cursor: u64) {
+        if self.relays {
+            relay(&Relay::Reset { cursor });
+        }
         self.cursor.set(cursor);
         self.reload.set(Some(cursor));
         self.notice.set(Some(

@@ -68,7 +68,7 @@ pub fn start(store: LiveStore, kind: Kind) {
         };
         store.cursor.set(cursor);
         load_history(store, cursor).await;
-        transport::activate(store, store.kind.get_untracked());
+        crate::tabs::lead_or_follow(store, store.kind.get_untracked());
     });
 }
 

@@ -100,7 +100,10 @@ fn page_hidden() -> bool {
 
 #[component]
 pub fn App() -> impl IntoView {
-    let store = LiveStore::new();
+    let store = LiveStore {
+        relays: true,
+        ..LiveStore::new()
+    };
     provide_context(store);
     let base = api::base();
     if !base.is_empty() {
@@ -117,7 +120,7 @@ pub fn App() -> impl IntoView {
     let choose = move |k: Kind| {
         store_item(TRANSPORT_KEY, &k.key());
         if store.ready.get_untracked() {
-            transport::activate(store, k);
+            crate::tabs::choose(store, k);
         } else {
             store.kind.set(k);
         }
@@ -174,6 +177,7 @@ pub fn App() -> impl IntoView {
                 None => "Loading server details…".to_string(),
             }}
             {(!api::base().is_empty()).then(|| format!(" API: {}", api::base()))}
+            " " <a href="/lab/">"Transport lab: every transport side by side"</a>
         </footer>
     }
 }
@@ -196,26 +200,34 @@ fn Status() -> impl IntoView {
                 Some(at) if at > now => format!("reconnecting · next try in {}", span(at - now)),
                 _ => "reconnecting…".to_string(),
             },
-            ConnState::Live => match store.kind.get() {
-                Kind::Poll(_) => {
-                    let checked = store.last_contact.get().map_or_else(
-                        || "checked".to_string(),
-                        |t| format!("checked {} ago", span(now - t)),
-                    );
-                    match store.next_check.get() {
-                        Some(at) => format!("{checked} · next in {}", span(at - now)),
-                        None => format!("{checked} · checking…"),
+            ConnState::Live => {
+                (match store.kind.get() {
+                    Kind::Poll(_) => {
+                        let checked = store.last_contact.get().map_or_else(
+                            || "checked".to_string(),
+                            |t| format!("checked {} ago", span(now - t)),
+                        );
+                        match store.next_check.get() {
+                            Some(at) => format!("{checked} · next in {}", span(at - now)),
+                            None => format!("{checked} · checking…"),
+                        }
                     }
+                    Kind::Auto => match store.auto.get() {
+                        Some(a) if a.why.is_empty() => {
+                            format!("live · Auto: {}", transport::auto_name(a.on))
+                        }
+                        Some(a) => {
+                            format!("live · Auto: {} — {}", transport::auto_name(a.on), a.why)
+                        }
+                        None => "live · Auto".to_string(),
+                    },
+                    k => format!("live · {}", k.label()),
+                }) + if store.follower.get() {
+                    " · via another tab"
+                } else {
+                    ""
                 }
-                Kind::Auto => match store.auto.get() {
-                    Some(a) if a.why.is_empty() => {
-                        format!("live · Auto: {}", transport::auto_name(a.on))
-                    }
-                    Some(a) => format!("live · Auto: {} — {}", transport::auto_name(a.on), a.why),
-                    None => "live · Auto".to_string(),
-                },
-                k => format!("live · {}", k.label()),
-            },
+            }
         }
     };
     view! {
@@ -225,7 +237,7 @@ fn Status() -> impl IntoView {
                 {text}
             </span>
             {move || (store.conn.get() == ConnState::Reconnecting).then(|| view! {
-                <button class="retry" data-testid="retry-now" on:click=move |_| transport::retry_now(store)>
+                <button class="retry" data-testid="retry-now" on:click=move |_| crate::tabs::retry_now(store)>
                     "Retry now"
                 </button>
             })}
