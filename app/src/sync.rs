@@ -77,11 +77,13 @@ pub fn start(store: LiveStore, kind: Kind) {
 async fn load_history(store: LiveStore, upto: u64) {
     let mut failures = 0u32;
     loop {
-        let pages = (
-            api::history(Stream::Feed, upto + 1, 20).await,
-            api::history(Stream::Chat, upto + 1, CHAT_PAGE).await,
-            api::history(Stream::Ticker, upto + 1, 50).await,
-        );
+        // The three at once: the first thing on screen waits for the slowest, not the sum.
+        let pages = futures_util::future::join3(
+            api::history(Stream::Feed, upto + 1, 20),
+            api::history(Stream::Chat, upto + 1, CHAT_PAGE),
+            api::history(Stream::Ticker, upto + 1, 50),
+        )
+        .await;
         if let (Ok(feed), Ok(chat), Ok(ticks)) = pages {
             store.older_chat.set(chat.len() == CHAT_PAGE);
             store.load(upto, feed, chat, ticks);

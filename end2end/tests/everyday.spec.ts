@@ -239,3 +239,35 @@ test('a static loading state shows until the app starts, then gives way to it', 
     await server.stop();
   }
 });
+
+test('first live item on screen after load (a figure, printed, not asserted)', async ({ browser }) => {
+  const server = await Server.start({ demo: true });
+  try {
+    // The demo ticker has published by the time the page opens, so history has prices.
+    await expect.poll(async () => (await (await fetch(`${server.base}/api/history?stream=ticker&limit=1`)).json()).events.length).toBe(1);
+    const firstItem: number[] = [];
+    const live: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      const ctx = await browser.newContext();
+      await ctx.addInitScript(() => {
+        // Milliseconds since navigation start when the first price and the live state show.
+        new MutationObserver(() => {
+          const w = window as any;
+          if (w.__firstItem === undefined && document.querySelector('[data-testid=tick]')) w.__firstItem = performance.now();
+          if (w.__live === undefined && document.querySelector('[data-testid=conn-state][data-state=live]')) w.__live = performance.now();
+        }).observe(document, { subtree: true, childList: true, attributes: true });
+      });
+      const page = await ctx.newPage();
+      await page.goto(server.base);
+      await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
+      await expect(page.getByTestId('tick').first()).toBeVisible();
+      firstItem.push(await page.evaluate(() => (window as any).__firstItem));
+      live.push(await page.evaluate(() => (window as any).__live));
+      await ctx.close();
+    }
+    const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+    console.log(`first price on screen: median ${median(firstItem).toFixed(0)} ms (runs ${firstItem.map((v) => v.toFixed(0)).join(', ')}); live: median ${median(live).toFixed(0)} ms (runs ${live.map((v) => v.toFixed(0)).join(', ')}) after navigation start`);
+  } finally {
+    await server.stop();
+  }
+});
