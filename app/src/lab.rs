@@ -15,9 +15,10 @@ use leptos::task::spawn_local;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
-/// Okabe-Ito: distinguishable with every common colour-vision deficiency.
-const PALETTE: [&str; 8] = [
-    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442",
+/// Okabe-Ito: distinguishable with every common colour-vision deficiency (its yellow is
+/// left out: too faint on white). A new lane takes the first colour no lane has.
+const PALETTE: [&str; 7] = [
+    "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
 ];
 
 const DEFAULT_LANES: [Kind; 7] = [
@@ -228,7 +229,7 @@ fn stop(lane: &Lane) {
     lane.store.conn.set(ConnState::Offline);
 }
 
-fn new_lane(id: u32, kind: Kind, cursor: u64) -> Lane {
+fn new_lane(id: u32, kind: Kind, cursor: u64, taken: &[&'static str]) -> Lane {
     let store = LiveStore::new();
     store.stats.update(|s| s.record = true);
     store.cursor.set(cursor);
@@ -236,7 +237,10 @@ fn new_lane(id: u32, kind: Kind, cursor: u64) -> Lane {
         id,
         kind,
         store,
-        color: PALETTE[id as usize % PALETTE.len()],
+        color: PALETTE
+            .into_iter()
+            .find(|c| !taken.contains(c))
+            .unwrap_or(PALETTE[id as usize % PALETTE.len()]),
         paused: RwSignal::new(false),
         start: RwSignal::new(cursor),
         summary: RwSignal::new(Summary::default()),
@@ -262,6 +266,17 @@ fn tick(lanes: &[Lane], offset: f64) {
         .map(|l| l.store.cursor.get_untracked())
         .min()
         .unwrap_or(0);
+    // Only ids every lane still holds: a lane keeps its latest arrivals, not all of them.
+    let lo = running
+        .iter()
+        .filter_map(|l| {
+            l.store.stats.with_untracked(|s| {
+                (s.arrivals.len() >= crate::store::MAX_ARRIVALS)
+                    .then(|| s.arrivals.front().map(|a| a.id))
+                    .flatten()
+            })
+        })
+        .fold(lo, u64::max);
     let mut seen: Vec<HashSet<u64>> = Vec::with_capacity(running.len());
     let mut union = HashSet::new();
     for l in &running {
@@ -334,7 +349,10 @@ pub fn Lab() -> impl IntoView {
             };
             let id = next_id.get_untracked();
             next_id.set(id + 1);
-            lanes.update(|l| l.push(new_lane(id, kind, cursor)));
+            lanes.update(|l| {
+                let taken: Vec<&'static str> = l.iter().map(|x| x.color).collect();
+                l.push(new_lane(id, kind, cursor, &taken))
+            });
         });
     };
     spawn_local(async move {
@@ -353,7 +371,16 @@ pub fn Lab() -> impl IntoView {
         spawn_local(async move {
             if let Ok((text, _)) = api::get_text("/api/stats", 5_000).await {
                 if let Ok(s) = serde_json::from_str::<ServerStats>(&text) {
-                    server.update(|v| *v = Some((s, v.take().map(|(prev, _)| prev))));
+                    // Rates against the first sample: streams report their deliveries
+                    // once per heartbeat, so two-second differences would be all spikes.
+                    server.update(|v| {
+                        let first = match v.take() {
+                            Some((prev, None)) => Some(prev),
+                            Some((_, first)) => first,
+                            None => None,
+                        };
+                        *v = Some((s, first))
+                    });
                 }
             }
         });
@@ -425,7 +452,7 @@ fn ServerPanel(server: RwSignal<Option<(ServerStats, Option<ServerStats>)>>) -> 
     };
     view! {
         <div class="server" data-testid="server-stats">
-            <h2>"The server's side"</h2>
+            <h2>"The server's side (rates averaged since the lab opened)"</h2>
             {move || server.get().map(|(s, prev)| {
                 let dt = prev.as_ref().map_or(0.0, |p| (s.now_ms.saturating_sub(p.now_ms)) as f64 / 1000.0);
                 view! {

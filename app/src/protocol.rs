@@ -262,10 +262,13 @@ impl<'de> Deserialize<'de> for ServerFrame {
             "cursor" => ServerFrame::Cursor {
                 cursor: r.cursor.ok_or_else(|| missing("cursor"))?,
             },
+            "hello" => ServerFrame::Hello {
+                cursor: r.cursor.ok_or_else(|| missing("cursor"))?,
+            },
             other => {
                 return Err(<D::Error as serde::de::Error>::unknown_variant(
                     other,
-                    &["event", "ack", "error", "reset", "cursor"],
+                    &["event", "ack", "error", "reset", "cursor", "hello"],
                 ))
             }
         })
@@ -303,6 +306,11 @@ pub enum ServerFrame {
     /// client did not subscribe to, so a client that resumes later does not fall out of
     /// retention because its own streams were quiet.
     Cursor { cursor: u64 },
+    /// With `?hello=true`: the first frame on the socket (where delivery starts), and a
+    /// `cursor` frame on every heartbeat after it, so a client can tell a socket that
+    /// delivers from one a proxy accepted and then left silent (pings are invisible to
+    /// browser scripts).
+    Hello { cursor: u64 },
 }
 
 /// Frames a client sends on a WebSocket.
@@ -723,6 +731,10 @@ mod tests {
             (
                 ServerFrame::Reset { cursor: 9 },
                 r#"{"type":"reset","cursor":9}"#,
+            ),
+            (
+                ServerFrame::Hello { cursor: 4 },
+                r#"{"type":"hello","cursor":4}"#,
             ),
             (
                 ServerFrame::Error {

@@ -178,7 +178,8 @@ pub struct Stats {
     pub dups: u64,
     /// The lab keeps every arrival (`record` set); the app does not.
     pub record: bool,
-    pub arrivals: Vec<Arrival>,
+    /// The latest arrivals (a ring: the oldest go first).
+    pub arrivals: VecDeque<Arrival>,
 }
 
 /// One event as it arrived: when (browser clock), which, and `ts` to arrival as the browser's
@@ -191,7 +192,7 @@ pub struct Arrival {
 }
 
 /// Most arrivals the lab keeps per lane (10 minutes at 30 events/s).
-const MAX_ARRIVALS: usize = 20_000;
+pub const MAX_ARRIVALS: usize = 20_000;
 
 impl Stats {
     pub fn median_latency_ms(&self) -> Option<f64> {
@@ -399,8 +400,9 @@ impl LiveStore {
             s.bytes += bytes as u64;
             s.events += latencies.len() as u64;
             s.dups += received.saturating_sub(latencies.len()) as u64;
-            let room = MAX_ARRIVALS.saturating_sub(s.arrivals.len());
-            s.arrivals.extend(arrivals.into_iter().take(room));
+            s.arrivals.extend(arrivals);
+            let excess = s.arrivals.len().saturating_sub(MAX_ARRIVALS);
+            s.arrivals.drain(..excess);
             for l in &latencies {
                 s.last_latency_ms = Some(*l);
                 s.latencies.push_back(*l);

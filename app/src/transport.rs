@@ -119,7 +119,8 @@ fn open(store: LiveStore, kind: Kind, hello: bool) -> Connection {
         Kind::Poll(ms) => spawn_local(poll_loop(store, conn.alive.clone(), Some(ms))),
         Kind::LongPoll => spawn_local(poll_loop(store, conn.alive.clone(), None)),
         Kind::Sse => open_sse(store, conn.alive.clone(), conn.es.clone(), 0, hello),
-        Kind::Ws => open_ws(store, conn.alive.clone(), conn.ws.clone(), 0),
+        // Always with a hello: it feeds the watchdog (a silent socket is not "live").
+        Kind::Ws => open_ws(store, conn.alive.clone(), conn.ws.clone(), 0, true),
         Kind::Auto => spawn_local(auto::run(store, conn.alive.clone(), conn.inner.clone())),
     }
     conn
@@ -346,16 +347,27 @@ fn open_sse(
     *slot.borrow_mut() = Some(es);
 }
 
+/// Silence after which a WebSocket opened with `hello` counts as dead: two heartbeats
+/// (15 s each) and a margin. A proxy that accepted the socket and forwards nothing, or a
+/// half-open connection, is closed and reconnected instead of showing "live" forever.
+const WS_SILENCE_MS: f64 = 40_000.0;
+
 fn open_ws(
     store: LiveStore,
     alive: Rc<Cell<bool>>,
     slot: Rc<RefCell<Option<WebSocket>>>,
     failures: u32,
+    hello: bool,
 ) {
     if !alive.get() {
         return;
     }
-    let url = format!("{}/api/ws?{}", api::ws_base(), resume_query(&store));
+    let url = format!(
+        "{}/api/ws?{}{}",
+        api::ws_base(),
+        resume_query(&store),
+        if hello { "&hello=true" } else { "" }
+    );
     let Ok(ws) = WebSocket::new(&url) else {
         store.conn.set(ConnState::Offline);
         return;
@@ -364,6 +376,21 @@ fn open_ws(
     let opened = Rc::new(Cell::new(false));
     let opened_at = Rc::new(Cell::new(0.0));
     let delivered = Rc::new(Cell::new(false));
+    let last_heard = Rc::new(Cell::new(js_sys::Date::now()));
+    if hello {
+        // The watchdog: the server sends a frame at least every heartbeat on this socket.
+        let (alive, last_heard, socket) = (alive.clone(), last_heard.clone(), ws.clone());
+        spawn_local(async move {
+            while alive.get() && socket.ready_state() != WebSocket::CLOSED {
+                sleep(5_000).await;
+                if socket.ready_state() == WebSocket::OPEN
+                    && js_sys::Date::now() - last_heard.get() > WS_SILENCE_MS
+                {
+                    let _ = socket.close();
+                }
+            }
+        });
+    }
 
     let on_open = {
         let (opened, opened_at) = (opened.clone(), opened_at.clone());
@@ -379,8 +406,10 @@ fn open_ws(
     };
     let on_message = {
         let delivered = delivered.clone();
+        let last_heard = last_heard.clone();
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
             delivered.set(true);
+            last_heard.set(js_sys::Date::now());
             store.heard.update(|n| *n += 1);
             // A socket that delivers is accepted: whatever was refused before is not now.
             REFUSED.with(|r| r.set(false));
@@ -402,6 +431,7 @@ fn open_ws(
                 }) => store.notice.set(Some(error)),
                 Ok(ServerFrame::Reset { cursor }) => reset(store, cursor),
                 Ok(ServerFrame::Cursor { cursor }) => store.advance(cursor),
+                Ok(ServerFrame::Hello { .. }) => {}
                 Err(_) => {}
             }
         })
@@ -428,7 +458,7 @@ fn open_ws(
             let (alive, slot) = (alive.clone(), slot.clone());
             spawn_local(async move {
                 wait_backoff(store, backoff_ms(n, REFUSED.with(Cell::get))).await;
-                open_ws(store, alive, slot, n);
+                open_ws(store, alive, slot, n, hello);
             });
         })
     };

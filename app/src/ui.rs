@@ -190,6 +190,10 @@ fn Status() -> impl IntoView {
     let store = expect_context::<LiveStore>();
     let text = move || {
         let now = store.now.get();
+        if let Some(a) = store.auto.get().filter(|a| a.trying) {
+            // Auto is still finding out: its trial's failures are not reconnects.
+            return format!("connecting · Auto: trying {}", transport::auto_name(a.on));
+        }
         match store.conn.get() {
             ConnState::Connecting => match store.auto.get() {
                 Some(a) => format!("connecting · Auto: trying {}", transport::auto_name(a.on)),

@@ -3,7 +3,7 @@
 // (deploy/nginx.conf): it settles on what works, says why, climbs back when a block is
 // lifted, and nothing is lost or shown twice on the way.
 import { test, expect, Browser, Page } from '@playwright/test';
-import { Server, Proxy } from './server';
+import { Server, Proxy, silentWebSocketProxy } from './server';
 
 /** A first visit (empty storage: Auto is the default), probing better transports every 2 s. */
 async function visit(browser: Browser, url: string): Promise<Page> {
@@ -98,6 +98,20 @@ test('the healthy proxy: Auto is on WebSocket, and climbs back to it when a bloc
   } finally {
     await healthy.stop();
     await blocked.stop();
+    await server.stop();
+  }
+});
+
+test('a proxy that accepts WebSockets and forwards nothing: Auto is not fooled by an open socket', async ({ browser }) => {
+  const server = await Server.start();
+  const proxy = await silentWebSocketProxy(server.port);
+  try {
+    const page = await visit(browser, proxy.base);
+    await expect(status(page)).toHaveAttribute('data-auto', 'sse');
+    await expect(status(page)).toHaveText('live · Auto: SSE — WebSocket opens but nothing comes through');
+    await chats(page, server, 'silent');
+  } finally {
+    proxy.close();
     await server.stop();
   }
 });

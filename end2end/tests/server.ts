@@ -123,6 +123,35 @@ export class Proxy {
   async stop() { this.proc.kill('SIGTERM'); }
 }
 
+/** A proxy that passes HTTP through (streams too) but answers every WebSocket upgrade
+ *  itself, correctly, and then forwards nothing: what some antivirus and corporate proxies
+ *  do. The socket opens and stays silent. */
+export async function silentWebSocketProxy(upstream: number): Promise<{ base: string; close: () => void }> {
+  const { createHash } = await import('node:crypto');
+  const http = await import('node:http');
+  const server = http.createServer((req, res) => {
+    const up = http.request({ host: '127.0.0.1', port: upstream, path: req.url, method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode ?? 502, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  const held: any[] = [];
+  server.on('upgrade', (req, socket) => {
+    const accept = createHash('sha1').update(`${req.headers['sec-websocket-key']}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    socket.on('error', () => {});
+    held.push(socket);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as any).port;
+  return {
+    base: `http://127.0.0.1:${port}`,
+    close: () => { for (const s of held) s.destroy(); server.close(); server.closeAllConnections(); },
+  };
+}
+
 /** Redis + N Tidings servers in cluster mode + nginx round robin (deploy/nginx.conf). */
 export class ClusterSetup {
   private constructor(

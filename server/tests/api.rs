@@ -478,6 +478,27 @@ async fn sse_hello_is_a_visible_first_message_on_request() {
     s.stop().await;
 }
 
+/// The same for WebSockets: `hello=true` makes the first frame a `hello` with the start
+/// cursor (and a `cursor` frame on every heartbeat, the client's watchdog); without it the
+/// first frame is the first event, as before.
+#[tokio::test]
+async fn ws_hello_is_the_first_frame_on_request() {
+    let s = TestServer::start_with(|c| c.heartbeat_secs = 1).await;
+    let e = s.chat("before").await;
+    let mut ws = ws_connect(&s.ws_url(&format!("/api/ws?hello=true&since={}", e.id))).await;
+    assert_eq!(ws_frame(&mut ws).await, ServerFrame::Hello { cursor: e.id });
+    let next = s.chat("after").await;
+    assert_eq!(ids(&ws_events(&mut ws, 1).await), vec![next.id]);
+    // A quiet second later: a cursor frame, although nothing new went by.
+    assert_eq!(
+        ws_frame(&mut ws).await,
+        ServerFrame::Cursor { cursor: next.id }
+    );
+    let mut plain = ws_connect(&s.ws_url(&format!("/api/ws?since={}", e.id))).await;
+    assert_eq!(ids(&ws_events(&mut plain, 1).await), vec![next.id]);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn sse_filters_streams_and_heartbeats_move_the_resume_cursor() {
     let s = TestServer::start_with(|c| c.heartbeat_secs = 1).await;

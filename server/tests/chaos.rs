@@ -339,7 +339,7 @@ async fn ws_once(
                     return;
                 }
                 ServerFrame::Error { error, .. } => panic!("publish refused: {error}"),
-                ServerFrame::Cursor { .. } => {}
+                ServerFrame::Cursor { .. } | ServerFrame::Hello { .. } => {}
             }
         }
     })

@@ -20,9 +20,6 @@ use web_sys::{EventSource, WebSocket};
 const LADDER: [Kind; 3] = [Kind::Ws, Kind::Sse, Kind::LongPoll];
 /// How long WebSocket and SSE have to prove themselves (an open socket; a first message).
 const PROOF_MS: f64 = 3_000.0;
-/// A WebSocket must stay open this long once open: a proxy that accepts the upgrade and
-/// then drops it closes at once.
-const WS_SETTLE_MS: f64 = 1_500.0;
 /// Long polling's first request does not wait, so it answers quickly when it can.
 const POLL_PROOF_MS: f64 = 15_000.0;
 /// How long the settled transport may be down, while the server answers plain requests,
@@ -131,10 +128,15 @@ async fn prove(store: LiveStore, alive: &Cell<bool>, kind: Kind, heard: u64) -> 
                 }
                 sleep(100).await;
             }
+            // Open is not enough: a proxy may accept the upgrade and forward nothing. The
+            // socket was asked for a hello, which must come through.
             let opened = now();
-            while !heard_since() && now() - opened < WS_SETTLE_MS {
+            while !heard_since() {
                 if !live() {
                     return Err("WebSocket closes right after opening".into());
+                }
+                if now() - opened > PROOF_MS {
+                    return Err("WebSocket opens but nothing comes through".into());
                 }
                 sleep(100).await;
             }
@@ -188,6 +190,14 @@ async fn settled(store: LiveStore, alive: &Cell<bool>, rung: usize) -> Next {
             let since = *down_since.get_or_insert_with(now);
             if now() - since > DOWN_MS && rung + 1 < LADDER.len() {
                 if reachable().await {
+                    // The server answers; the transport may just be in its last backoff
+                    // after the server came back (a restart is not the transport's fault):
+                    // give it that long before leaving it.
+                    sleep(3_000).await;
+                    if store.conn.get_untracked() == ConnState::Live {
+                        down_since = None;
+                        continue;
+                    }
                     return Next::Down(format!("{} stopped working", name(LADDER[rung])));
                 }
                 down_since = Some(now()); // the server is away: keep waiting
@@ -212,34 +222,28 @@ async fn probe(kind: Kind) -> bool {
     let start = now();
     match kind {
         Kind::Ws => {
-            let Ok(ws) = WebSocket::new(&format!("{}/api/ws?streams=chat", api::ws_base())) else {
+            let url = format!("{}/api/ws?streams=chat&hello=true", api::ws_base());
+            let Ok(ws) = WebSocket::new(&url) else {
                 return false;
             };
-            let on_open = {
+            // Proven by the hello: a frame that came through, not just an open socket.
+            let on_message = {
                 let state = state.clone();
-                Closure::<dyn FnMut()>::new(move || state.set(1))
+                Closure::<dyn FnMut()>::new(move || state.set(2))
             };
             let on_close = {
                 let state = state.clone();
                 Closure::<dyn FnMut()>::new(move || state.set(3))
             };
-            ws.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+            ws.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
             ws.set_onclose(Some(on_close.as_ref().unchecked_ref()));
-            let mut opened = None;
-            let ok = loop {
-                match (state.get(), opened) {
-                    (3, _) => break false,
-                    (1, None) => opened = Some(now()),
-                    (1, Some(at)) if now() - at >= WS_SETTLE_MS => break true,
-                    (0, _) if now() - start > PROOF_MS => break false,
-                    _ => {}
-                }
+            while state.get() == 0 && now() - start < PROOF_MS {
                 sleep(100).await;
-            };
-            ws.set_onopen(None);
+            }
+            ws.set_onmessage(None);
             ws.set_onclose(None);
             let _ = ws.close();
-            ok
+            state.get() == 2
         }
         _ => {
             let url = format!("{}/api/sse?streams=chat&hello=true", api::base());

@@ -58,6 +58,8 @@ pub async fn handler(
     }
     match &read {
         Read::Events(Page { events, .. }) => {
+            crate::metrics::lab::DELIVERED
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("tidings_events_delivered_total", "transport" => "poll")
                 .increment(events.len() as u64)
         }

@@ -67,6 +67,7 @@ pub async fn handler(
         admin: state.is_admin(crate::api::bearer(&headers).or(p.token.as_deref())),
         client: Some(client),
     };
+    let hello = p.hello.unwrap_or(false);
     let sub = state
         .subscribe(filter, p.since)
         .await
@@ -85,7 +86,7 @@ pub async fn handler(
                 let conn = Connection::from_partially_read(parts.io.into_inner(), &parts.read_buf);
                 // A view into hyper's 8 KiB read buffer: holding it would keep that alive.
                 drop(parts.read_buf);
-                serve_socket(conn, state, sub, caller).await
+                serve_socket(conn, state, sub, caller, hello).await
             }
             Err(_) => tracing::error!("websocket upgrade of a connection that is not plain TCP"),
         }
@@ -305,10 +306,19 @@ pub async fn serve_socket<S: Io>(
     state: AppState,
     mut sub: Subscription,
     caller: Caller,
+    hello: bool,
 ) {
     let _open = crate::metrics::OpenStream::new("ws");
     // Everything to write next: event frames, acks, errors, pongs; one write per turn.
     let mut out = Vec::new();
+    if hello {
+        push_frame(
+            &mut out,
+            &ServerFrame::Hello {
+                cursor: sub.cursor(),
+            },
+        );
+    }
     // Created once: a fresh `cancelled()` per loop turn would register with the token's
     // waiter list (a mutex shared by every connection) on every event.
     let cancelled = state.shutdown.clone().cancelled_owned();
@@ -401,6 +411,9 @@ pub async fn serve_socket<S: Io>(
                     wire::ws::encode(&mut out, OpCode::Ping, b"");
                     if let Some(cursor) = sub.unannounced() {
                         push_frame(&mut out, &ServerFrame::Cursor { cursor });
+                    } else if hello {
+                        // Visible to scripts, unlike the ping: the client's watchdog.
+                        push_frame(&mut out, &ServerFrame::Cursor { cursor: sub.cursor() });
                     }
                 }
             }

@@ -144,6 +144,7 @@ fn spawn_socket(
         fx.state.clone(),
         sub,
         Caller::default(),
+        false,
     ));
     (client, task)
 }
@@ -313,6 +314,7 @@ async fn publish_ack_error_ping_and_shutdown_over_a_socket() {
         fx.state.clone(),
         sub,
         Caller::default(),
+        false,
     ));
     let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
 
