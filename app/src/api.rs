@@ -156,3 +156,23 @@ pub async fn publish(body: String, key: &str, timeout_ms: u32) -> Result<Event, 
         code: "network".into(),
     })
 }
+
+/// POST a JSON body with `Authorization: Bearer <token>`; the answer's text, or the
+/// server's error message (the lab's load control).
+pub async fn post_authorized(path: &str, body: String, token: &str) -> Result<String, String> {
+    let resp = Request::post(&format!("{}{path}", base()))
+        .header("content-type", "application/json")
+        .header("authorization", &format!("Bearer {token}"))
+        .body(body)
+        .map_err(|e| e.to_string())?
+        .send()
+        .await
+        .map_err(|e| format!("no answer from the server ({e})"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(text)
+    } else {
+        Err(error_message(status, &text))
+    }
+}

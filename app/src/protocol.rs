@@ -30,16 +30,21 @@ pub enum Stream {
     Feed,
     Chat,
     Ticker,
+    /// The transport lab's load: written only by the server's generator, and delivered only
+    /// to subscriptions that name it (never part of "all streams").
+    Lab,
 }
 
 impl Stream {
-    pub const ALL: [Stream; 3] = [Stream::Feed, Stream::Chat, Stream::Ticker];
+    /// Every stream a subscription may name.
+    pub const ALL: [Stream; 4] = [Stream::Feed, Stream::Chat, Stream::Ticker, Stream::Lab];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stream::Feed => "feed",
             Stream::Chat => "chat",
             Stream::Ticker => "ticker",
+            Stream::Lab => "lab",
         }
     }
 
@@ -64,7 +69,10 @@ impl fmt::Display for Stream {
 pub struct StreamSet(u8);
 
 impl StreamSet {
+    /// The app's streams, what an absent or empty `streams=` means: feed, chat, ticker.
     pub const ALL: StreamSet = StreamSet(0b111);
+    /// The app's streams and the lab's load (the lab's lanes subscribe to this).
+    pub const WITH_LAB: StreamSet = StreamSet(0b1111);
 
     pub fn contains(self, s: Stream) -> bool {
         self.0 & s.bit() != 0
@@ -122,7 +130,7 @@ impl StreamSet {
 }
 
 fn unknown_stream_message(name: &str) -> String {
-    format!("unknown stream '{name}' (expected one of: feed, chat, ticker)")
+    format!("unknown stream '{name}' (expected one of: feed, chat, ticker, lab)")
 }
 
 /// A news feed item.
@@ -164,6 +172,14 @@ pub enum Payload {
     Feed(FeedItem),
     Chat(ChatMessage),
     Ticker(Tick),
+    Lab(LabTick),
+}
+
+/// One event of the lab's generated load: its number in the run.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LabTick {
+    pub n: u64,
 }
 
 impl Payload {
@@ -174,6 +190,7 @@ impl Payload {
             Payload::Feed(d) => serde_json::to_string(d),
             Payload::Chat(d) => serde_json::to_string(d),
             Payload::Ticker(d) => serde_json::to_string(d),
+            Payload::Lab(d) => serde_json::to_string(d),
         }
         .expect("payload data serialises")
     }
@@ -183,6 +200,7 @@ impl Payload {
             Payload::Feed(_) => Stream::Feed,
             Payload::Chat(_) => Stream::Chat,
             Payload::Ticker(_) => Stream::Ticker,
+            Payload::Lab(_) => Stream::Lab,
         }
     }
 }
@@ -218,6 +236,7 @@ impl<'de> Deserialize<'de> for Event {
             Stream::Feed => Payload::Feed(serde_json::from_value(r.data).map_err(e)?),
             Stream::Chat => Payload::Chat(serde_json::from_value(r.data).map_err(e)?),
             Stream::Ticker => Payload::Ticker(serde_json::from_value(r.data).map_err(e)?),
+            Stream::Lab => Payload::Lab(serde_json::from_value(r.data).map_err(e)?),
         };
         Ok(Event {
             id: r.id,
@@ -603,6 +622,7 @@ fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
         Stream::Feed => Payload::Feed(serde_json::from_value(data).map_err(bad)?),
         Stream::Chat => Payload::Chat(serde_json::from_value(data).map_err(bad)?),
         Stream::Ticker => Payload::Ticker(serde_json::from_value(data).map_err(bad)?),
+        Stream::Lab => Payload::Lab(serde_json::from_value(data).map_err(bad)?),
     };
     validate(payload).map_err(PublishError::Invalid)
 }
@@ -644,6 +664,7 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
                 open: t.open,
             })
         }
+        Payload::Lab(l) => Payload::Lab(l),
     })
 }
 

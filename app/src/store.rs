@@ -302,6 +302,8 @@ pub struct LiveStore {
     pub auto: RwSignal<Option<AutoState>>,
     /// The page's own store (not a lab lane): it relays to other tabs while it leads.
     pub relays: bool,
+    /// The streams its transports subscribe to (the lab's lanes add `lab`).
+    pub streams: crate::protocol::StreamSet,
     /// This tab shows what another tab's connection receives.
     pub follower: RwSignal<bool>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
@@ -335,6 +337,7 @@ impl LiveStore {
             now: RwSignal::new(js_sys::Date::now()),
             heard: RwSignal::new(0),
             relays: false,
+            streams: crate::protocol::StreamSet::ALL,
             follower: RwSignal::new(false),
             auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
@@ -394,6 +397,8 @@ impl LiveStore {
                     msg,
                 }),
                 Payload::Ticker(t) => ticks.push(t),
+                // The lab's load: counted in the stats, nothing to show.
+                Payload::Lab(_) => {}
             }
         }
         self.stats.update(|s| {

@@ -8,7 +8,7 @@
 //! jittered backoff the person can cut short ("retry now").
 
 use crate::api;
-use crate::protocol::{Event, PollResponse, ServerFrame, StreamSet};
+use crate::protocol::{Event, PollResponse, ServerFrame};
 pub use crate::store::Kind;
 use crate::store::{ConnState, LiveStore};
 use leptos::prelude::*;
@@ -18,8 +18,6 @@ use std::rc::Rc;
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::JsCast;
 use web_sys::{EventSource, MessageEvent, WebSocket};
-
-const STREAMS: StreamSet = StreamSet::ALL;
 
 /// Reconnect delay: doubling from 500 ms to a cap of 2 s, with full jitter in its upper
 /// half so that clients dropped together (a server restart) do not all come back together.
@@ -177,7 +175,7 @@ async fn sleep(ms: u32) {
 fn resume_query(store: &LiveStore) -> String {
     format!(
         "streams={}&since={}",
-        STREAMS.to_query(),
+        store.streams.to_query(),
         store.cursor.get_untracked()
     )
 }

@@ -64,3 +64,70 @@ test('the lab: seven lanes live at once, agreeing on every event', async ({ brow
     await server.stop();
   }
 });
+
+test('the lab load: 20 events/s and a burst of 100 on the lab stream, admin token only', async ({ browser }) => {
+  const server = await Server.start({ args: ['--admin-token', 'lab-secret'] });
+  try {
+    const page = await (await browser.newContext({ viewport: { width: 1400, height: 1000 } })).newPage();
+    await page.goto(`${server.base}/lab/`);
+    await expect(page.getByTestId('lane')).toHaveCount(7);
+    for (const l of await page.getByTestId('lane-state').all()) await expect(l).toHaveText(/^live/);
+    // Without the token the server refuses, and says why.
+    await page.getByTestId('load-rate').selectOption('20');
+    await expect(page.getByTestId('load-status')).toHaveText(/^Refused: /);
+    await page.getByTestId('load-token').fill('lab-secret');
+    await page.getByTestId('load-rate').selectOption('20');
+    await expect(page.getByTestId('load-status')).toHaveText('Generating 20 events/s on the lab stream.');
+    const ws = page.locator('[data-testid=lane][data-kind="ws"] [data-testid=lane-events]');
+    await expect.poll(async () => Number(await ws.textContent()), { timeout: 10_000 }).toBeGreaterThan(40);
+    await page.getByTestId('load-rate').selectOption('0');
+    await expect(page.getByTestId('load-status')).toHaveText('Off.');
+    await page.getByTestId('load-burst').click();
+    // Every lane ends with every event the server generated, none missed.
+    await page.waitForTimeout(2_000);
+    const h = await (await fetch(`${server.base}/api/history?stream=lab&limit=200`)).json();
+    const latest = h.events.length ? h.events[h.events.length - 1].data.n : 0;
+    expect(latest).toBeGreaterThanOrEqual(140);
+    for (const kind of ['poll-1000', 'poll-5000', 'longpoll', 'sse', 'ws', 'auto']) {
+      const lane = page.locator(`[data-testid=lane][data-kind="${kind}"]`);
+      await expect(lane.getByTestId('lane-events')).toHaveText(String(latest), { timeout: 15_000 });
+      await expect(lane.getByTestId('lane-missed')).toHaveText('0');
+    }
+  } finally {
+    await server.stop();
+  }
+});
+
+// The long run behind the closing note's figures: LAB_MINUTES=10 npx playwright test lab -g "long run".
+test('the lab, a long run at 10 events/s (only with LAB_MINUTES set)', async ({ browser }) => {
+  const minutes = Number(process.env.LAB_MINUTES ?? 0);
+  test.skip(!minutes, 'set LAB_MINUTES to run it');
+  test.setTimeout((minutes + 3) * 60_000);
+  const server = await Server.start({ args: ['--publish-rate', '0'] });
+  try {
+    const page = await (await browser.newContext({ viewport: { width: 1400, height: 1000 } })).newPage();
+    await page.goto(`${server.base}/lab/`);
+    await expect(page.getByTestId('lane')).toHaveCount(7);
+    for (const l of await page.getByTestId('lane-state').all()) await expect(l).toHaveText(/^live/);
+    let n = 0;
+    const until = Date.now() + minutes * 60_000;
+    while (Date.now() < until) {
+      const next = Date.now() + 100;
+      await server.chat('lab', `event ${n++}`);
+      await new Promise((r) => setTimeout(r, Math.max(0, next - Date.now())));
+    }
+    for (const kind of ['poll-1000', 'poll-5000', 'poll-30000', 'longpoll', 'sse', 'ws', 'auto']) {
+      const lane = page.locator(`[data-testid=lane][data-kind="${kind}"]`);
+      await expect(lane.getByTestId('lane-events')).toHaveText(String(n), { timeout: 40_000 });
+      await expect(lane.getByTestId('lane-missed')).toHaveText('0');
+    }
+    const rows = await page.getByTestId('lane').evaluateAll((els) => els.map((el) => {
+      const figures = [...el.querySelectorAll('dt')].map((dt) => `${dt.textContent}: ${dt.nextElementSibling?.textContent}`).join('; ');
+      return `${el.getAttribute('data-kind')}: ${figures} | ${el.querySelector('[data-testid=verdict]')?.textContent}`;
+    }));
+    console.log(`lab, ${minutes} min at 10 events/s (${n} events):\n${rows.join('\n')}`);
+    await page.screenshot({ path: path.join('test-results', 'lab-long.png'), fullPage: true });
+  } finally {
+    await server.stop();
+  }
+});

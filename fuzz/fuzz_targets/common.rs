@@ -38,7 +38,11 @@ pub fn check_valid(p: &Payload) {
                 .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
             assert!(t.price.is_finite() && t.price > 0.0, "price {}", t.price);
             assert!(t.change.is_finite(), "change {}", t.change);
+            if let Some(open) = t.open {
+                assert!(open.is_finite() && open > 0.0, "open {open}");
+            }
         }
+        Payload::Lab(_) => {}
     }
 }
 

@@ -147,7 +147,7 @@ pub async fn history(
         .ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
     let stream = Stream::parse(&name).ok_or_else(|| {
         ApiError::BadRequest(format!(
-            "unknown stream '{name}' (expected one of: feed, chat, ticker)"
+            "unknown stream '{name}' (expected one of: feed, chat, ticker, lab)"
         ))
     })?;
     let limit = p.limit.unwrap_or(50);

@@ -39,6 +39,7 @@ mod config;
 mod demo;
 mod engine;
 mod error;
+mod lab;
 mod limits;
 mod log;
 mod metrics;
@@ -71,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
         .route("/api/stats", get(api::stats))
+        .route("/api/lab/load", post(lab::handler))
         .route("/api/poll", get(transport::poll::handler))
         .route("/api/sse", get(transport::sse::handler))
         .route("/api/ws", get(transport::ws::handler))
@@ -119,6 +121,7 @@ pub async fn run(
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
         shutdown: token.clone(),
         tasks: tasks.clone(),
+        lab: Default::default(),
         limits: limits.clone(),
         metrics: metrics::install(),
     }));
@@ -137,6 +140,9 @@ pub async fn run(
     });
     if !state.config.no_demo {
         demo::spawn(state.clone());
+    }
+    if state.config.admin_token.is_some() {
+        lab::spawn(state.clone());
     }
 
     // The caller's shutdown future becomes the one token everything watches.

@@ -55,6 +55,8 @@ pub struct Shared {
     /// Cancelled once on shutdown: long polls answer, SSE streams end, WebSockets close
     /// with 1001, simulators stop.
     pub shutdown: CancellationToken,
+    /// The transport lab's load generator (`crate::lab`).
+    pub lab: crate::lab::LabLoad,
     /// Every connection's task, WebSockets taken over from hyper included: shutdown waits
     /// for them (their last publishes and close frames) before the engine stops.
     pub tasks: tokio_util::task::TaskTracker,
@@ -90,6 +92,13 @@ impl AppState {
         let stream = payload.stream();
         if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
             return Err(ApiError::Unauthorized);
+        }
+        if stream == Stream::Lab && caller.client.is_some() {
+            return Err(ApiError::Forbidden(
+                "the lab stream is written by the server's load generator only; control it \
+                 with POST /api/lab/load"
+                    .into(),
+            ));
         }
         if let (Some(client), false) = (caller.client, caller.admin) {
             self.limits.publish_allowed(client).map_err(|wait| {

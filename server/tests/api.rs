@@ -796,6 +796,123 @@ fn app_now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The lab's load generator: only with --admin-token and for that token, bounded, only on
+/// the `lab` stream (which nobody else may write, and which "all streams" does not include).
+#[tokio::test]
+async fn lab_load_is_admin_only_bounded_and_on_its_own_stream() {
+    let client = reqwest::Client::new();
+    let off = TestServer::start().await;
+    let r = client
+        .post(off.url("/api/lab/load"))
+        .body(r#"{"rate":5}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r
+        .json::<app::protocol::ErrorBody>()
+        .await
+        .unwrap()
+        .error
+        .contains("--admin-token"));
+    off.stop().await;
+
+    let s = TestServer::start_with(|c| c.admin_token = Some("T0ken".into())).await;
+    let control = |body: &'static str, token: Option<&'static str>| {
+        let mut req = client.post(s.url("/api/lab/load")).body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(control(r#"{"rate":5}"#, None).await.unwrap().status(), 401);
+    assert_eq!(
+        control(r#"{"rate":5}"#, Some("wrong"))
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        control(r#"{"rate":51}"#, Some("T0ken"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        control(r#"{"speed":5}"#, Some("T0ken"))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    // Nobody writes the lab stream but the generator, not even the admin.
+    let direct = client
+        .post(s.url("/api/publish"))
+        .bearer_auth("T0ken")
+        .body(r#"{"stream":"lab","data":{"n":1}}"#)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.status(), 403);
+    let start = poll(&s, "streams=lab").await.cursor;
+    assert_eq!(
+        control(r#"{"rate":20}"#, Some("T0ken"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let got = poll(&s, &format!("streams=lab&since={start}&wait=5")).await;
+    assert!(!got.events.is_empty());
+    assert!(got
+        .events
+        .iter()
+        .all(|e| matches!(e.payload, Payload::Lab(_))));
+    // "All streams" (no streams=) is the app's three: the lab's load is not among them.
+    let all = poll(&s, &format!("since={start}")).await;
+    assert!(all
+        .events
+        .iter()
+        .all(|e| !matches!(e.payload, Payload::Lab(_))));
+    // A burst of 100, at most one per 5 s.
+    assert_eq!(
+        control(r#"{"rate":0,"burst":true}"#, Some("T0ken"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        control(r#"{"burst":true}"#, Some("T0ken"))
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=lab&limit=200"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let total = h.events.len();
+    assert!(total >= 100, "{total} lab events after a burst");
+    // Stopped (rate 0): no more.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let h2: HistoryResponse = reqwest::get(s.url("/api/history?stream=lab&limit=200"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h2.events.len(), total);
+    s.stop().await;
+}
+
 // ---------------------------------------------------------------- lifecycle
 
 #[tokio::test]
