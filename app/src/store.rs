@@ -226,7 +226,12 @@ pub struct TickerEntry {
     pub tick: Tick,
     /// +1 up, -1 down, 0 unchanged since the previous tick (for the flash colour).
     pub moved: i8,
+    /// The latest prices, oldest first (the sparkline): from history, then live.
+    pub recent: Vec<f64>,
 }
+
+/// Prices kept per symbol for its sparkline.
+const SPARK: usize = 30;
 
 /// A chat message this page sent, until the stream delivers it. `key` is its idempotency
 /// key (and its WebSocket `ref`): every retry carries it, so the server stores it once.
@@ -457,9 +462,16 @@ impl LiveStore {
                 match rows.iter_mut().find(|r| r.tick.symbol == t.symbol) {
                     Some(r) => {
                         r.moved = (t.price - r.tick.price).signum() as i8;
+                        r.recent.push(t.price);
+                        let excess = r.recent.len().saturating_sub(SPARK);
+                        r.recent.drain(..excess);
                         r.tick = t;
                     }
-                    None => rows.push(TickerEntry { tick: t, moved: 0 }),
+                    None => rows.push(TickerEntry {
+                        recent: vec![t.price],
+                        tick: t,
+                        moved: 0,
+                    }),
                 }
             }
             rows.sort_by(|a, b| a.tick.symbol.cmp(&b.tick.symbol));

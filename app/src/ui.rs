@@ -289,6 +289,27 @@ fn StatsStrip() -> impl IntoView {
     }
 }
 
+/// The points of a 60 x 18 sparkline of `prices` (scaled to their own range).
+fn sparkline(prices: &[f64]) -> String {
+    let (lo, hi) = prices
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), p| (lo.min(*p), hi.max(*p)));
+    let span = (hi - lo).max(f64::EPSILON);
+    let step = 60.0 / (prices.len().max(2) - 1) as f64;
+    prices
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                "{:.1},{:.1}",
+                i as f64 * step,
+                17.0 - (p - lo) / span * 16.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// "▲ +1.20 (+1.05%)": the sign and arrow carry the direction for readers who do not see
 /// the colour; the percentage is against the day's open when the tick gives one.
 fn change_text(t: &Tick) -> String {
@@ -326,6 +347,9 @@ fn TickerPanel() -> impl IntoView {
                         view! {
                             <div class=format!("tick {dir} {flash}") data-testid="tick" data-symbol=t.tick.symbol.clone() title=basis>
                                 <span class="symbol">{t.tick.symbol.clone()}</span>
+                                <svg class="spark" viewBox="0 0 60 18" aria-hidden="true">
+                                    <polyline points=sparkline(&t.recent)/>
+                                </svg>
                                 <span class="price">{format!("{:.2}", t.tick.price)}</span>
                                 <span class="change" data-testid="tick-change">{change_text(&t.tick)}</span>
                             </div>

@@ -97,6 +97,8 @@ test('feed and ticker update live', async ({ browser }) => {
     await expect(zzz.locator('.price')).toHaveText('12.34');
     await expect(zzz).toHaveClass(/down/);
     await expect(zzz.getByTestId('tick-change')).toHaveText('▼ -0.56');
+    // Each symbol has a sparkline of its recent prices, from history and then live.
+    await expect.poll(async () => (await page.locator(`[data-testid=tick][data-symbol="${symbol}"] .spark polyline`).getAttribute('points'))?.split(' ').length ?? 0).toBeGreaterThan(2);
     // The demo ticker gives the day's open: the change carries its percentage.
     await expect(page.locator(`[data-testid=tick][data-symbol="${symbol}"]`).getByTestId('tick-change'))
       .toHaveText(/^[▲▼■] [+-]\d+\.\d\d \([+-]\d+\.\d\d%\)$/);
