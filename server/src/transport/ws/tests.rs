@@ -104,6 +104,7 @@ async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
         streams: Arc::new(tokio::sync::Semaphore::new(10)),
         shutdown: Default::default(),
         tasks: Default::default(),
+        lab: Default::default(),
         metrics: crate::metrics::install(),
     }));
     Fixture {
