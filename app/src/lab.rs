@@ -21,16 +21,6 @@ const PALETTE: [&str; 7] = [
     "#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
 ];
 
-const DEFAULT_LANES: [Kind; 7] = [
-    Kind::Poll(1000),
-    Kind::Poll(5000),
-    Kind::Poll(30000),
-    Kind::LongPoll,
-    Kind::Sse,
-    Kind::Ws,
-    Kind::Auto,
-];
-
 /// Bytes the lab cannot see and estimates (browsers expose no request headers to scripts,
 /// and Resource Timing has no entries for an open EventSource or any WebSocket). Measured
 /// once against this server with Chromium 156 (request headers as sent, response headers as
@@ -360,7 +350,7 @@ pub fn Lab() -> impl IntoView {
     };
     spawn_local(async move {
         offset.set(clock_offset().await);
-        for k in DEFAULT_LANES {
+        for k in Kind::ALL {
             add(k);
         }
     });

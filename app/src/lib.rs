@@ -33,3 +33,21 @@ pub mod tabs;
 pub mod transport;
 #[cfg(feature = "csr")]
 pub mod ui;
+
+/// Starts a page (the app or the lab): panics reported to the console, the static loading
+/// state of its HTML removed, then `view` mounted in its place.
+#[cfg(feature = "csr")]
+pub fn start<F, N>(view: F)
+where
+    F: FnOnce() -> N + 'static,
+    N: leptos::prelude::IntoView,
+{
+    console_error_panic_hook::set_once();
+    if let Some(boot) = web_sys::window()
+        .and_then(|w| w.document())
+        .and_then(|d| d.get_element_by_id("boot"))
+    {
+        boot.remove();
+    }
+    leptos::mount::mount_to_body(view);
+}

@@ -26,6 +26,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every transport the app offers, in the picker's (and the lab's lanes') order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Auto,
+        Kind::Poll(1000),
+        Kind::Poll(5000),
+        Kind::Poll(30000),
+        Kind::LongPoll,
+        Kind::Sse,
+        Kind::Ws,
+    ];
+
     pub fn key(self) -> String {
         match self {
             Kind::Poll(ms) => format!("poll-{ms}"),
@@ -568,13 +579,13 @@ impl LiveStore {
         });
     }
 
-    /// Sets a message's status, unless it is already acknowledged: an answer that arrives
-    /// late (a failed retry racing the ack) never undoes "stored".
-    pub fn set_status(&self, key: &str, status: OutStatus) {
+    /// Changes the outgoing message `key`, unless it is already acknowledged: an answer that
+    /// arrives late (a failed retry racing the ack) never undoes "stored".
+    pub fn update_outgoing(&self, key: &str, f: impl FnOnce(&mut Outgoing)) {
         self.outbox.update(|o| {
             if let Some(m) = o.iter_mut().find(|m| m.key == key) {
                 if !matches!(m.status, OutStatus::Acked(_)) {
-                    m.status = status;
+                    f(m);
                 }
             }
         });
@@ -582,23 +593,19 @@ impl LiveStore {
 
     /// The server (or the network) turned a message back: final refusals are shown; ones
     /// that pass are queued again with a growing wait (1, 2, 4 ... 30 s), so a rate limit or
-    /// an outage is not answered with a resend every second.
-    pub fn refused(&self, key: &str, code: &str, error: String) {
+    /// an outage is not answered with a resend every second. Returns whether it was queued.
+    pub fn refused(&self, key: &str, code: &str, error: String) -> bool {
         let status = OutStatus::after_refusal(code, error);
+        let again = status == OutStatus::Queued;
         let now = js_sys::Date::now();
-        self.outbox.update(|o| {
-            let Some(m) = o.iter_mut().find(|m| m.key == key) else {
-                return;
-            };
-            if matches!(m.status, OutStatus::Acked(_)) {
-                return;
-            }
-            if status == OutStatus::Queued {
+        self.update_outgoing(key, |m| {
+            if again {
                 m.attempts += 1;
                 m.retry_at = now + f64::from((1_000u32 << m.attempts.min(5)).min(30_000));
             }
             m.status = status;
         });
+        again
     }
 
     /// Messages sent on the WebSocket that closed before their ack: they may or may not have

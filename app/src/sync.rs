@@ -195,14 +195,13 @@ fn flush(store: LiveStore) {
     spawn_local(async move {
         while let Some(m) = next_due(store) {
             if js_sys::Date::now() - m.since > RESEND_FOR_MS {
-                store.set_status(
-                    &m.key,
-                    OutStatus::Failed(
+                store.update_outgoing(&m.key, |o| {
+                    o.status = OutStatus::Failed(
                         "not confirmed for over 9 minutes, so not resent by itself: it may have \
                          been stored (check the chat). Edit to send it again, or discard."
                             .into(),
-                    ),
-                );
+                    );
+                });
                 continue;
             }
             let payload = Payload::Chat(m.msg.clone());
@@ -218,13 +217,13 @@ fn flush(store: LiveStore) {
                 if !sent {
                     break; // the socket is closing; its close queues and flushes again
                 }
-                mark(store, &m.key, |o| {
+                store.update_outgoing(&m.key, |o| {
                     o.status = OutStatus::Sending;
                     o.via_ws = true;
                 });
                 continue; // the ack or error frame settles it; the socket keeps the order
             }
-            mark(store, &m.key, |o| {
+            store.update_outgoing(&m.key, |o| {
                 o.status = OutStatus::Sending;
                 o.via_ws = false;
             });
@@ -232,23 +231,13 @@ fn flush(store: LiveStore) {
             match api::publish(body, &m.key, PUBLISH_TIMEOUT_MS).await {
                 Ok(event) => store.ack(&m.key, event.id),
                 Err(ErrorBody { error, code }) => {
-                    let again = OutStatus::after_refusal(&code, String::new()) == OutStatus::Queued;
-                    store.refused(&m.key, &code, error);
-                    if again {
+                    if store.refused(&m.key, &code, error) {
                         break; // it waits its backoff, and holds the rest back, in order
                     }
                 }
             }
         }
         FLUSHING.with(|f| f.set(false));
-    });
-}
-
-fn mark(store: LiveStore, key: &str, f: impl FnOnce(&mut Outgoing)) {
-    store.outbox.update(|o| {
-        if let Some(m) = o.iter_mut().find(|m| m.key == key) {
-            f(m);
-        }
     });
 }
 
@@ -264,7 +253,7 @@ fn flush_now(store: LiveStore) {
 
 /// "Retry now" on one message.
 pub fn retry(store: LiveStore, key: &str) {
-    mark(store, key, |o| o.retry_at = 0.0);
+    store.update_outgoing(key, |o| o.retry_at = 0.0);
     flush(store);
 }
 

@@ -421,7 +421,9 @@ fn open_ws(
                     reference: Some(r),
                     error,
                     code,
-                }) => store.refused(&r, &code, error),
+                }) => {
+                    store.refused(&r, &code, error);
+                }
                 Ok(ServerFrame::Error {
                     reference: None,
                     error,

@@ -15,15 +15,6 @@ use wasm_bindgen::JsCast;
 const TRANSPORT_KEY: &str = "tidings.transport";
 const NICK_KEY: &str = "tidings.nick";
 const TITLE: &str = "Tidings — live updates over polling, SSE and WebSocket";
-const KINDS: [Kind; 7] = [
-    Kind::Auto,
-    Kind::Poll(1000),
-    Kind::Poll(5000),
-    Kind::Poll(30000),
-    Kind::LongPoll,
-    Kind::Sse,
-    Kind::Ws,
-];
 
 fn stored(key: &str) -> Option<String> {
     api::local_storage()?.get_item(key).ok().flatten()
@@ -138,7 +129,7 @@ pub fn App() -> impl IntoView {
             <Status/>
             <a class="lab-link" href="/lab/" data-testid="lab-link" title="All transports side by side, measured">"Lab"</a>
             <nav class="picker" aria-label="Transport">
-                {KINDS
+                {Kind::ALL
                     .into_iter()
                     .map(|k| {
                         view! {

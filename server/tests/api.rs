@@ -818,35 +818,22 @@ async fn lab_load_is_admin_only_bounded_and_on_its_own_stream() {
     off.stop().await;
 
     let s = TestServer::start_with(|c| c.admin_token = Some("T0ken".into())).await;
-    let control = |body: &'static str, token: Option<&'static str>| {
+    let status = |body: &'static str, token: Option<&'static str>| {
         let mut req = client.post(s.url("/api/lab/load")).body(body);
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        req.send()
+        async move { req.send().await.unwrap().status().as_u16() }
     };
-    assert_eq!(control(r#"{"rate":5}"#, None).await.unwrap().status(), 401);
-    assert_eq!(
-        control(r#"{"rate":5}"#, Some("wrong"))
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        control(r#"{"rate":51}"#, Some("T0ken"))
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
-    assert_eq!(
-        control(r#"{"speed":5}"#, Some("T0ken"))
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
+    let refused = [
+        (r#"{"rate":5}"#, None, 401),
+        (r#"{"rate":5}"#, Some("wrong"), 401),
+        (r#"{"rate":51}"#, Some("T0ken"), 400),
+        (r#"{"speed":5}"#, Some("T0ken"), 400),
+    ];
+    for (body, token, code) in refused {
+        assert_eq!(status(body, token).await, code, "{body} with {token:?}");
+    }
     // Nobody writes the lab stream but the generator, not even the admin.
     let direct = client
         .post(s.url("/api/publish"))
@@ -858,13 +845,7 @@ async fn lab_load_is_admin_only_bounded_and_on_its_own_stream() {
         .unwrap();
     assert_eq!(direct.status(), 403);
     let start = poll(&s, "streams=lab").await.cursor;
-    assert_eq!(
-        control(r#"{"rate":20}"#, Some("T0ken"))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status(r#"{"rate":20}"#, Some("T0ken")).await, 200);
     let got = poll(&s, &format!("streams=lab&since={start}&wait=5")).await;
     assert!(!got.events.is_empty());
     assert!(got
@@ -879,19 +860,10 @@ async fn lab_load_is_admin_only_bounded_and_on_its_own_stream() {
         .all(|e| !matches!(e.payload, Payload::Lab(_))));
     // A burst of 100, at most one per 5 s.
     assert_eq!(
-        control(r#"{"rate":0,"burst":true}"#, Some("T0ken"))
-            .await
-            .unwrap()
-            .status(),
+        status(r#"{"rate":0,"burst":true}"#, Some("T0ken")).await,
         200
     );
-    assert_eq!(
-        control(r#"{"burst":true}"#, Some("T0ken"))
-            .await
-            .unwrap()
-            .status(),
-        429
-    );
+    assert_eq!(status(r#"{"burst":true}"#, Some("T0ken")).await, 429);
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let h: HistoryResponse = reqwest::get(s.url("/api/history?stream=lab&limit=200"))
         .await
