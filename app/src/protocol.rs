@@ -218,19 +218,23 @@ pub struct Event {
     pub payload: Payload,
 }
 
+/// An event's JSON with its `data` in any form: `Envelope<&RawValue>` is how the server
+/// writes an event whose data is already JSON (the cluster's publish, the idempotency check),
+/// and how [`Event`] is decoded. The field order is [`Event`]'s (a test holds them together).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Envelope<D> {
+    pub id: u64,
+    pub ts: u64,
+    pub stream: Stream,
+    pub data: D,
+}
+
 // Decoding by hand: serde's derived `flatten` and internally tagged enums buffer every value
 // through a generic intermediate form, which costs the browser app several KB of wasm and
 // time per message. These read plain structs instead; the JSON is the same.
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Repr {
-            id: u64,
-            ts: u64,
-            stream: Stream,
-            data: serde_json::Value,
-        }
-        let r = Repr::deserialize(d)?;
+        let r = Envelope::<serde_json::Value>::deserialize(d)?;
         let e = |e: serde_json::Error| <D::Error as serde::de::Error>::custom(e);
         let payload = match r.stream {
             Stream::Feed => Payload::Feed(serde_json::from_value(r.data).map_err(e)?),
@@ -246,7 +250,7 @@ impl<'de> Deserialize<'de> for Event {
     }
 }
 
-impl<'de> Deserialize<'de> for ServerFrame {
+impl<'de> Deserialize<'de> for ServerFrame<Event> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Repr {
@@ -295,11 +299,14 @@ impl<'de> Deserialize<'de> for ServerFrame {
 }
 
 /// Frames the server sends on a WebSocket (JSON text frames).
+///
+/// `E` is how the event is held: an [`Event`] for clients; the server writes its stored
+/// events' JSON as it is (`ServerFrame<&RawValue>`), once per event, not once per socket.
 #[derive(Serialize, Clone, PartialEq, Debug)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum ServerFrame {
+pub enum ServerFrame<E = Event> {
     /// A live or resumed event.
-    Event { event: Event },
+    Event { event: E },
     /// A `publish` frame was stored as event `id`.
     Ack {
         #[serde(rename = "ref")]
@@ -381,10 +388,10 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
-/// `GET /api/poll` answer.
-#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
-pub struct PollResponse {
-    pub events: Vec<Event>,
+/// `GET /api/poll` answer. `E` as in [`ServerFrame`]: the server writes stored JSON.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct PollResponse<E = Event> {
+    pub events: Vec<E>,
     /// Pass this as `since` on the next poll.
     pub cursor: u64,
     /// More events are ready right away (the answer was cut at `limit`).
@@ -397,6 +404,17 @@ pub struct PollResponse {
 fn is_false(b: &bool) -> bool {
     !*b
 }
+
+/// The `data` of the SSE events `hello` (`?hello=true`: where delivery starts) and `reset`
+/// (see [`ServerFrame::Reset`]).
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Debug)]
+pub struct CursorData {
+    pub cursor: u64,
+}
+
+/// Names of the SSE events that are not stream events (those have no `event:` line).
+pub const SSE_HELLO: &str = "hello";
+pub const SSE_RESET: &str = "reset";
 
 /// `GET /api/history` answer.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
@@ -937,7 +955,7 @@ mod tests {
 
     #[test]
     fn poll_response_omits_reset_when_false() {
-        let r = PollResponse {
+        let r: PollResponse = PollResponse {
             events: vec![],
             cursor: 3,
             more: false,
@@ -947,5 +965,37 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"events":[],"cursor":3,"more":false}"#
         );
+    }
+
+    #[test]
+    fn an_envelope_is_written_as_the_event_is() {
+        fn check<D: Serialize + Clone>(data: D, payload: Payload) {
+            let event = Event {
+                id: 7,
+                ts: 99,
+                payload,
+            };
+            let envelope = Envelope {
+                id: 7,
+                ts: 99,
+                stream: event.payload.stream(),
+                data,
+            };
+            let json = serde_json::to_string(&event).unwrap();
+            assert_eq!(serde_json::to_string(&envelope).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+        }
+        let chat = ChatMessage {
+            author: "a \"q\"".into(),
+            body: "<b>é</b>\n".into(),
+        };
+        check(chat.clone(), Payload::Chat(chat));
+        let tick = Tick {
+            symbol: "AB".into(),
+            price: 1.25,
+            change: -0.5,
+            open: Some(1.75),
+        };
+        check(tick.clone(), Payload::Ticker(tick));
     }
 }

@@ -8,7 +8,7 @@
 //! jittered backoff the person can cut short ("retry now").
 
 use crate::api;
-use crate::protocol::{Event, PollResponse, ServerFrame};
+use crate::protocol::{CursorData, Event, PollResponse, ServerFrame, SSE_HELLO, SSE_RESET};
 pub use crate::store::Kind;
 use crate::store::{ConnState, LiveStore};
 use leptos::prelude::*;
@@ -297,9 +297,8 @@ fn open_sse(
         let cursor = m
             .data()
             .as_string()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["cursor"].as_u64())
-            .unwrap_or(0);
+            .and_then(|t| serde_json::from_str::<CursorData>(&t).ok())
+            .map_or(0, |d| d.cursor);
         reset(store, cursor);
     });
     let on_error = {
@@ -333,8 +332,8 @@ fn open_sse(
     es.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     es.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     es.set_onerror(Some(on_error.as_ref().unchecked_ref()));
-    let _ = es.add_event_listener_with_callback("reset", on_reset.as_ref().unchecked_ref());
-    let _ = es.add_event_listener_with_callback("hello", on_hello.as_ref().unchecked_ref());
+    let _ = es.add_event_listener_with_callback(SSE_RESET, on_reset.as_ref().unchecked_ref());
+    let _ = es.add_event_listener_with_callback(SSE_HELLO, on_hello.as_ref().unchecked_ref());
     on_hello.forget();
     // The handlers live as long as the EventSource; it is closed when the connection drops,
     // after which they are never called again. Leaking them is bounded by reconnects.

@@ -124,7 +124,7 @@ pub async fn publish(
     let mut response = (
         StatusCode::CREATED,
         [(header::CONTENT_TYPE, "application/json")],
-        event.json.clone(),
+        event.json.get().to_owned(),
     )
         .into_response();
     if replayed {

@@ -10,6 +10,7 @@
 
 use app::protocol::{Event, Stream, StreamSet};
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -23,8 +24,9 @@ use tokio::sync::watch;
 pub struct StoredEvent {
     pub id: u64,
     pub stream: Stream,
-    /// The event JSON (`{"id":..,"ts":..,"stream":..,"data":..}`): poll and history bodies.
-    pub json: Bytes,
+    /// The event JSON (`{"id":..,"ts":..,"stream":..,"data":..}`), written as it is into
+    /// poll bodies and publish answers (a `RawValue` serialises as its text).
+    pub json: Box<RawValue>,
     /// The event as each streaming transport sends it, in the order of
     /// [`crate::transport::ENCODINGS`] (index: that transport's `ENCODING`).
     pub encoded: [Bytes; crate::transport::ENCODINGS.len()],
@@ -32,18 +34,32 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     pub fn new(event: &Event) -> StoredEvent {
-        let json = serde_json::to_string(event).expect("an Event always serialises");
-        StoredEvent::from_json(event.id, event.payload.stream(), json)
+        // Serialised by serde, so not parsed again to check it.
+        let json = serde_json::value::to_raw_value(event).expect("an Event always serialises");
+        StoredEvent::with_json(event.id, event.payload.stream(), json)
     }
 
-    /// Builds the encodings from JSON already produced (by [`StoredEvent::new`] earlier,
-    /// possibly before a restart, when it is read back from the store).
-    pub fn from_json(id: u64, stream: Stream, json: String) -> StoredEvent {
+    /// Builds the encodings from JSON produced earlier (by [`StoredEvent::new`], possibly
+    /// before a restart, or by the cluster's publish script) and read back from a store. It
+    /// is checked to be JSON: a store is outside this process.
+    pub fn from_json(
+        id: u64,
+        stream: Stream,
+        json: String,
+    ) -> Result<StoredEvent, serde_json::Error> {
+        Ok(StoredEvent::with_json(
+            id,
+            stream,
+            RawValue::from_string(json)?,
+        ))
+    }
+
+    fn with_json(id: u64, stream: Stream, json: Box<RawValue>) -> StoredEvent {
         let encoded = crate::transport::ENCODINGS.map(|encode| encode(id, &json));
         StoredEvent {
             id,
             stream,
-            json: Bytes::from(json),
+            json,
             encoded,
         }
     }
@@ -622,9 +638,8 @@ mod tests {
     #[test]
     fn every_registered_encoding_is_made_once_per_event() {
         let e = ev(7, Stream::Chat);
-        let json = std::str::from_utf8(&e.json).unwrap();
         for (i, encode) in crate::transport::ENCODINGS.iter().enumerate() {
-            assert_eq!(e.encoded[i], encode(7, json));
+            assert_eq!(e.encoded[i], encode(7, &e.json));
         }
     }
 

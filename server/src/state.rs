@@ -6,8 +6,9 @@ use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::log::StoredEvent;
 use crate::{engine, log, Config};
-use app::protocol::{Payload, ServerInfo, Stream};
+use app::protocol::{Envelope, Payload, ServerInfo, Stream};
 use axum::http::{header, HeaderMap};
+use serde_json::value::RawValue;
 use std::net::IpAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -107,15 +108,16 @@ impl AppState {
             })?;
         }
         let started = std::time::Instant::now();
-        // The end of the stored event's JSON this publish would have made, kept to compare
-        // with a replayed event (only publishes with a key pay for it). Bytes, not parsed
-        // values: a float parsed back from JSON need not be the same `f64`.
-        let sent = key
-            .as_ref()
-            .map(|_| format!(r#","stream":"{stream}","data":{}}}"#, payload.data_json()));
+        // The data JSON this publish would have stored, kept to compare with a replayed
+        // event (only publishes with a key pay for it). Bytes, not parsed values: a float
+        // parsed back from JSON need not be the same `f64`.
+        let sent = key.as_ref().map(|_| payload.data_json());
         let (event, replayed) = self.engine.publish(payload, key).await?;
         if replayed {
-            let same = sent.is_some_and(|tail| event.json.ends_with(tail.as_bytes()));
+            let stored = serde_json::from_str::<Envelope<&RawValue>>(event.json.get()).ok();
+            let same = sent
+                .zip(stored)
+                .is_some_and(|(sent, stored)| stored.stream == stream && stored.data.get() == sent);
             if !same {
                 return Err(ApiError::Conflict(
                     "this idempotency key was used for a different publish; use a new key for \

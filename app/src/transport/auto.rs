@@ -254,13 +254,18 @@ async fn probe(kind: Kind) -> bool {
                 let state = state.clone();
                 Closure::<dyn FnMut()>::new(move || state.set(2))
             };
-            let _ = es.add_event_listener_with_callback("hello", on_hello.as_ref().unchecked_ref());
+            let _ = es.add_event_listener_with_callback(
+                crate::protocol::SSE_HELLO,
+                on_hello.as_ref().unchecked_ref(),
+            );
             while state.get() != 2 && now() - start < PROOF_MS {
                 sleep(100).await;
             }
             es.close();
-            let _ =
-                es.remove_event_listener_with_callback("hello", on_hello.as_ref().unchecked_ref());
+            let _ = es.remove_event_listener_with_callback(
+                crate::protocol::SSE_HELLO,
+                on_hello.as_ref().unchecked_ref(),
+            );
             state.get() == 2
         }
     }

@@ -74,7 +74,7 @@ impl Store {
             row.push_bind(r.event.id as i64)
                 .push_bind(r.event.stream.as_str())
                 .push_bind(r.ts as i64)
-                .push_bind(std::str::from_utf8(&r.event.json).expect("event JSON is UTF-8"))
+                .push_bind(r.event.json.get())
                 .push_bind(r.key);
         });
         q.build().execute(&self.pool).await.map(|_| ())
@@ -117,7 +117,9 @@ impl Store {
             .await?;
         Ok(row.and_then(|row| {
             let stream = Stream::parse(&row.get::<String, _>(0))?;
-            Some(Arc::new(StoredEvent::from_json(id, stream, row.get(1))))
+            Some(Arc::new(
+                StoredEvent::from_json(id, stream, row.get(1)).ok()?,
+            ))
         }))
     }
 
@@ -134,11 +136,13 @@ impl Store {
                 tracing::warn!(stream, "skipping stored event of an unknown stream");
                 continue;
             };
-            out.push(Arc::new(StoredEvent::from_json(
-                row.get::<i64, _>(0) as u64,
-                stream,
-                row.get(2),
-            )));
+            let id = row.get::<i64, _>(0) as u64;
+            match StoredEvent::from_json(id, stream, row.get(2)) {
+                Ok(event) => out.push(Arc::new(event)),
+                Err(error) => {
+                    tracing::warn!(id, %error, "skipping a stored event that is not JSON")
+                }
+            }
         }
         Ok(out)
     }

@@ -19,7 +19,7 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 /// How a streaming transport puts one event on the wire, given its id and JSON. Made once
 /// per event, when it enters the log; every connection of that transport then copies the
 /// same bytes.
-pub type Encoding = fn(id: u64, json: &str) -> Bytes;
+pub type Encoding = fn(id: u64, json: &serde_json::value::RawValue) -> Bytes;
 
 /// The encodings the log makes for every event, one per streaming transport; each
 /// transport's `ENCODING` is its index here.
@@ -67,10 +67,11 @@ mod tests {
     #[test]
     fn encodings_are_the_wire_formats() {
         let json = r#"{"id":7,"ts":1,"stream":"chat","data":{"author":"a","body":"b"}}"#;
-        let sse = ENCODINGS[sse::ENCODING](7, json);
+        let raw = serde_json::value::RawValue::from_string(json.into()).unwrap();
+        let sse = ENCODINGS[sse::ENCODING](7, &raw);
         assert_eq!(sse, format!("id: 7\ndata: {json}\n\n"));
         // A FIN text frame with a 7-bit length, then the message.
-        let ws = ENCODINGS[ws::ENCODING](7, json);
+        let ws = ENCODINGS[ws::ENCODING](7, &raw);
         assert_eq!((ws[0], ws[1] as usize), (0x81, ws.len() - 2));
         let frame: app::protocol::ServerFrame = serde_json::from_slice(&ws[2..]).unwrap();
         assert!(matches!(frame, app::protocol::ServerFrame::Event { event } if event.id == 7));

@@ -4,10 +4,11 @@ use crate::api::Query;
 use crate::error::ApiError;
 use crate::log::{Page, Read};
 use crate::AppState;
-use app::protocol::PollQuery;
+use app::protocol::{PollQuery, PollResponse};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use serde_json::value::RawValue;
 use std::time::Duration;
 
 pub const MAX_WAIT_SECS: u64 = 30;
@@ -70,46 +71,45 @@ pub async fn handler(
     Ok(json(encode(&read)))
 }
 
-fn json(body: String) -> Response {
+fn json(body: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Builds the body from the events' pre-encoded JSON (no per-poll serialisation).
-fn encode(read: &Read<Page>) -> String {
-    match read {
-        Read::Reset { cursor } => {
-            format!(r#"{{"events":[],"cursor":{cursor},"more":false,"reset":true}}"#)
-        }
+/// Writes the body from the events' stored JSON (no per-poll serialisation of events).
+fn encode(read: &Read<Page>) -> Vec<u8> {
+    let body: PollResponse<&RawValue> = match read {
+        Read::Reset { cursor } => PollResponse {
+            events: vec![],
+            cursor: *cursor,
+            more: false,
+            reset: true,
+        },
         Read::Events(Page {
             events,
             cursor,
             more,
-        }) => {
-            let mut out =
-                String::with_capacity(64 + events.iter().map(|e| e.json.len() + 1).sum::<usize>());
-            out.push_str(r#"{"events":["#);
-            for (i, e) in events.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(std::str::from_utf8(&e.json).expect("event JSON is UTF-8"));
-            }
-            out.push_str(&format!(r#"],"cursor":{cursor},"more":{more}}}"#));
-            out
-        }
-    }
+        }) => PollResponse {
+            events: events.iter().map(|e| &*e.json).collect(),
+            cursor: *cursor,
+            more: *more,
+            reset: false,
+        },
+    };
+    let size = 64 + body.events.iter().map(|e| e.get().len() + 1).sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    serde_json::to_writer(&mut out, &body).expect("wire types serialise");
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use app::protocol::PollResponse;
 
     #[test]
     fn encoded_bodies_parse_as_poll_responses() {
-        let r: PollResponse = serde_json::from_str(&encode(&Read::Reset { cursor: 5 })).unwrap();
+        let r: PollResponse = serde_json::from_slice(&encode(&Read::Reset { cursor: 5 })).unwrap();
         assert_eq!((r.reset, r.cursor, r.events.len()), (true, 5, 0));
-        let r: PollResponse = serde_json::from_str(&encode(&Read::Events(Page {
+        let r: PollResponse = serde_json::from_slice(&encode(&Read::Events(Page {
             events: vec![],
             cursor: 9,
             more: true,

@@ -269,16 +269,15 @@ pub const ENCODING: usize = 1;
 /// An event as the whole WebSocket frame (header included) of the text message
 /// `{"type":"event","event":<json>}`: a server's frames are unmasked, so these bytes are
 /// the same for every socket.
-pub fn encode_event(_id: u64, json: &str) -> bytes::Bytes {
-    let mut frame = Vec::with_capacity(json.len() + 40);
-    wire::ws::encode(
-        &mut frame,
-        OpCode::Text,
-        format!("{{\"type\":\"event\",\"event\":{json}}}").as_bytes(),
-    );
+pub fn encode_event(_id: u64, json: &serde_json::value::RawValue) -> bytes::Bytes {
+    let mut frame = Vec::with_capacity(json.get().len() + 40);
+    let message =
+        serde_json::to_vec(&ServerFrame::Event { event: json }).expect("frames serialise");
+    wire::ws::encode(&mut frame, OpCode::Text, &message);
     bytes::Bytes::from(frame)
 }
 
+/// The frames that carry no event (acks, errors, cursors): `ServerFrame`'s default `E`.
 fn push_frame(out: &mut Vec<u8>, f: &ServerFrame) {
     let json = serde_json::to_vec(f).expect("frames serialise");
     wire::ws::encode(out, OpCode::Text, &json);

@@ -11,6 +11,7 @@ use crate::api::Query;
 use crate::error::ApiError;
 use crate::log::Subscription;
 use crate::AppState;
+use app::protocol::{CursorData, SSE_HELLO, SSE_RESET};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -79,8 +80,31 @@ pub async fn handler(
 pub const ENCODING: usize = 0;
 
 /// An event as an SSE message: `id: <id>\ndata: <json>\n\n`.
-pub fn encode_event(id: u64, json: &str) -> Bytes {
-    Bytes::from(format!("id: {id}\ndata: {json}\n\n"))
+pub fn encode_event(id: u64, json: &serde_json::value::RawValue) -> Bytes {
+    let mut out = Vec::with_capacity(json.get().len() + 32);
+    message(&mut out, None, Some(id), json);
+    Bytes::from(out)
+}
+
+/// Appends one SSE message: `event:` (when named), `id:` (when given: it becomes the
+/// browser's Last-Event-ID), and the JSON as `data:` (JSON has no raw newline, so one
+/// `data:` line always holds it).
+fn message<T: serde::Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    event: Option<&str>,
+    id: Option<u64>,
+    data: &T,
+) {
+    use std::io::Write;
+    if let Some(name) = event {
+        let _ = write!(out, "event: {name}\n");
+    }
+    if let Some(id) = id {
+        let _ = write!(out, "id: {id}\n");
+    }
+    out.extend_from_slice(b"data: ");
+    serde_json::to_writer(&mut *out, data).expect("wire types serialise");
+    out.extend_from_slice(b"\n\n");
 }
 
 struct Conn {
@@ -110,9 +134,9 @@ impl Conn {
             self.started = true;
             if self.hello {
                 let cursor = self.sub.cursor();
-                return Some(Bytes::from(format!(
-                    "retry: {RETRY_MS}\nevent: hello\ndata: {{\"cursor\":{cursor}}}\n\n"
-                )));
+                let mut out = format!("retry: {RETRY_MS}\n").into_bytes();
+                message(&mut out, Some(SSE_HELLO), None, &CursorData { cursor });
+                return Some(Bytes::from(out));
             }
             return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
         }
@@ -123,9 +147,7 @@ impl Conn {
             reset_to = self.sub.next_into(|e| &e.encoded[ENCODING], &mut out) => {
                 if let Some(cursor) = reset_to {
                     metrics::counter!("tidings_resets_total", "transport" => "sse").increment(1);
-                    out.extend_from_slice(
-                        format!("event: reset\nid: {cursor}\ndata: {{\"cursor\":{cursor}}}\n\n").as_bytes(),
-                    );
+                    message(&mut out, Some(SSE_RESET), Some(cursor), &CursorData { cursor });
                 }
                 Some(Bytes::from(out))
             }
