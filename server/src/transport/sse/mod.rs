@@ -97,10 +97,10 @@ fn message<T: serde::Serialize + ?Sized>(
 ) {
     use std::io::Write;
     if let Some(name) = event {
-        let _ = write!(out, "event: {name}\n");
+        let _ = writeln!(out, "event: {name}");
     }
     if let Some(id) = id {
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     out.extend_from_slice(b"data: ");
     serde_json::to_writer(&mut *out, data).expect("wire types serialise");
