@@ -4,8 +4,9 @@
 //! origin is pointed at a server with `?api=https://tidings.example.com` once; the choice
 //! is kept in localStorage.
 
-use crate::protocol::{ErrorBody, Event, HistoryResponse, PollResponse, Stream};
+use crate::protocol::{ErrorBody, Event, HistoryResponse, PollResponse, Snapshot, Stream};
 use gloo_net::http::Request;
+use wasm_bindgen::JsValue;
 
 const API_KEY: &str = "tidings.api";
 
@@ -101,6 +102,39 @@ pub async fn latest_cursor() -> ApiResult<u64> {
     serde_json::from_str::<PollResponse>(&text)
         .map(|r| r.cursor)
         .map_err(|e| e.to_string())
+}
+
+/// What the page shows first: `GET /api/snapshot` with `query` (e.g. `feed=20&chat=50`).
+/// index.html asks for it before the app has loaded (`window.tidingsSnapshot`, a promise
+/// of the body text or null, for the same query: end2end's everyday.spec.ts checks that a
+/// load makes one request); the first call takes that answer when the API is this origin,
+/// later calls (retries) ask again.
+pub async fn snapshot(query: &str) -> ApiResult<Snapshot> {
+    let text = match take_early_snapshot() {
+        Some(promise) => wasm_bindgen_futures::JsFuture::from(promise)
+            .await
+            .ok()
+            .and_then(|v| v.as_string()),
+        None => None,
+    };
+    let text = match text {
+        Some(text) => text,
+        None => get_text(&format!("/api/snapshot?{query}"), 15_000).await?.0,
+    };
+    serde_json::from_str::<Snapshot>(&text).map_err(|e| e.to_string())
+}
+
+fn take_early_snapshot() -> Option<js_sys::Promise> {
+    use wasm_bindgen::JsCast;
+    let window: JsValue = web_sys::window()?.into();
+    let name = JsValue::from_str("tidingsSnapshot");
+    let promise = js_sys::Reflect::get(&window, &name).ok()?;
+    // Used once: a retry must not get the same (failed or old) answer.
+    let _ = js_sys::Reflect::set(&window, &name, &JsValue::UNDEFINED);
+    promise
+        .dyn_into::<js_sys::Promise>()
+        .ok()
+        .filter(|_| base().is_empty())
 }
 
 pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec<Event>> {

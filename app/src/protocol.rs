@@ -388,6 +388,29 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+/// The query of `GET /api/snapshot`: how many of the newest events of each stream (0 or
+/// absent: none of that stream; at most [`MAX_SNAPSHOT_EVENTS`] each).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotQuery {
+    pub feed: Option<usize>,
+    pub chat: Option<usize>,
+    pub ticker: Option<usize>,
+    pub lab: Option<usize>,
+}
+
+pub const MAX_SNAPSHOT_EVENTS: usize = 200;
+
+/// `GET /api/snapshot` answer: what a page shows first, in one round trip. `cursor` is
+/// the latest id when it was taken and every event is at or below it, so a client that
+/// shows these and then subscribes with `since=cursor` misses nothing and sees nothing
+/// twice. Events are grouped by stream (feed, chat, ticker, lab), each group oldest first.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Snapshot {
+    pub cursor: u64,
+    pub events: Vec<Event>,
+}
+
 /// `GET /api/poll` answer. `E` as in [`ServerFrame`]: the server writes stored JSON.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct PollResponse<E = Event> {

@@ -520,23 +520,30 @@ impl LiveStore {
                 })
                 .collect(),
         );
+        // What is newer than `upto` comes (or came) live; a snapshot taken after a reset
+        // can hold some of it.
         self.feed.update(|f| {
             let newer: Vec<FeedEntry> = f.drain(..).filter(|e| e.id > upto).collect();
-            let old = feed.into_iter().rev().filter_map(|e| match e.payload {
-                Payload::Feed(item) => Some(FeedEntry {
-                    id: e.id,
-                    ts: e.ts,
-                    item,
-                    fresh: false,
-                }),
-                _ => None,
-            });
+            let old = feed
+                .into_iter()
+                .filter(|e| e.id <= upto)
+                .rev()
+                .filter_map(|e| match e.payload {
+                    Payload::Feed(item) => Some(FeedEntry {
+                        id: e.id,
+                        ts: e.ts,
+                        item,
+                        fresh: false,
+                    }),
+                    _ => None,
+                });
             *f = newer.into_iter().chain(old).take(FEED_KEEP).collect();
         });
         self.chat.update(|c| {
             let newer: Vec<ChatEntry> = c.drain(..).filter(|e| e.id > upto).collect();
             *c = chat
                 .into_iter()
+                .filter(|e| e.id <= upto)
                 .filter_map(|e| match e.payload {
                     Payload::Chat(msg) => Some(ChatEntry {
                         id: e.id,
@@ -562,6 +569,10 @@ impl LiveStore {
             relay(&Relay::Reset { cursor });
         }
         self.cursor.set(cursor);
+        // Above the new cursor is only what the server no longer has (a wiped store); what
+        // arrives live from here is kept by `load`, the rest is replaced by history.
+        self.feed.update(|f| f.retain(|e| e.id <= cursor));
+        self.chat.update(|c| c.retain(|e| e.id <= cursor));
         self.reload.set(Some(cursor));
         self.notice.set(Some(
             "Some events could not be resumed; reloaded from history.".into(),

@@ -1,5 +1,6 @@
 //! Keeping the page in sync with the server, apart from the live connection itself: startup
-//! (find the head of the log, show history up to it, go live from there), reloading history
+//! (one snapshot: the head of the log and the newest of each stream, then live from
+//! there), reloading history
 //! after a reset, loading older chat, the clock behind "12 s ago", and the outbox of chat
 //! messages, which survives a failed send, a reconnect and a reload and is delivered once.
 //!
@@ -34,7 +35,7 @@ pub fn start(store: LiveStore, kind: Kind) {
     Effect::new(move |_| {
         if let Some(upto) = store.reload.get() {
             spawn_local(async move {
-                load_history(store, upto).await;
+                load_snapshot(store, Some(upto)).await;
             });
         }
     });
@@ -55,43 +56,47 @@ pub fn start(store: LiveStore, kind: Kind) {
     });
     tick.forget(); // for the page's lifetime
     spawn_local(async move {
-        let mut failures = 0u32;
-        let cursor = loop {
-            match api::latest_cursor().await {
-                Ok(c) => break c,
-                Err(_) => {
-                    failures += 1;
-                    store.conn.set(ConnState::Reconnecting);
-                    transport::retry_after_failure(store, failures).await;
-                }
-            }
-        };
-        store.cursor.set(cursor);
-        load_history(store, cursor).await;
+        load_snapshot(store, None).await;
         crate::tabs::lead_or_follow(store, store.kind.get_untracked());
     });
 }
 
-/// Loads the latest feed items, chat messages and prices up to `upto` into the store,
-/// retrying (with the transports' backoff) until the server answers all three.
-async fn load_history(store: LiveStore, upto: u64) {
+/// What the page shows first (index.html asks for the same, early: keep them equal).
+const SNAPSHOT_QUERY: &str = "feed=20&chat=50&ticker=50";
+
+/// Loads the newest feed items, chat messages and prices into the store, retrying (with
+/// the transports' backoff) until the server answers: at startup (`upto` None) up to the
+/// snapshot's cursor, which becomes the store's; after a reset, up to the cursor the live
+/// connection continues from (anything newer in the snapshot arrives live).
+async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
     let mut failures = 0u32;
-    loop {
-        // The three at once: the first thing on screen waits for the slowest, not the sum.
-        let pages = futures_util::future::join3(
-            api::history(Stream::Feed, upto + 1, 20),
-            api::history(Stream::Chat, upto + 1, CHAT_PAGE),
-            api::history(Stream::Ticker, upto + 1, 50),
-        )
-        .await;
-        if let (Ok(feed), Ok(chat), Ok(ticks)) = pages {
-            store.older_chat.set(chat.len() == CHAT_PAGE);
-            store.load(upto, feed, chat, ticks);
-            return;
+    let snapshot = loop {
+        match api::snapshot(SNAPSHOT_QUERY).await {
+            Ok(s) => break s,
+            Err(_) => {
+                failures += 1;
+                if upto.is_none() {
+                    store.conn.set(ConnState::Reconnecting);
+                }
+                transport::retry_after_failure(store, failures).await;
+            }
         }
-        failures += 1;
-        transport::retry_after_failure(store, failures).await;
+    };
+    let upto = upto.unwrap_or_else(|| {
+        store.cursor.set(snapshot.cursor);
+        snapshot.cursor
+    });
+    let (mut feed, mut chat, mut ticks) = (Vec::new(), Vec::new(), Vec::new());
+    for event in snapshot.events {
+        match event.payload.stream() {
+            Stream::Feed => feed.push(event),
+            Stream::Chat => chat.push(event),
+            Stream::Ticker => ticks.push(event),
+            Stream::Lab => {}
+        }
     }
+    store.older_chat.set(chat.len() == CHAT_PAGE);
+    store.load(upto, feed, chat, ticks);
 }
 
 /// Prepends the page of chat history before the oldest message shown.

@@ -362,7 +362,9 @@ fn FeedPanel() -> impl IntoView {
             <ol class="items" data-testid="feed" tabindex="0" aria-label="News stories" aria-live="polite">
                 <For
                     each=move || store.feed.get()
-                    key=|f| f.id
+                    // An id with its time: after a wiped store ids start again, and the row
+                    // must be redrawn for the new event that has the old one's id.
+                    key=|f| (f.id, f.ts)
                     children=move |f| {
                         let ts = f.ts;
                         view! {
@@ -516,7 +518,8 @@ fn ChatPanel() -> impl IntoView {
                     })}
                     <For
                         each=move || store.chat.get()
-                        key=|m| m.id
+                        // (id, ts) for the same reason as the news list's key.
+                        key=|m| (m.id, m.ts)
                         children=move |m| {
                             let author = m.msg.author.clone();
                             view! {

@@ -158,6 +158,33 @@ test('a server restart: reconnecting, then live, then every new message once', a
   }
 });
 
+test('a wiped store: each transport is reset, shows the new history and goes on live', async ({ browser }) => {
+  let server = await Server.start();
+  try {
+    for (const body of ['old 1', 'old 2', 'old 3']) await server.chat('ann', body);
+    const kinds: Transport[] = ['ws', 'sse', 'longpoll', 'poll-1000'];
+    const pages: Page[] = [];
+    for (const t of kinds) pages.push(await open(browser, server.base, t, `w-${t}`));
+    for (const p of pages) await expect(messages(p)).toHaveText(['old 1', 'old 2', 'old 3']);
+    // The same address, a new empty store: every page's cursor (3) is now ahead of the log.
+    const port = server.port;
+    await server.stop();
+    server = await Server.start({ port });
+    await server.chat('bob', 'new 1');
+    for (const p of pages) {
+      await expect(messages(p)).toHaveText(['new 1']);
+      await expect(p.getByTestId('notice')).toContainText('reloaded from history');
+    }
+    await server.chat('bob', 'new 2');
+    for (const p of pages) {
+      await expect(messages(p)).toHaveText(['new 1', 'new 2']);
+      await expect(p.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
+    }
+  } finally {
+    await server.stop();
+  }
+});
+
 test('the app served from one origin talks to the API on another', async ({ browser }) => {
   const site = await staticSite();
   const server = await Server.start({ args: ['--allow-origin', site.base] });

@@ -258,9 +258,15 @@ test('first live item on screen after load (a figure, printed, not asserted)', a
         }).observe(document, { subtree: true, childList: true, attributes: true });
       });
       const page = await ctx.newPage();
+      const asked: string[] = [];
+      page.on('request', (r) => asked.push(new URL(r.url()).pathname));
       await page.goto(server.base);
       await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
       await expect(page.getByTestId('tick').first()).toBeVisible();
+      // One round trip for what shows first, asked by index.html before the app has loaded
+      // and taken by the app (the two queries are the same, or it would ask again).
+      expect(asked.filter((p) => p === '/api/snapshot')).toHaveLength(1);
+      expect(asked.filter((p) => p === '/api/history' || p === '/api/poll')).toHaveLength(0);
       firstItem.push(await page.evaluate(() => (window as any).__firstItem));
       live.push(await page.evaluate(() => (window as any).__live));
       await ctx.close();

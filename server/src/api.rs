@@ -7,7 +7,8 @@ use crate::state::Caller;
 use crate::AppState;
 use app::info::InfoSource;
 use app::protocol::{
-    parse_publish, valid_idempotency_key, HistoryQuery, Stream, MAX_PUBLISH_BYTES,
+    parse_publish, valid_idempotency_key, HistoryQuery, Snapshot, SnapshotQuery, Stream,
+    MAX_PUBLISH_BYTES, MAX_SNAPSHOT_EVENTS,
 };
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -162,6 +163,41 @@ pub async fn history(
         .await
         .map_err(|_| ApiError::Unavailable("history is unavailable right now".into()))?;
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
+}
+
+/// `GET /api/snapshot?feed=20&chat=50&ticker=50`: the latest id and the newest events of
+/// each stream asked for, in one answer (a page's first paint waits for one round trip,
+/// not a cursor and then a history page per stream).
+pub async fn snapshot(
+    State(state): State<AppState>,
+    Query(p): Query<SnapshotQuery>,
+) -> Result<Response, ApiError> {
+    let asked = [
+        (Stream::Feed, p.feed),
+        (Stream::Chat, p.chat),
+        (Stream::Ticker, p.ticker),
+        (Stream::Lab, p.lab),
+    ];
+    for (stream, n) in asked {
+        if n.is_some_and(|n| n > MAX_SNAPSHOT_EVENTS) {
+            return Err(ApiError::BadRequest(format!(
+                "{stream} must be between 0 and {MAX_SNAPSHOT_EVENTS} (events of that stream)"
+            )));
+        }
+    }
+    // Taken first: the histories below stop at it, and a client resumes after it.
+    let cursor = state.log.latest();
+    let pages = asked
+        .into_iter()
+        .filter_map(|(stream, n)| Some((stream, n.filter(|&n| n > 0)?)))
+        .map(|(stream, n)| state.engine.history(stream, cursor.saturating_add(1), n));
+    let mut events = Vec::new();
+    for page in futures_util::future::join_all(pages).await {
+        events.extend(
+            page.map_err(|_| ApiError::Unavailable("history is unavailable right now".into()))?,
+        );
+    }
+    Ok(axum::Json(Snapshot { cursor, events }).into_response())
 }
 
 /// `GET /api/stats`: open streams per transport and request/delivery counters (the

@@ -71,6 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
+        .route("/api/snapshot", get(api::snapshot))
         .route("/api/stats", get(api::stats))
         .route("/api/lab/load", post(lab::handler))
         .route("/api/poll", get(transport::poll::handler))

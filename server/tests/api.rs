@@ -3,7 +3,9 @@
 
 mod common;
 
-use app::protocol::{Event, HistoryResponse, Payload, PollResponse, ServerFrame, ServerInfo, Tick};
+use app::protocol::{
+    Event, HistoryResponse, Payload, PollResponse, ServerFrame, ServerInfo, Snapshot, Tick,
+};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -107,6 +109,48 @@ async fn history_pages_backwards_from_the_store() {
             .await
             .unwrap();
     assert_eq!(ids(&h.events), chat[..2].to_vec());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_snapshot_is_history_and_the_cursor_to_resume_from() {
+    let s = TestServer::start().await;
+    let mut chat = Vec::new();
+    let mut ticks = Vec::new();
+    for i in 0..4 {
+        chat.push(s.chat(&format!("m{i}")).await.id);
+        ticks.push(
+            s.publish(
+                json!({"stream": "ticker", "data": {"symbol": "AB", "price": 1.5, "change": 0.1}}),
+            )
+            .await
+            .id,
+        );
+    }
+    let snap: Snapshot = reqwest::get(s.url("/api/snapshot?chat=3&ticker=2&feed=0"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(snap.cursor, *ticks.last().unwrap());
+    // Grouped by stream, each group oldest first, only what was asked for.
+    let mut expected = chat[1..].to_vec();
+    expected.extend(&ticks[2..]);
+    assert_eq!(ids(&snap.events), expected);
+    // What follows the snapshot is exactly what was published after it.
+    let later = s.chat("after").await.id;
+    assert_eq!(
+        ids(&poll(&s, &format!("since={}", snap.cursor)).await.events),
+        vec![later]
+    );
+    for (path, needle) in [
+        ("/api/snapshot?chat=201", "chat must be between 0 and 200"),
+        ("/api/snapshot?news=5", "unknown field"),
+        ("/api/snapshot?chat=-1", "invalid query"),
+    ] {
+        expect_error(reqwest::get(s.url(path)).await.unwrap(), 400, needle).await;
+    }
     s.stop().await;
 }
 
