@@ -50,6 +50,8 @@ struct Summary {
     reconnects: u64,
     dups: u64,
     missed: u64,
+    /// The server said it could not resume this lane (its cursor had left the window).
+    reset: bool,
 }
 
 /// One sample of a lane's running totals, for the cumulative charts.
@@ -160,7 +162,16 @@ fn verdict(kind: Kind, on: Kind, s: &Summary) -> String {
         s.empty * 100 / s.requests
     };
     let plural = |n: u64, one: &str| format!("{n} {one}{}", if n == 1 { "" } else { "s" });
-    match on {
+    let lost = match (s.missed, s.reset) {
+        (0, _) => String::new(),
+        (n, true) => format!(
+            " Missed {}: more events came between two requests than the server keeps for \
+             resuming, so it skipped ahead (a reset).",
+            plural(n, "event")
+        ),
+        (n, false) => format!(" Missed {}.", plural(n, "event")),
+    };
+    let verdict = match on {
         Kind::Poll(p) => format!(
             "{}polling every {} s: median delay {median}, {empty}% of requests empty, {per_event}.",
             if kind == Kind::Auto { "Auto, " } else { "" },
@@ -182,7 +193,8 @@ fn verdict(kind: Kind, on: Kind, s: &Summary) -> String {
             if kind == Kind::Auto { "Auto, " } else { "" },
             plural(s.requests, "connection")
         ),
-    }
+    };
+    verdict + &lost
 }
 
 /// NTP-style: the server's clock minus the browser's, from the round trip with the
@@ -305,6 +317,8 @@ fn tick(lanes: &[Lane], offset: f64) {
                 reconnects: s.reconnects,
                 dups: s.dups,
                 missed,
+                // A lane's store asks for a reload on a reset; nothing answers it here.
+                reset: lane.store.reload.with_untracked(Option::is_some),
             }
         });
         lane.summary.set(summary);

@@ -65,6 +65,41 @@ test('the lab: seven lanes live at once, agreeing on every event', async ({ brow
   }
 });
 
+test('the lab shows a real miss: polling slower than the resume window loses events, and says why', async ({ browser }) => {
+  // The server keeps 30 events for resuming; at 10 events/s a 5 s poll falls out of that
+  // window between two requests, a 1 s poll and the streaming lanes do not.
+  const server = await Server.start({ args: ['--publish-rate', '0', '--retention', '30'] });
+  try {
+    const page = await (await browser.newContext({ viewport: { width: 1400, height: 1000 } })).newPage();
+    await page.goto(`${server.base}/lab/`);
+    await expect(page.getByTestId('lane')).toHaveCount(7);
+    // Missed events are counted up to the lowest cursor of the running lanes: without the
+    // 30 s lane the comparison does not wait for its next request.
+    await page.getByRole('button', { name: 'Remove Polling every 30 s' }).click();
+    for (const l of await page.getByTestId('lane-state').all()) await expect(l).toHaveText(/^live/);
+    let n = 0;
+    const until = Date.now() + 8_000;
+    while (Date.now() < until) {
+      await server.chat('lab', `event ${n++}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const slow = page.locator('[data-testid=lane][data-kind="poll-5000"]');
+    await expect.poll(async () => Number(await slow.getByTestId('lane-missed').textContent()), { timeout: 15_000 }).toBeGreaterThan(0);
+    await expect(slow.getByTestId('verdict')).toContainText(/Missed \d+ events?: more events came between two requests than the server keeps for resuming, so it skipped ahead \(a reset\)\./);
+    for (const kind of ['poll-1000', 'longpoll', 'sse', 'ws', 'auto']) {
+      const lane = page.locator(`[data-testid=lane][data-kind="${kind}"]`);
+      await expect(lane.getByTestId('lane-events')).toHaveText(String(n), { timeout: 15_000 });
+      await expect(lane.getByTestId('lane-missed')).toHaveText('0');
+      await expect(lane.getByTestId('verdict')).not.toContainText('Missed');
+    }
+    // What the slow lane lost is what the others have and it does not.
+    const missed = Number(await slow.getByTestId('lane-missed').textContent());
+    expect(Number(await slow.getByTestId('lane-events').textContent())).toBeLessThanOrEqual(n - missed);
+  } finally {
+    await server.stop();
+  }
+});
+
 test('the lab load: 20 events/s and a burst of 100 on the lab stream, admin token only', async ({ browser }) => {
   const server = await Server.start({ args: ['--admin-token', 'lab-secret'] });
   try {
