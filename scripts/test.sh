@@ -29,7 +29,7 @@ step "formatting (cargo fmt --check, the workspace and the fuzz crate)" \
   bash -c 'cargo fmt --all --check && cargo fmt --manifest-path fuzz/Cargo.toml --all --check'
 # The app crate's library is tested natively (protocol, validation, the resume rule); its
 # wasm build only ever goes through trunk, so csr and ssr are never enabled together.
-step "unit + integration tests (cargo)" cargo test -p app -p wire -p server -p bench
+step "unit + integration tests (cargo)" cargo test -p protocol -p app -p wire -p server -p bench
 step "fuzzing smoke run (every parser of peer input, 10 s each; scripts/fuzz.sh long for the real run)" \
   scripts/fuzz.sh smoke
 step "browser app and lab (trunk, release)" bash -c 'scripts/build-app.sh && scripts/wasm-size.sh'

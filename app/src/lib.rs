@@ -1,6 +1,7 @@
 //! Tidings browser app, and the wire types it shares with the server.
 //!
-//! - [`protocol`]: serde-only wire types and publish validation (used by both sides).
+//! - [`protocol`]: serde-only wire types and publish validation (used by both sides); its
+//!   own crate, `app/protocol`, so nothing but serde can creep in.
 //! - [`resume`]: the store's rule for what is new (cursor, dedup, reset), tested natively.
 //! - [`info`]: the `server_info` server function (csr: the client stub; ssr: the handler).
 //! - `store` (csr): the one reactive store of live state; every transport feeds it.
@@ -13,7 +14,8 @@
 //!
 //! Dependencies point one way: ui -> sync -> tabs -> transport -> store -> protocol.
 
-pub mod protocol;
+/// The wire types: a crate of its own (app/protocol), re-exported as `app::protocol`.
+pub use protocol;
 pub mod resume;
 
 #[cfg(any(feature = "csr", feature = "ssr"))]

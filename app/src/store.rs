@@ -502,58 +502,41 @@ impl LiveStore {
     }
 
     /// Shows history up to `upto` (first load, or after a reset), keeping anything newer
-    /// that a transport delivered meanwhile. Does not move the cursor.
-    pub fn load(&self, upto: u64, feed: Vec<Event>, chat: Vec<Event>, ticks: Vec<Event>) {
+    /// that a transport delivered meanwhile (a snapshot taken after a reset can hold some
+    /// of it: what is above `upto` comes live). Does not move the cursor.
+    pub fn load(&self, upto: u64, events: Vec<Event>) {
         // The latest prices, so the ticker is not empty until the next move; never over a
         // price a transport already delivered (that one is newer).
         let known: Vec<String> = self
             .ticker
             .with_untracked(|rows| rows.iter().map(|r| r.tick.symbol.clone()).collect());
-        self.apply_ticks(
-            ticks
-                .into_iter()
-                .filter(|e| e.id <= upto)
-                .filter(|e| !matches!(&e.payload, Payload::Ticker(t) if known.contains(&t.symbol)))
-                .filter_map(|e| match e.payload {
-                    Payload::Ticker(t) => Some(t),
-                    _ => None,
-                })
-                .collect(),
-        );
-        // What is newer than `upto` comes (or came) live; a snapshot taken after a reset
-        // can hold some of it.
+        let (mut feed, mut chat, mut ticks) = (Vec::new(), Vec::new(), Vec::new());
+        for Event { id, ts, payload } in events.into_iter().filter(|e| e.id <= upto) {
+            match payload {
+                Payload::Feed(item) => feed.push(FeedEntry {
+                    id,
+                    ts,
+                    item,
+                    fresh: false,
+                }),
+                Payload::Chat(msg) => chat.push(ChatEntry { id, ts, msg }),
+                Payload::Ticker(t) if !known.contains(&t.symbol) => ticks.push(t),
+                _ => {}
+            }
+        }
+        self.apply_ticks(ticks);
         self.feed.update(|f| {
             let newer: Vec<FeedEntry> = f.drain(..).filter(|e| e.id > upto).collect();
-            let old = feed
+            *f = newer
                 .into_iter()
-                .filter(|e| e.id <= upto)
-                .rev()
-                .filter_map(|e| match e.payload {
-                    Payload::Feed(item) => Some(FeedEntry {
-                        id: e.id,
-                        ts: e.ts,
-                        item,
-                        fresh: false,
-                    }),
-                    _ => None,
-                });
-            *f = newer.into_iter().chain(old).take(FEED_KEEP).collect();
+                .chain(feed.into_iter().rev())
+                .take(FEED_KEEP)
+                .collect();
         });
         self.chat.update(|c| {
-            let newer: Vec<ChatEntry> = c.drain(..).filter(|e| e.id > upto).collect();
-            *c = chat
-                .into_iter()
-                .filter(|e| e.id <= upto)
-                .filter_map(|e| match e.payload {
-                    Payload::Chat(msg) => Some(ChatEntry {
-                        id: e.id,
-                        ts: e.ts,
-                        msg,
-                    }),
-                    _ => None,
-                })
-                .chain(newer)
-                .collect();
+            let newer = c.drain(..).filter(|e| e.id > upto).collect::<Vec<_>>();
+            chat.extend(newer);
+            *c = chat;
         });
         // Messages acknowledged but not yet delivered when a reset skipped past them are in
         // the history just loaded.

@@ -86,17 +86,13 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
         store.cursor.set(snapshot.cursor);
         snapshot.cursor
     });
-    let (mut feed, mut chat, mut ticks) = (Vec::new(), Vec::new(), Vec::new());
-    for event in snapshot.events {
-        match event.payload.stream() {
-            Stream::Feed => feed.push(event),
-            Stream::Chat => chat.push(event),
-            Stream::Ticker => ticks.push(event),
-            Stream::Lab => {}
-        }
-    }
-    store.older_chat.set(chat.len() == CHAT_PAGE);
-    store.load(upto, feed, chat, ticks);
+    let chat = snapshot
+        .events
+        .iter()
+        .filter(|e| e.payload.stream() == Stream::Chat)
+        .count();
+    store.older_chat.set(chat == CHAT_PAGE);
+    store.load(upto, snapshot.events);
 }
 
 /// Prepends the page of chat history before the oldest message shown.

@@ -1,7 +1,7 @@
 //! The Tidings wire protocol: the one definition of every type that crosses the network,
 //! used by the server to encode and by the browser app to decode.
 //!
-//! This module depends on serde only (no Leptos, no axum), so any Rust client can use it.
+//! This crate depends on serde only (no Leptos, no axum), so any Rust client can use it.
 //! `docs/protocol.md` documents the same shapes for clients in other languages.
 //!
 //! Publishing is validated here too ([`parse_publish`]) so the HTTP endpoint, the
