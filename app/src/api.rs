@@ -106,9 +106,9 @@ pub async fn latest_cursor() -> ApiResult<u64> {
 
 /// What the page shows first: `GET /api/snapshot` with `query` (e.g. `feed=20&chat=50`).
 /// index.html asks for it before the app has loaded (`window.tidingsSnapshot`, a promise
-/// of the body text or null, for the same query: end2end's everyday.spec.ts checks that a
-/// load makes one request); the first call takes that answer when the API is this origin,
-/// later calls (retries) ask again.
+/// of the body text or null, for [`crate::SNAPSHOT_QUERY`]: a unit test keeps the two
+/// equal); the first call takes that answer when the API is this origin, later calls
+/// (retries, reloads after a reset) ask again.
 pub async fn snapshot(query: &str) -> ApiResult<Snapshot> {
     let text = match take_early_snapshot() {
         Some(promise) => wasm_bindgen_futures::JsFuture::from(promise)

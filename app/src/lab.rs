@@ -165,8 +165,9 @@ fn verdict(kind: Kind, on: Kind, s: &Summary) -> String {
     let lost = match (s.missed, s.reset) {
         (0, _) => String::new(),
         (n, true) => format!(
-            " Missed {}: more events came between two requests than the server keeps for \
-             resuming, so it skipped ahead (a reset).",
+            " Missed {}: more events came while it was not listening (between two polls, or \
+             while disconnected) than the server keeps for resuming, so it skipped ahead (a \
+             reset).",
             plural(n, "event")
         ),
         (n, false) => format!(" Missed {}.", plural(n, "event")),

@@ -36,6 +36,21 @@ pub mod transport;
 #[cfg(feature = "csr")]
 pub mod ui;
 
+/// What the page shows first (`GET /api/snapshot?...`). index.html asks for the same before
+/// the app has loaded, and the app takes that answer: the test below keeps the two equal.
+pub const SNAPSHOT_QUERY: &str = "feed=20&chat=50&ticker=50";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn index_html_asks_for_the_same_snapshot() {
+        let html = include_str!("../index.html");
+        let asked = format!("\"/api/snapshot?{}\"", super::SNAPSHOT_QUERY);
+        assert!(html.contains(&asked), "index.html must fetch {asked}");
+        assert_eq!(super::SNAPSHOT_QUERY.matches("chat=50").count(), 1);
+    }
+}
+
 /// Starts a page (the app or the lab): panics reported to the console, the static loading
 /// state of its HTML removed, then `view` mounted in its place.
 #[cfg(feature = "csr")]

@@ -61,17 +61,18 @@ pub fn start(store: LiveStore, kind: Kind) {
     });
 }
 
-/// What the page shows first (index.html asks for the same, early: keep them equal).
-const SNAPSHOT_QUERY: &str = "feed=20&chat=50&ticker=50";
-
 /// Loads the newest feed items, chat messages and prices into the store, retrying (with
 /// the transports' backoff) until the server answers: at startup (`upto` None) up to the
 /// snapshot's cursor, which becomes the store's; after a reset, up to the cursor the live
 /// connection continues from (anything newer in the snapshot arrives live).
 async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
     let mut failures = 0u32;
+    let query = match upto {
+        Some(upto) => format!("{}&upto={upto}", crate::SNAPSHOT_QUERY),
+        None => crate::SNAPSHOT_QUERY.to_owned(),
+    };
     let snapshot = loop {
-        match api::snapshot(SNAPSHOT_QUERY).await {
+        match api::snapshot(&query).await {
             Ok(s) => break s,
             Err(_) => {
                 failures += 1;

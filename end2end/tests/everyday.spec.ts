@@ -264,7 +264,7 @@ test('first live item on screen after load (a figure, printed, not asserted)', a
       await expect(page.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
       await expect(page.getByTestId('tick').first()).toBeVisible();
       // One round trip for what shows first, asked by index.html before the app has loaded
-      // and taken by the app (the two queries are the same, or it would ask again).
+      // and taken by the app.
       expect(asked.filter((p) => p === '/api/snapshot')).toHaveLength(1);
       expect(asked.filter((p) => p === '/api/history' || p === '/api/poll')).toHaveLength(0);
       firstItem.push(await page.evaluate(() => (window as any).__firstItem));

@@ -8,7 +8,7 @@ use crate::AppState;
 use app::info::InfoSource;
 use app::protocol::{
     parse_publish, valid_idempotency_key, HistoryQuery, Snapshot, SnapshotQuery, Stream,
-    MAX_PUBLISH_BYTES, MAX_SNAPSHOT_EVENTS,
+    MAX_PUBLISH_BYTES, MAX_SNAPSHOT_EVENTS, MAX_SNAPSHOT_TOTAL,
 };
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
@@ -185,8 +185,15 @@ pub async fn snapshot(
             )));
         }
     }
-    // Taken first: the histories below stop at it, and a client resumes after it.
-    let cursor = state.log.latest();
+    if asked.iter().filter_map(|(_, n)| *n).sum::<usize>() > MAX_SNAPSHOT_TOTAL {
+        return Err(ApiError::BadRequest(format!(
+            "a snapshot holds at most {MAX_SNAPSHOT_TOTAL} events in all"
+        )));
+    }
+    // Taken first: the histories below stop at it, and a client resumes after it. Never
+    // below `upto`: in cluster mode this server's window may lag the cursor a client was
+    // reset to by another server, and the store's history (Redis) is complete up to it.
+    let cursor = state.log.latest().max(p.upto.unwrap_or(0));
     let pages = asked
         .into_iter()
         .filter_map(|(stream, n)| Some((stream, n.filter(|&n| n > 0)?)))

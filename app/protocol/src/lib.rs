@@ -219,8 +219,8 @@ pub struct Event {
 }
 
 /// An event's JSON with its `data` in any form: `Envelope<&RawValue>` is how the server
-/// writes an event whose data is already JSON (the cluster's publish, the idempotency check),
-/// and how [`Event`] is decoded. The field order is [`Event`]'s (a test holds them together).
+/// reads a stored event's data as it is (the idempotency check), and how [`Event`] is
+/// decoded. The field order is [`Event`]'s (a test holds them together).
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
 pub struct Envelope<D> {
     pub id: u64,
@@ -397,9 +397,15 @@ pub struct SnapshotQuery {
     pub chat: Option<usize>,
     pub ticker: Option<usize>,
     pub lab: Option<usize>,
+    /// Up to this id at least (a client reset to it): the answer's `cursor` is then never
+    /// below it, even from a server whose window is a moment behind the cluster.
+    pub upto: Option<u64>,
 }
 
+/// Most events of one stream in a snapshot.
 pub const MAX_SNAPSHOT_EVENTS: usize = 200;
+/// Most events of a snapshot in all (a bound on the answer's size).
+pub const MAX_SNAPSHOT_TOTAL: usize = 400;
 
 /// `GET /api/snapshot` answer: what a page shows first, in one round trip. `cursor` is
 /// the latest id when it was taken and every event is at or below it, so a client that
