@@ -62,6 +62,7 @@ mod tests {
             payload: Payload::Chat(ChatMessage {
                 author: "a".into(),
                 body: format!("{id}"),
+                user: None,
             }),
         }
     }

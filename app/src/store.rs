@@ -413,8 +413,9 @@ impl LiveStore {
                     msg,
                 }),
                 Payload::Ticker(t) => ticks.push(t),
-                // The lab's load: counted in the stats, nothing to show.
-                Payload::Lab(_) => {}
+                // The lab's load: counted in the stats, nothing to show. Notifications: the
+                // app does not ask for them yet (issue #10's panel).
+                Payload::Lab(_) | Payload::Notifications(_) => {}
             }
         }
         self.stats.update(|s| {

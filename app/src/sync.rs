@@ -153,8 +153,11 @@ thread_local! {
 /// `Err` is a reason to show at once (nothing was queued): the message breaks a rule and
 /// would never be accepted.
 pub fn send(store: LiveStore, author: String, body: String) -> Result<(), String> {
-    let Payload::Chat(msg) =
-        crate::protocol::validate(Payload::Chat(ChatMessage { author, body }))?
+    let Payload::Chat(msg) = crate::protocol::validate(Payload::Chat(ChatMessage {
+        author,
+        body,
+        user: None,
+    }))?
     else {
         unreachable!("validate keeps the stream")
     };
@@ -326,6 +329,7 @@ fn restore_outbox(store: LiveStore) {
                 msg: ChatMessage {
                     author: s.author,
                     body: s.body,
+                    user: None,
                 },
                 status: OutStatus::Queued,
                 since: s.since,

@@ -170,7 +170,8 @@ export class ClusterSetup {
     await waitFor(() => existsSync(sock), 'redis socket');
     const servers: Server[] = [];
     for (let i = 0; i < n; i++) {
-      servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`, '--trusted-proxy', '127.0.0.1'], dataDir: path.join(dir, `data${i}`) }));
+      // One session secret for the whole cluster: each server checks the others' tokens.
+      servers.push(await Server.start({ args: ['--redis', `redis+unix://${sock}`, '--trusted-proxy', '127.0.0.1', '--secret', 'the-e2e-cluster-session-secret-0123456789'], dataDir: path.join(dir, `data${i}`) }));
     }
     const port = await freePort();
     // deploy/nginx.conf with this port and these upstreams: the one rewriter, shared with

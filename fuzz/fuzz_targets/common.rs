@@ -43,6 +43,7 @@ pub fn check_valid(p: &Payload) {
             }
         }
         Payload::Lab(_) => {}
+        Payload::Notifications(n) => check_text("text", &n.text, MAX_CHAT_BODY_CHARS, true),
     }
 }
 

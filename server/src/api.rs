@@ -1,6 +1,7 @@
 //! The HTTP endpoints that are not transports: publish, history, health, metrics and the
 //! Leptos server function; and the extractors every handler shares.
 
+use crate::auth::{Identity, Via};
 use crate::error::ApiError;
 use crate::limits::ClientAddr;
 use crate::state::Caller;
@@ -90,22 +91,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // The body within the head deadline too: a client trickling it a byte at a time would
-    // otherwise hold its connection as long as it likes.
-    let limit = std::time::Duration::from_secs(state.config.head_timeout_secs.max(1));
-    let body = tokio::time::timeout(limit, axum::body::to_bytes(body, MAX_PUBLISH_BYTES))
-        .await
-        .map_err(|_| ApiError::Timeout("the request body did not arrive in time".into()))?
-        .map_err(|e| {
-            // `to_bytes` fails for a body over the limit or a broken connection.
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                ApiError::from(app::protocol::PublishError::TooLarge)
-            } else {
-                ApiError::BadRequest("could not read the request body".into())
-            }
-        })?;
+    let body = read_body(&state, body, MAX_PUBLISH_BYTES).await?;
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -117,9 +103,23 @@ pub async fn publish(
         }
     };
     let payload = parse_publish(&body)?;
+    let who = state.identify(&headers, None);
+    // A chat message from a session that is not valid (expired) is refused, not posted
+    // anonymously; on the admin's streams a wrong token is answered by the admin rule.
+    if let (Identity::Refused(e), Stream::Chat) = (&who, payload.stream()) {
+        return Err(e.into_api());
+    }
+    // A cookie is sent by the browser whatever page asks: a state change that relies on it
+    // must come from an allowed origin (a cross-site form or fetch is refused).
+    if matches!(who, Identity::User(_, Via::Cookie)) && !state.origin_allowed(&headers) {
+        return Err(ApiError::Forbidden(
+            "this origin may not publish with this browser's session".into(),
+        ));
+    }
     let caller = Caller {
         admin: state.is_admin(bearer(&headers)),
         client: Some(client),
+        user: who.user().map(|v| v.name.clone()),
     };
     let (event, replayed) = state.publish(payload, key, &caller).await?;
     let mut response = (
@@ -138,9 +138,33 @@ pub async fn publish(
     Ok(response)
 }
 
+/// A request body of at most `max` bytes, within the head deadline too: a client
+/// trickling it a byte at a time would otherwise hold its connection as long as it likes.
+pub async fn read_body(
+    state: &AppState,
+    body: Body,
+    max: usize,
+) -> Result<axum::body::Bytes, ApiError> {
+    let limit = std::time::Duration::from_secs(state.config.head_timeout_secs.max(1));
+    tokio::time::timeout(limit, axum::body::to_bytes(body, max))
+        .await
+        .map_err(|_| ApiError::Timeout("the request body did not arrive in time".into()))?
+        .map_err(|e| {
+            // `to_bytes` fails for a body over the limit or a broken connection.
+            if std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            {
+                ApiError::TooLarge(format!("the request body is larger than {max} bytes"))
+            } else {
+                ApiError::BadRequest("could not read the request body".into())
+            }
+        })
+}
+
 /// `GET /api/history?stream=chat[&before=ID][&limit=N]`: full history from the store.
 pub async fn history(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(p): Query<HistoryQuery>,
 ) -> Result<Response, ApiError> {
     let name = p
@@ -148,7 +172,7 @@ pub async fn history(
         .ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
     let stream = Stream::parse(&name).ok_or_else(|| {
         ApiError::BadRequest(format!(
-            "unknown stream '{name}' (expected one of: feed, chat, ticker, lab)"
+            "unknown stream '{name}' (expected one of: feed, chat, ticker, lab, notifications)"
         ))
     })?;
     let limit = p.limit.unwrap_or(50);
@@ -157,9 +181,14 @@ pub async fn history(
             "limit must be between 1 and 200".into(),
         ));
     }
+    let who = state.identify(&headers, p.token.as_deref());
+    let user = match stream {
+        Stream::Notifications => Some(who.require("read your notifications")?.name.clone()),
+        _ => None,
+    };
     let events = state
         .engine
-        .history(stream, p.before.unwrap_or(u64::MAX), limit)
+        .history(stream, user.as_deref(), p.before.unwrap_or(u64::MAX), limit)
         .await
         .map_err(|_| ApiError::Unavailable("history is unavailable right now".into()))?;
     Ok(axum::Json(app::protocol::HistoryResponse { events }).into_response())
@@ -170,6 +199,7 @@ pub async fn history(
 /// not a cursor and then a history page per stream).
 pub async fn snapshot(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(p): Query<SnapshotQuery>,
 ) -> Result<Response, ApiError> {
     let asked = [
@@ -177,7 +207,15 @@ pub async fn snapshot(
         (Stream::Chat, p.chat),
         (Stream::Ticker, p.ticker),
         (Stream::Lab, p.lab),
+        (Stream::Notifications, p.notifications),
     ];
+    let user = match p.notifications {
+        Some(n) if n > 0 => {
+            let who = state.identify(&headers, p.token.as_deref());
+            Some(who.require("read your notifications")?.name.clone())
+        }
+        _ => None,
+    };
     for (stream, n) in asked {
         if n.is_some_and(|n| n > MAX_SNAPSHOT_EVENTS) {
             return Err(ApiError::BadRequest(format!(
@@ -197,7 +235,11 @@ pub async fn snapshot(
     let pages = asked
         .into_iter()
         .filter_map(|(stream, n)| Some((stream, n.filter(|&n| n > 0)?)))
-        .map(|(stream, n)| state.engine.history(stream, cursor.saturating_add(1), n));
+        .map(|(stream, n)| {
+            state
+                .engine
+                .history(stream, user.as_deref(), cursor.saturating_add(1), n)
+        });
     let mut events = Vec::new();
     for page in futures_util::future::join_all(pages).await {
         events.extend(

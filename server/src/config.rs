@@ -88,6 +88,17 @@ pub struct Config {
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
 
+    /// The key that signs and checks session tokens (JWT, HS256; at least 32 characters).
+    /// Other backends may mint tokens for their users with it (docs/protocol.md). Absent:
+    /// generated once and kept in `<data-dir>/secret` (mode 0600); cluster mode needs it
+    /// given, the same on every server.
+    #[arg(long, env = "TIDINGS_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// How long a session (a signed-in token) lasts, in seconds.
+    #[arg(long, env = "TIDINGS_SESSION_SECS", default_value_t = 7 * 24 * 3600)]
+    pub session_secs: u64,
+
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "TIDINGS_METRICS_TOKEN")]
     pub metrics_token: Option<String>,

@@ -177,7 +177,7 @@ async fn newsroom(state: AppState) {
     // What was filed recently (also before a restart, or by another server of the cluster).
     let mut recent: VecDeque<String> = match state
         .engine
-        .history(Stream::Feed, u64::MAX, NO_REPEAT)
+        .history(Stream::Feed, None, u64::MAX, NO_REPEAT)
         .await
     {
         Ok(events) => events
@@ -261,7 +261,7 @@ async fn last_quotes(state: &AppState) -> Vec<Quote> {
         .collect();
     let events = state
         .engine
-        .history(Stream::Ticker, u64::MAX, 200)
+        .history(Stream::Ticker, None, u64::MAX, 200)
         .await
         .unwrap_or_default();
     for e in events {

@@ -11,6 +11,13 @@ use axum::Json;
 pub enum ApiError {
     BadRequest(String),
     Unauthorized,
+    /// No valid session where one is needed (a private stream, an account's data), or a
+    /// session token that is expired or not valid: sign in (again).
+    Unauthenticated(String),
+    /// Too many sign-in attempts for this name or from this address.
+    TooManyAttempts(std::time::Duration),
+    /// Sign-up with a name an account already has.
+    NameTaken(String),
     Forbidden(String),
     NotFound(String),
     TooLarge(String),
@@ -29,7 +36,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NameTaken(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -46,6 +55,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::NameTaken(_) => "name_taken",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
@@ -60,7 +72,9 @@ impl ApiError {
     /// `Retry-After` in whole seconds, rounded up (HTTP has no finer unit).
     fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            ApiError::RateLimited(wait) => Some(wait.as_millis().div_ceil(1000).max(1) as u64),
+            ApiError::RateLimited(wait) | ApiError::TooManyAttempts(wait) => {
+                Some(wait.as_millis().div_ceil(1000).max(1) as u64)
+            }
             _ => None,
         }
     }
@@ -71,7 +85,13 @@ impl ApiError {
                 "publishing to this stream needs the admin token (Authorization: Bearer <token>)"
                     .into()
             }
+            ApiError::TooManyAttempts(wait) => format!(
+                "too many sign-in attempts; try again in {} s",
+                wait.as_millis().div_ceil(1000).max(1)
+            ),
             ApiError::BadRequest(m)
+            | ApiError::Unauthenticated(m)
+            | ApiError::NameTaken(m)
             | ApiError::Forbidden(m)
             | ApiError::NotFound(m)
             | ApiError::TooLarge(m)

@@ -35,6 +35,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 mod api;
+mod auth;
 mod config;
 mod demo;
 mod engine;
@@ -72,6 +73,10 @@ pub fn app(state: AppState) -> Router {
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
         .route("/api/snapshot", get(api::snapshot))
+        .route("/api/auth/signup", post(auth::signup))
+        .route("/api/auth/signin", post(auth::signin))
+        .route("/api/auth/signout", post(auth::signout))
+        .route("/api/auth/me", get(auth::me))
         .route("/api/stats", get(api::stats))
         .route("/api/lab/load", post(lab::handler))
         .route("/api/poll", get(transport::poll::handler))
@@ -100,6 +105,8 @@ pub async fn run(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let token = CancellationToken::new();
     let demo_leader = Arc::new(AtomicBool::new(config.redis_url.is_none()));
+    // Before the engine: a server that cannot check sessions must not start (and says why).
+    let auth = Arc::new(auth::Auth::new(&config)?);
     let (log, engine) = engine::Engine::start(&config, token.clone(), demo_leader.clone()).await?;
     let engine = Arc::new(engine);
     let config_max_streams = config.max_streams.max(1);
@@ -117,6 +124,7 @@ pub async fn run(
     let state = AppState(Arc::new(Shared {
         log,
         engine: engine.clone(),
+        auth: auth.clone(),
         config,
         demo_leader,
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
@@ -133,7 +141,10 @@ pub async fn run(
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tokio::select! {
-                    _ = every.tick() => limits.forget_idle(),
+                    _ = every.tick() => {
+                        limits.forget_idle();
+                        auth.forget_idle();
+                    }
                     _ = token.cancelled() => break,
                 }
             }

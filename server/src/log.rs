@@ -8,7 +8,7 @@
 //! only when its cursor has fallen out of retention does it get an explicit reset. Memory
 //! is bounded by the window (`retention` events), whatever the number of clients.
 
-use app::protocol::{Event, Stream, StreamSet};
+use app::protocol::{Envelope, Event, Notice, Payload, Stream, StreamSet};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
@@ -24,6 +24,9 @@ use tokio::sync::watch;
 pub struct StoredEvent {
     pub id: u64,
     pub stream: Stream,
+    /// Who may receive it: `None` for public streams; for `notifications`, the account
+    /// (or `*`: every signed-in account). Checked by [`Filter`] on every read.
+    pub to: Option<Arc<str>>,
     /// The event JSON (`{"id":..,"ts":..,"stream":..,"data":..}`), written as it is into
     /// poll bodies and publish answers (a `RawValue` serialises as its text).
     pub json: Box<RawValue>,
@@ -36,7 +39,11 @@ impl StoredEvent {
     pub fn new(event: &Event) -> StoredEvent {
         // Serialised by serde, so not parsed again to check it.
         let json = serde_json::value::to_raw_value(event).expect("an Event always serialises");
-        StoredEvent::with_json(event.id, event.payload.stream(), json)
+        let to = match &event.payload {
+            Payload::Notifications(n) => Some(Arc::from(n.to.as_str())),
+            _ => None,
+        };
+        StoredEvent::with_json(event.id, event.payload.stream(), to, json)
     }
 
     /// Builds the encodings from JSON produced earlier (by [`StoredEvent::new`], possibly
@@ -47,20 +54,68 @@ impl StoredEvent {
         stream: Stream,
         json: String,
     ) -> Result<StoredEvent, serde_json::Error> {
-        Ok(StoredEvent::with_json(
-            id,
-            stream,
-            RawValue::from_string(json)?,
-        ))
+        let json = RawValue::from_string(json)?;
+        let to = match stream {
+            // A private event's audience is in its data.
+            Stream::Notifications => {
+                #[derive(serde::Deserialize)]
+                struct To<'a> {
+                    #[serde(borrow)]
+                    to: std::borrow::Cow<'a, str>,
+                }
+                let e: Envelope<To> = serde_json::from_str(json.get())?;
+                Some(Arc::from(e.data.to.as_ref()))
+            }
+            _ => None,
+        };
+        Ok(StoredEvent::with_json(id, stream, to, json))
     }
 
-    fn with_json(id: u64, stream: Stream, json: Box<RawValue>) -> StoredEvent {
+    fn with_json(
+        id: u64,
+        stream: Stream,
+        to: Option<Arc<str>>,
+        json: Box<RawValue>,
+    ) -> StoredEvent {
         let encoded = crate::transport::ENCODINGS.map(|encode| encode(id, &json));
         StoredEvent {
             id,
             stream,
+            to,
             json,
             encoded,
+        }
+    }
+}
+
+/// Which events a reader gets: those of its streams, and of the private `notifications`
+/// stream only those for its account (`user`: the signed-in account, if any).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub streams: StreamSet,
+    pub user: Option<Arc<str>>,
+}
+
+impl Filter {
+    /// Checked once per event per reader on the delivery path: public events cost one bit
+    /// test, private ones a short string comparison.
+    pub fn matches(&self, e: &StoredEvent) -> bool {
+        self.streams.contains(e.stream)
+            && match (&e.to, &self.user) {
+                (None, _) => true,
+                (Some(to), Some(user)) => {
+                    &**to == Notice::EVERYONE || to.eq_ignore_ascii_case(user)
+                }
+                (Some(_), None) => false,
+            }
+    }
+}
+
+impl From<StreamSet> for Filter {
+    fn from(streams: StreamSet) -> Filter {
+        Filter {
+            streams,
+            user: None,
         }
     }
 }
@@ -192,7 +247,7 @@ impl EventLog {
     /// `after == 0` means "from the start of the window". A cursor is valid when the window
     /// still holds the event right after it (or it is the latest id); anything else is a
     /// [`Read::Reset`], never a silent skip.
-    pub fn read(&self, after: u64, filter: StreamSet, limit: usize) -> Read<Page> {
+    pub fn read(&self, after: u64, filter: &Filter, limit: usize) -> Read<Page> {
         let mut events = Vec::new();
         match self.scan(after, filter, limit, |e| {
             events.push(e.clone());
@@ -213,7 +268,7 @@ impl EventLog {
     fn scan(
         &self,
         after: u64,
-        filter: StreamSet,
+        filter: &Filter,
         limit: usize,
         mut take: impl FnMut(&Arc<StoredEvent>) -> bool,
     ) -> Read<Walked> {
@@ -247,7 +302,7 @@ impl EventLog {
                 });
             }
             cursor = e.id;
-            if filter.contains(e.stream) {
+            if filter.matches(e) {
                 taken += 1;
                 last = Some(e.id);
                 if !take(e) {
@@ -272,7 +327,7 @@ impl EventLog {
             .is_ok_and(|r| r.is_ok())
     }
 
-    pub fn subscribe(self: &Arc<Self>, filter: StreamSet, cursor: u64) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, filter: Filter, cursor: u64) -> Subscription {
         Subscription {
             _permit: None,
             announced: cursor,
@@ -292,7 +347,7 @@ pub struct Subscription {
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
     log: Arc<EventLog>,
     rx: watch::Receiver<u64>,
-    filter: StreamSet,
+    filter: Filter,
     /// Everything up to here has been delivered (or skipped by the filter).
     cursor: u64,
     /// The resume position the client was last given: the id of the last event (or reset)
@@ -373,7 +428,7 @@ impl Subscription {
         // the read still wakes `next` (an atomic load: no lock on the watch's value).
         self.rx.mark_unchanged();
         let mut n = 0;
-        let scan = self.log.scan(self.cursor, self.filter, limit, |e| {
+        let scan = self.log.scan(self.cursor, &self.filter, limit, |e| {
             n += 1;
             take(e)
         });
@@ -467,6 +522,7 @@ mod tests {
             _ => Payload::Chat(ChatMessage {
                 author: "a".into(),
                 body: format!("{id}"),
+                user: None,
             }),
         };
         let mut e = StoredEvent::new(&Event { id, ts: 1, payload });
@@ -506,14 +562,14 @@ mod tests {
     #[test]
     fn reads_after_cursor_with_filter_and_limit() {
         let log = log_with(10, 100);
-        let chat = StreamSet::parse(Some("chat")).unwrap();
+        let chat: Filter = StreamSet::parse(Some("chat")).unwrap().into();
         assert_eq!(
-            ids(&log.read(0, StreamSet::ALL, 100)),
+            ids(&log.read(0, &StreamSet::ALL.into(), 100)),
             ((1..=10).collect(), 10, false)
         );
-        assert_eq!(ids(&log.read(4, chat, 100)), (vec![5, 7, 9], 10, false));
-        assert_eq!(ids(&log.read(4, chat, 2)), (vec![5, 7], 7, true));
-        assert_eq!(ids(&log.read(10, chat, 2)), (vec![], 10, false));
+        assert_eq!(ids(&log.read(4, &chat, 100)), (vec![5, 7, 9], 10, false));
+        assert_eq!(ids(&log.read(4, &chat, 2)), (vec![5, 7], 7, true));
+        assert_eq!(ids(&log.read(10, &chat, 2)), (vec![], 10, false));
     }
 
     #[test]
@@ -521,14 +577,20 @@ mod tests {
         let log = log_with(10, 4); // window holds 7..=10
         assert_eq!(log.oldest(), 7);
         assert!(matches!(
-            log.read(5, StreamSet::ALL, 100),
+            log.read(5, &StreamSet::ALL.into(), 100),
             Read::Reset { cursor: 10 }
         ));
-        assert_eq!(ids(&log.read(6, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
+        assert_eq!(
+            ids(&log.read(6, &StreamSet::ALL.into(), 100)).0,
+            vec![7, 8, 9, 10]
+        );
         // since=0 means "from the start of the window", not "I missed everything".
-        assert_eq!(ids(&log.read(0, StreamSet::ALL, 100)).0, vec![7, 8, 9, 10]);
+        assert_eq!(
+            ids(&log.read(0, &StreamSet::ALL.into(), 100)).0,
+            vec![7, 8, 9, 10]
+        );
         assert!(matches!(
-            log.read(11, StreamSet::ALL, 100),
+            log.read(11, &StreamSet::ALL.into(), 100),
             Read::Reset { cursor: 10 }
         ));
     }
@@ -553,7 +615,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let mut cursor = 0;
                     while cursor < 20_000 {
-                        match log.read(cursor, StreamSet::ALL, 7) {
+                        match log.read(cursor, &StreamSet::ALL.into(), 7) {
                             Read::Events(Page {
                                 events, cursor: c, ..
                             }) => {
@@ -578,7 +640,7 @@ mod tests {
     #[test]
     fn the_cursor_is_announced_once_when_it_passes_other_streams() {
         let log = log_with(10, 100); // odd ids chat, even ids ticker
-        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
+        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap().into(), 0);
         assert_eq!(sub.unannounced(), None);
         assert!(matches!(sub.try_next(BATCH), Some(Read::Events(e)) if e.last().unwrap().id == 9));
         // The client holds 9; the subscription has scanned to 10.
@@ -598,10 +660,13 @@ mod tests {
         let log = log_with(5, 100);
         log.append(&[ev(9, Stream::Chat), ev(10, Stream::Chat)]);
         assert!(matches!(
-            log.read(5, StreamSet::ALL, 100),
+            log.read(5, &StreamSet::ALL.into(), 100),
             Read::Reset { cursor: 10 }
         ));
-        assert_eq!(ids(&log.read(8, StreamSet::ALL, 100)).0, vec![9, 10]);
+        assert_eq!(
+            ids(&log.read(8, &StreamSet::ALL.into(), 100)).0,
+            vec![9, 10]
+        );
     }
 
     #[test]
@@ -615,7 +680,7 @@ mod tests {
     #[tokio::test]
     async fn subscription_wakes_on_append_and_never_repeats() {
         let log = log_with(2, 100);
-        let mut sub = log.subscribe(StreamSet::ALL, 2);
+        let mut sub = log.subscribe(StreamSet::ALL.into(), 2);
         assert!(sub.try_next(BATCH).is_none());
         let waiter = {
             let log = log.clone();
@@ -651,7 +716,7 @@ mod tests {
             ev(2, Stream::Ticker),
             ev(3, Stream::Chat),
         ]);
-        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 0);
+        let mut sub = log.subscribe(StreamSet::parse(Some("chat")).unwrap().into(), 0);
         let mut out = Vec::new();
         // A bound of 1 byte: one event per call, and the cursor moves only past what was taken.
         assert_eq!(
@@ -673,7 +738,7 @@ mod tests {
             .try_next_into(BATCH, 1, |e| &e.encoded[0], &mut out)
             .is_none());
         // Resets come through this path too.
-        let mut ahead = log.subscribe(StreamSet::ALL, 99);
+        let mut ahead = log.subscribe(StreamSet::ALL.into(), 99);
         assert_eq!(
             ahead.try_next_into(BATCH, 1 << 16, |e| &e.encoded[1], &mut out),
             Some(Read::Reset { cursor: 3 })
@@ -685,12 +750,12 @@ mod tests {
         let log = Arc::new(EventLog::new(100, vec![], 0));
         log.append(&[ev(1, Stream::Chat), ev(2, Stream::Ticker)]);
         // A cursor ahead of the log is reset at once, not waited on.
-        let mut ahead = log.subscribe(StreamSet::ALL, 99);
+        let mut ahead = log.subscribe(StreamSet::ALL.into(), 99);
         let mut out = Vec::new();
         assert_eq!(ahead.next_into(|e| &e.encoded[1], &mut out).await, Some(2));
         assert!(out.is_empty());
         // Only other streams' events so far: it waits, then copies the next chat event.
-        let mut chat = log.subscribe(StreamSet::parse(Some("chat")).unwrap(), 1);
+        let mut chat = log.subscribe(StreamSet::parse(Some("chat")).unwrap().into(), 1);
         let waiting = tokio::spawn(async move {
             let mut out = Vec::new();
             let reset = chat.next_into(|e| &e.encoded[0], &mut out).await;

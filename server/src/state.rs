@@ -2,11 +2,13 @@
 //! transport and handler calls to publish, subscribe and check who may do what. Handlers
 //! stay thin: they parse, call one of these, and encode the answer.
 
+use crate::auth::Identity;
 use crate::error::ApiError;
 use crate::limits::Limits;
+use crate::log::Filter;
 use crate::log::StoredEvent;
 use crate::{engine, log, Config};
-use app::protocol::{Envelope, Payload, ServerInfo, Stream};
+use app::protocol::{ChatMessage, Envelope, Notice, Payload, ServerInfo, Stream, StreamSet};
 use axum::http::{header, HeaderMap};
 use serde_json::value::RawValue;
 use std::net::IpAddr;
@@ -24,10 +26,12 @@ pub fn same_secret(secret: &str, presented: Option<&str>) -> bool {
 
 /// Who is publishing: whether they showed the admin token, and from which client address
 /// (`None`: the server itself, e.g. the simulators; not rate-limited).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Caller {
     pub admin: bool,
     pub client: Option<IpAddr>,
+    /// The signed-in account: its chat messages carry it as their verified author.
+    pub user: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -35,6 +39,7 @@ impl Caller {
     pub const SERVER: Caller = Caller {
         admin: true,
         client: None,
+        user: None,
     };
 }
 
@@ -47,6 +52,8 @@ pub struct Shared {
     pub log: Arc<log::EventLog>,
     /// Where events are stored and how they reach the log (SQLite or Redis).
     pub engine: Arc<engine::Engine>,
+    /// Accounts' passwords, session tokens, sign-in limits.
+    pub auth: Arc<crate::auth::Auth>,
     pub config: Config,
     /// Whether this server runs the simulators (always in embedded mode; in cluster mode
     /// only the holder of the Redis lease, so N servers do not mean N tickers).
@@ -86,11 +93,33 @@ impl AppState {
     /// A caller that is not the admin is held to `--publish-rate`.
     pub async fn publish(
         &self,
-        payload: Payload,
+        mut payload: Payload,
         key: Option<String>,
         caller: &Caller,
     ) -> Result<(Arc<StoredEvent>, bool), ApiError> {
         let stream = payload.stream();
+        if stream == Stream::Notifications && caller.client.is_some() {
+            return Err(ApiError::Forbidden(
+                "notifications are made by the server (mentions, alerts, broadcasts); they \
+                 cannot be published"
+                    .into(),
+            ));
+        }
+        if let Payload::Chat(msg) = &mut payload {
+            match &caller.user {
+                // The verified author: the account's name, whatever name was typed.
+                Some(user) => {
+                    msg.author = user.to_string();
+                    msg.user = Some(user.to_string());
+                }
+                None if msg.user.is_some() && caller.client.is_some() => {
+                    return Err(ApiError::Forbidden(
+                        "`user` is set by the server for signed-in accounts; leave it out".into(),
+                    ))
+                }
+                None => {}
+            }
+        }
         if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
             return Err(ApiError::Unauthorized);
         }
@@ -131,8 +160,76 @@ impl AppState {
             crate::metrics::lab::PUBLISHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             metrics::counter!("tidings_events_published_total", "stream" => stream.as_str())
                 .increment(1);
+            if stream == Stream::Chat {
+                self.notify_mentions(&event);
+            }
         }
         Ok((event, replayed))
+    }
+
+    /// A chat message that mentions accounts (`@name`) notifies each of them (not the
+    /// author), after the message is stored. In a task of its own: the publisher's answer
+    /// does not wait for the lookups; shutdown waits for it.
+    fn notify_mentions(&self, event: &Arc<StoredEvent>) {
+        let Ok(chat) = serde_json::from_str::<Envelope<ChatMessage>>(event.json.get()) else {
+            return;
+        };
+        let names = app::protocol::mentions(&chat.data.body);
+        if names.is_empty() {
+            return;
+        }
+        let state = self.clone();
+        let (id, msg) = (chat.id, chat.data);
+        self.tasks.spawn(async move {
+            for name in names {
+                let account = match state.engine.account(&name).await {
+                    Ok(Some((account, _))) => account,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        tracing::warn!("mention not delivered: accounts unavailable");
+                        continue;
+                    }
+                };
+                if msg
+                    .user
+                    .as_deref()
+                    .is_some_and(|u| u.eq_ignore_ascii_case(&account))
+                {
+                    continue;
+                }
+                let excerpt: String = msg.body.chars().take(140).collect();
+                let notice = Notice {
+                    to: account,
+                    kind: "mention".into(),
+                    text: format!("{} mentioned you: {excerpt}", msg.author),
+                    about: Some(id),
+                };
+                if let Err(e) = state
+                    .publish(Payload::Notifications(notice), None, &Caller::SERVER)
+                    .await
+                {
+                    tracing::warn!(error = %e.message(), "mention not delivered");
+                }
+            }
+        });
+    }
+
+    /// Who a request is (see [`crate::auth::Auth::identify`]).
+    pub fn identify(&self, headers: &HeaderMap, query_token: Option<&str>) -> Identity {
+        self.auth
+            .identify(headers, query_token, self.config.admin_token.as_deref())
+    }
+
+    /// What a reader of `streams` may receive: the private stream needs a signed-in
+    /// identity (401 otherwise, saying why); any other stream does not, and a token that
+    /// is not valid is then ignored rather than refused.
+    pub fn filter_for(&self, streams: StreamSet, who: &Identity) -> Result<Filter, ApiError> {
+        let user = if streams.contains(Stream::Notifications) {
+            Some(who.require("receive notifications")?.name.clone())
+        } else {
+            who.user().map(|v| v.name.clone())
+        };
+        Ok(Filter { streams, user })
     }
 
     /// A subscription for a streaming transport or a waiting long poll, from `cursor` (after
@@ -141,7 +238,7 @@ impl AppState {
     /// server's file descriptors for everyone.
     pub async fn subscribe(
         &self,
-        filter: app::protocol::StreamSet,
+        filter: Filter,
         cursor: Option<u64>,
     ) -> Result<crate::log::Subscription, ApiError> {
         let permit = self.streams.clone().try_acquire_owned().map_err(|_| {

@@ -142,6 +142,8 @@ struct Instance {
     port: u16,
 }
 
+const CLUSTER_SECRET: &str = "the-cluster-tests-session-secret-0123456789";
+
 impl Instance {
     fn start(redis: &str, data_dir: &Path) -> Instance {
         Self::spawn(&["--redis", redis], data_dir)
@@ -170,6 +172,8 @@ impl Instance {
             .args(["--trusted-proxy", "127.0.0.1"])
             .args(args)
             .env("RUST_LOG", "warn")
+            // Every server of a cluster checks the sessions the others sign: one secret.
+            .env("TIDINGS_SECRET", CLUSTER_SECRET)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();

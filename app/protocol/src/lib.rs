@@ -33,11 +33,21 @@ pub enum Stream {
     /// The transport lab's load: written only by the server's generator, and delivered only
     /// to subscriptions that name it (never part of "all streams").
     Lab,
+    /// Personal notifications: each event is for one account (or every signed-in one) and
+    /// only connections signed in as it receive it. Written by the server only; delivered
+    /// only to subscriptions that name it.
+    Notifications,
 }
 
 impl Stream {
     /// Every stream a subscription may name.
-    pub const ALL: [Stream; 4] = [Stream::Feed, Stream::Chat, Stream::Ticker, Stream::Lab];
+    pub const ALL: [Stream; 5] = [
+        Stream::Feed,
+        Stream::Chat,
+        Stream::Ticker,
+        Stream::Lab,
+        Stream::Notifications,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +55,7 @@ impl Stream {
             Stream::Chat => "chat",
             Stream::Ticker => "ticker",
             Stream::Lab => "lab",
+            Stream::Notifications => "notifications",
         }
     }
 
@@ -130,7 +141,7 @@ impl StreamSet {
 }
 
 fn unknown_stream_message(name: &str) -> String {
-    format!("unknown stream '{name}' (expected one of: feed, chat, ticker, lab)")
+    format!("unknown stream '{name}' (expected one of: feed, chat, ticker, lab, notifications)")
 }
 
 /// A news feed item.
@@ -148,6 +159,31 @@ pub struct FeedItem {
 pub struct ChatMessage {
     pub author: String,
     pub body: String,
+    /// The signed-in account that sent it, set by the server (a publisher cannot give
+    /// it): the verified author. Absent for anonymous visitors, whose `author` is only a
+    /// display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// A personal notification (stream `notifications`).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Notice {
+    /// The account it is for, or `*` for every signed-in account (an admin broadcast).
+    pub to: String,
+    /// What happened: `mention`, `alert` or `broadcast`.
+    pub kind: String,
+    /// For people, e.g. "ann mentioned you: ...".
+    pub text: String,
+    /// The event it is about (the chat message of a mention), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<u64>,
+}
+
+impl Notice {
+    /// `to` for a notification every signed-in account receives.
+    pub const EVERYONE: &'static str = "*";
 }
 
 /// A stock ticker move.
@@ -173,6 +209,7 @@ pub enum Payload {
     Chat(ChatMessage),
     Ticker(Tick),
     Lab(LabTick),
+    Notifications(Notice),
 }
 
 /// One event of the lab's generated load: its number in the run.
@@ -191,6 +228,7 @@ impl Payload {
             Payload::Chat(d) => serde_json::to_string(d),
             Payload::Ticker(d) => serde_json::to_string(d),
             Payload::Lab(d) => serde_json::to_string(d),
+            Payload::Notifications(d) => serde_json::to_string(d),
         }
         .expect("payload data serialises")
     }
@@ -201,6 +239,7 @@ impl Payload {
             Payload::Chat(_) => Stream::Chat,
             Payload::Ticker(_) => Stream::Ticker,
             Payload::Lab(_) => Stream::Lab,
+            Payload::Notifications(_) => Stream::Notifications,
         }
     }
 }
@@ -241,6 +280,9 @@ impl<'de> Deserialize<'de> for Event {
             Stream::Chat => Payload::Chat(serde_json::from_value(r.data).map_err(e)?),
             Stream::Ticker => Payload::Ticker(serde_json::from_value(r.data).map_err(e)?),
             Stream::Lab => Payload::Lab(serde_json::from_value(r.data).map_err(e)?),
+            Stream::Notifications => {
+                Payload::Notifications(serde_json::from_value(r.data).map_err(e)?)
+            }
         };
         Ok(Event {
             id: r.id,
@@ -378,6 +420,8 @@ pub struct PollQuery {
     /// Long poll: seconds to wait for an event when there is none.
     pub wait: Option<u64>,
     pub limit: Option<usize>,
+    /// A session token, for clients that can set neither a header nor a cookie.
+    pub token: Option<String>,
 }
 
 /// The query of `GET /api/history`.
@@ -386,6 +430,8 @@ pub struct HistoryQuery {
     pub stream: Option<String>,
     pub before: Option<u64>,
     pub limit: Option<usize>,
+    /// A session token (the `notifications` stream's history is the signed-in account's).
+    pub token: Option<String>,
 }
 
 /// The query of `GET /api/snapshot`: how many of the newest events of each stream (0 or
@@ -400,6 +446,9 @@ pub struct SnapshotQuery {
     /// Up to this id at least (a client reset to it): the answer's `cursor` is then never
     /// below it, even from a server whose window is a moment behind the cluster.
     pub upto: Option<u64>,
+    /// The signed-in account's own notifications (needs a session).
+    pub notifications: Option<usize>,
+    pub token: Option<String>,
 }
 
 /// Most events of one stream in a snapshot.
@@ -670,6 +719,7 @@ fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
         Stream::Chat => Payload::Chat(serde_json::from_value(data).map_err(bad)?),
         Stream::Ticker => Payload::Ticker(serde_json::from_value(data).map_err(bad)?),
         Stream::Lab => Payload::Lab(serde_json::from_value(data).map_err(bad)?),
+        Stream::Notifications => Payload::Notifications(serde_json::from_value(data).map_err(bad)?),
     };
     validate(payload).map_err(PublishError::Invalid)
 }
@@ -686,6 +736,7 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
         Payload::Chat(c) => Payload::Chat(ChatMessage {
             author: text_field("Name", &c.author, MAX_AUTHOR_CHARS, false)?,
             body: text_field("Message", &c.body, MAX_CHAT_BODY_CHARS, true)?,
+            user: c.user,
         }),
         Payload::Ticker(t) => {
             let symbol = text_field("Symbol", &t.symbol, MAX_SYMBOL_CHARS, false)?;
@@ -712,7 +763,99 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
             })
         }
         Payload::Lab(l) => Payload::Lab(l),
+        Payload::Notifications(n) => Payload::Notifications(Notice {
+            text: text_field("Text", &n.text, MAX_CHAT_BODY_CHARS, true)?,
+            ..n
+        }),
     })
+}
+
+/// `POST /api/auth/signup` and `POST /api/auth/signin` body.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub name: String,
+    pub password: String,
+}
+
+// Never printed: a password must not reach a log through a `{:?}`.
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A session: the answer to sign-up and sign-in (with `token`, for API clients; browsers
+/// get the same token as an HttpOnly cookie), and to `GET /api/auth/me` (without).
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct Session {
+    pub name: String,
+    /// When the session ends, in seconds since the Unix epoch.
+    pub expires: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+pub const MIN_ACCOUNT_NAME: usize = 2;
+pub const MAX_ACCOUNT_NAME: usize = 32;
+pub const MIN_PASSWORD: usize = 8;
+/// Bytes: hashing cost grows with the length, and no one types more.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+fn account_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// An account name is 2-32 ASCII letters, digits, `_` or `-` (so `@name` in a message is
+/// unambiguous); unique without regard to case.
+pub fn validate_account_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if !(MIN_ACCOUNT_NAME..=MAX_ACCOUNT_NAME).contains(&n) || !name.chars().all(account_char) {
+        return Err(format!(
+            "A name is {MIN_ACCOUNT_NAME} to {MAX_ACCOUNT_NAME} letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate_password(password: &str) -> Result<(), String> {
+    if password.chars().count() < MIN_PASSWORD {
+        return Err(format!("A password is at least {MIN_PASSWORD} characters"));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Err(format!("A password is at most {MAX_PASSWORD_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// Most accounts one message notifies.
+pub const MAX_MENTIONS: usize = 10;
+
+/// The account names a message mentions (`@name`, not inside a word or an address like
+/// `a@b`), each once, in order, at most [`MAX_MENTIONS`].
+pub fn mentions(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut prev: Option<char> = None;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '@' && !prev.is_some_and(|p| account_char(p) || p == '@') {
+            let rest = &text[i + 1..];
+            let len = rest.find(|c: char| !account_char(c)).unwrap_or(rest.len());
+            let name = &rest[..len];
+            if validate_account_name(name).is_ok()
+                && !out.iter().any(|n| n.eq_ignore_ascii_case(name))
+            {
+                out.push(name.to_owned());
+                if out.len() == MAX_MENTIONS {
+                    break;
+                }
+            }
+        }
+        prev = Some(c);
+    }
+    out
 }
 
 /// `n` with a comma every three digits ("3,000"), as people read counts.
@@ -775,6 +918,7 @@ mod tests {
             payload: Payload::Chat(ChatMessage {
                 author: "ann".into(),
                 body: "hi".into(),
+                user: None,
             }),
         };
         let json = serde_json::to_value(&e).unwrap();
@@ -839,7 +983,8 @@ mod tests {
             f.payload,
             Payload::Chat(ChatMessage {
                 author: "ann".into(),
-                body: "hi".into()
+                body: "hi".into(),
+                user: None,
             })
         );
 
@@ -910,18 +1055,21 @@ mod tests {
         let ok = validate(Payload::Chat(ChatMessage {
             author: author.clone(),
             body: "b".into(),
+            user: None,
         }));
         assert!(ok.is_ok());
         let too_long = validate(Payload::Chat(ChatMessage {
             author: format!("{author}x"),
             body: "b".into(),
+            user: None,
         }));
         assert!(too_long.unwrap_err().contains("limit is 40"));
         let body = "x".repeat(3000);
         assert_eq!(
             validate(Payload::Chat(ChatMessage {
                 author: "a".into(),
-                body
+                body,
+                user: None,
             }))
             .unwrap_err(),
             "Message is 3,000 characters; the limit is 2,000"
@@ -954,12 +1102,14 @@ mod tests {
     fn bodies_keep_newlines_but_names_do_not() {
         assert!(validate(Payload::Chat(ChatMessage {
             author: "a".into(),
-            body: "line1\nline2".into()
+            body: "line1\nline2".into(),
+            user: None,
         }))
         .is_ok());
         assert!(validate(Payload::Chat(ChatMessage {
             author: "a\nb".into(),
-            body: "x".into()
+            body: "x".into(),
+            user: None,
         }))
         .is_err());
     }
@@ -1017,6 +1167,7 @@ mod tests {
         let chat = ChatMessage {
             author: "a \"q\"".into(),
             body: "<b>é</b>\n".into(),
+            user: None,
         };
         check(chat.clone(), Payload::Chat(chat));
         let tick = Tick {
@@ -1026,5 +1177,33 @@ mod tests {
             open: Some(1.75),
         };
         check(tick.clone(), Payload::Ticker(tick));
+    }
+
+    #[test]
+    fn mentions_are_names_after_an_at_sign() {
+        assert_eq!(
+            mentions("hi @bob and @Ann-2, @bob again"),
+            vec!["bob", "Ann-2"]
+        );
+        assert_eq!(mentions("mail me at x@bob.com"), Vec::<String>::new());
+        assert_eq!(mentions("@b @@bob (@carol)"), vec!["carol"]);
+        let many: String = (0..20).map(|i| format!("@user{i} ")).collect();
+        assert_eq!(mentions(&many).len(), MAX_MENTIONS);
+    }
+
+    #[test]
+    fn account_names_and_passwords_have_rules() {
+        assert!(validate_account_name("ann_2-x").is_ok());
+        for bad in ["a", "", "ann smith", "ännä", &"x".repeat(33)] {
+            assert!(validate_account_name(bad).is_err(), "{bad}");
+        }
+        assert!(validate_password("short").is_err());
+        assert!(validate_password("long enough").is_ok());
+        assert!(validate_password(&"p".repeat(1025)).is_err());
+        let c = Credentials {
+            name: "ann".into(),
+            password: "secret-pw".into(),
+        };
+        assert!(!format!("{c:?}").contains("secret-pw"));
     }
 }

@@ -16,7 +16,7 @@
 
 use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
-use app::protocol::{Event, Payload, Stream};
+use app::protocol::{Event, Notice, Payload, Stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Script};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -92,6 +92,13 @@ impl Keys {
     }
     fn history(&self, s: Stream) -> String {
         format!("{}:history:{s}", self.prefix)
+    }
+    /// A private stream's history is kept per account (`*`: for everyone).
+    fn private_history(&self, s: Stream, to: &str) -> String {
+        format!("{}:history:{s}:{}", self.prefix, to.to_lowercase())
+    }
+    fn account(&self, name: &str) -> String {
+        format!("{}:account:{}", self.prefix, name.to_lowercase())
     }
     fn leader(&self) -> String {
         format!("{}:demo-leader", self.prefix)
@@ -203,7 +210,10 @@ impl Cluster {
             .publish
             .key(&self.keys.seq)
             .key(&self.keys.log)
-            .key(self.keys.history(stream))
+            .key(match &payload {
+                Payload::Notifications(n) => self.keys.private_history(stream, &n.to),
+                _ => self.keys.history(stream),
+            })
             .key(self.keys.idempotency(key.as_deref().unwrap_or("")))
             .arg(ts)
             .arg(stream.as_str())
@@ -244,36 +254,86 @@ impl Cluster {
     pub async fn history(
         &self,
         stream: Stream,
+        user: Option<&str>,
         before: u64,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
+        let keys = match (stream, user) {
+            // The account's own and everyone's, merged by id.
+            (Stream::Notifications, Some(user)) => vec![
+                self.keys.private_history(stream, user),
+                self.keys.private_history(stream, Notice::EVERYONE),
+            ],
+            (Stream::Notifications, None) => return Ok(vec![]),
+            _ => vec![self.keys.history(stream)],
+        };
         let end = if before == u64::MAX {
             "+".to_string()
         } else {
             format!("({before}-0")
         };
-        let mut conn = self.conn.clone();
-        let entries: Vec<Entry> = redis::cmd("XREVRANGE")
-            .arg(self.keys.history(stream))
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(limit)
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| {
-                tracing::warn!(%err, "history from Redis failed");
-                EngineError::Unavailable
-            })?;
-        Ok(entries
-            .into_iter()
-            .rev()
-            .filter_map(|(_, f)| {
+        let mut events: Vec<Event> = Vec::new();
+        for key in keys {
+            let mut conn = self.conn.clone();
+            let entries: Vec<Entry> = redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(|err| {
+                    tracing::warn!(%err, "history from Redis failed");
+                    EngineError::Unavailable
+                })?;
+            events.extend(entries.into_iter().filter_map(|(_, f)| {
                 f.chunks(2)
                     .find(|p| p[0] == "e")
                     .and_then(|p| serde_json::from_str(p.get(1)?).ok())
-            })
-            .collect())
+            }));
+        }
+        events.sort_by_key(|e| e.id);
+        events.dedup_by_key(|e| e.id);
+        let skip = events.len().saturating_sub(limit);
+        Ok(events.split_off(skip))
+    }
+
+    /// Accounts live in Redis in cluster mode (`SET NX`: two servers cannot both create one
+    /// name). Durability is Redis': see the cluster notes in docs/scaling and the README.
+    pub async fn create_account(&self, name: &str, hash: &str) -> Result<bool, EngineError> {
+        let mut conn = self.conn.clone();
+        let record = serde_json::json!({ "name": name, "hash": hash, "created": super::now_ms() });
+        let created: Option<String> = redis::cmd("SET")
+            .arg(self.keys.account(name))
+            .arg(record.to_string())
+            .arg("NX")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "creating an account in Redis failed");
+                EngineError::Unavailable
+            })?;
+        Ok(created.is_some())
+    }
+
+    pub async fn account(&self, name: &str) -> Result<Option<(String, String)>, EngineError> {
+        let mut conn = self.conn.clone();
+        let record: Option<String> = redis::cmd("GET")
+            .arg(self.keys.account(name))
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "reading an account from Redis failed");
+                EngineError::Unavailable
+            })?;
+        Ok(record.and_then(|r| {
+            let v: serde_json::Value = serde_json::from_str(&r).ok()?;
+            Some((
+                v["name"].as_str()?.to_owned(),
+                v["hash"].as_str()?.to_owned(),
+            ))
+        }))
     }
 
     pub async fn ready(&self) -> Result<(), EngineError> {

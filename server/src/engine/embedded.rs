@@ -71,16 +71,34 @@ impl Embedded {
     pub async fn history(
         &self,
         stream: Stream,
+        user: Option<&str>,
         before: u64,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
         self.store
-            .history(stream, before, limit)
+            .history(stream, user, before, limit)
             .await
             .map_err(|err| {
                 tracing::error!(%err, "history query failed");
                 EngineError::Store
             })
+    }
+
+    pub async fn create_account(&self, name: &str, hash: &str) -> Result<bool, EngineError> {
+        self.store
+            .create_account(name, hash, super::now_ms())
+            .await
+            .map_err(|err| {
+                tracing::error!(%err, "creating an account failed");
+                EngineError::Store
+            })
+    }
+
+    pub async fn account(&self, name: &str) -> Result<Option<(String, String)>, EngineError> {
+        self.store.account(name).await.map_err(|err| {
+            tracing::error!(%err, "reading an account failed");
+            EngineError::Store
+        })
     }
 
     pub async fn ready(&self) -> Result<(), EngineError> {

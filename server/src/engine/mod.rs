@@ -90,16 +90,34 @@ impl Engine {
         }
     }
 
-    /// Up to `limit` events of `stream` before `before`, oldest first.
+    /// Up to `limit` events of `stream` before `before`, oldest first. Of the private
+    /// `notifications` stream, only those for `user` (and for everyone); none without one.
     pub async fn history(
         &self,
         stream: Stream,
+        user: Option<&str>,
         before: u64,
         limit: usize,
     ) -> Result<Vec<Event>, EngineError> {
         match self {
-            Engine::Embedded(e) => e.history(stream, before, limit).await,
-            Engine::Cluster(c) => c.history(stream, before, limit).await,
+            Engine::Embedded(e) => e.history(stream, user, before, limit).await,
+            Engine::Cluster(c) => c.history(stream, user, before, limit).await,
+        }
+    }
+
+    /// Creates an account with its password hash; `false` if the name (in any case) is taken.
+    pub async fn create_account(&self, name: &str, hash: &str) -> Result<bool, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.create_account(name, hash).await,
+            Engine::Cluster(c) => c.create_account(name, hash).await,
+        }
+    }
+
+    /// An account's registered name and password hash.
+    pub async fn account(&self, name: &str) -> Result<Option<(String, String)>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.account(name).await,
+            Engine::Cluster(c) => c.account(name).await,
         }
     }
 

@@ -69,13 +69,16 @@ impl Store {
     /// each round trip waits for a turn behind thousands of connection tasks. n + 2 round
     /// trips per batch made publishing (and so the events available per write) the limit.
     pub async fn insert(&self, events: &[NewRow<'_>]) -> Result<(), sqlx::Error> {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO events (id, stream, ts, json, idem_key) ");
+        let mut q = sqlx::QueryBuilder::new(
+            "INSERT INTO events (id, stream, ts, json, idem_key, audience) ",
+        );
         q.push_values(events, |mut row, r| {
             row.push_bind(r.event.id as i64)
                 .push_bind(r.event.stream.as_str())
                 .push_bind(r.ts as i64)
                 .push_bind(r.event.json.get())
-                .push_bind(r.key);
+                .push_bind(r.key)
+                .push_bind(r.event.to.as_deref());
         });
         q.build().execute(&self.pool).await.map(|_| ())
     }
@@ -147,21 +150,39 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `limit` events of `stream` with id < `before`, oldest first.
+    /// Up to `limit` events of `stream` with id < `before`, oldest first; of a private
+    /// stream, only those for `user` (and for everyone).
     pub async fn history(
         &self,
         stream: Stream,
+        user: Option<&str>,
         before: u64,
         limit: usize,
     ) -> Result<Vec<Event>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT json FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
-        )
-        .bind(stream.as_str())
-        .bind(before.min(i64::MAX as u64) as i64)
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        let before = before.min(i64::MAX as u64) as i64;
+        let rows =
+            match (stream, user) {
+                (Stream::Notifications, Some(user)) => {
+                    sqlx::query(
+                        "SELECT json FROM events WHERE audience IN (?, '*') AND id < ? \
+                     ORDER BY id DESC LIMIT ?",
+                    )
+                    .bind(user)
+                    .bind(before)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+                }
+                (Stream::Notifications, None) => vec![],
+                _ => sqlx::query(
+                    "SELECT json FROM events WHERE stream = ? AND id < ? ORDER BY id DESC LIMIT ?",
+                )
+                .bind(stream.as_str())
+                .bind(before)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?,
+            };
         let mut out = Vec::with_capacity(rows.len());
         for row in rows.into_iter().rev() {
             let json: String = row.get(0);
@@ -171,6 +192,32 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Creates an account; `false` if the name (in any case) is taken.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        hash: &str,
+        now_ms: u64,
+    ) -> Result<bool, sqlx::Error> {
+        let done =
+            sqlx::query("INSERT OR IGNORE INTO users (name, hash, created) VALUES (?, ?, ?)")
+                .bind(name)
+                .bind(hash)
+                .bind(now_ms.min(i64::MAX as u64) as i64)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// An account's name as it was registered, and its password hash.
+    pub async fn account(&self, name: &str) -> Result<Option<(String, String)>, sqlx::Error> {
+        let row = sqlx::query("SELECT name, hash FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     pub async fn close(&self) {

@@ -17,10 +17,12 @@ pub const MAX_LIMIT: usize = 1000;
 
 pub async fn handler(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Query(p): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
     crate::metrics::lab::POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let filter = super::streams(p.streams.as_deref())?;
+    let who = state.identify(&headers, p.token.as_deref());
+    let filter = state.filter_for(super::streams(p.streams.as_deref())?, &who)?;
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::BadRequest(format!(
@@ -44,17 +46,17 @@ pub async fn handler(
 
     // Answered from the in-memory window only: an empty poll never touches the store.
     state.catch_up(since).await;
-    let mut read = state.log.read(since, filter, limit);
+    let mut read = state.log.read(since, &filter, limit);
     if let Read::Events(Page { events, cursor, .. }) = &read {
         if events.is_empty() && wait > 0 {
-            let mut sub = state.subscribe(filter, Some(*cursor)).await?;
+            let mut sub = state.subscribe(filter.clone(), Some(*cursor)).await?;
             let _open = crate::metrics::OpenStream::new("long_poll");
             tokio::select! {
                 _ = sub.next(limit) => {}
                 _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                 _ = state.shutdown.cancelled() => {}
             }
-            read = state.log.read(*cursor, filter, limit);
+            read = state.log.read(*cursor, &filter, limit);
         }
     }
     match &read {

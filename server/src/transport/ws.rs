@@ -62,10 +62,14 @@ pub async fn handler(
         .into_response());
     }
     let upgrade = upgrade?;
-    let filter = super::streams(p.streams.as_deref()).map_err(IntoResponse::into_response)?;
+    let who = state.identify(&headers, p.token.as_deref());
+    let filter = super::streams(p.streams.as_deref())
+        .and_then(|streams| state.filter_for(streams, &who))
+        .map_err(IntoResponse::into_response)?;
     let caller = Caller {
         admin: state.is_admin(crate::api::bearer(&headers).or(p.token.as_deref())),
         client: Some(client),
+        user: who.user().map(|v| v.name.clone()),
     };
     let hello = p.hello.unwrap_or(false);
     let sub = state
@@ -348,7 +352,7 @@ pub async fn serve_socket<S: Io>(
             match message {
                 Message::Text(text) => match parse_client_frame(&text) {
                     Ok(frame) => {
-                        let state = state.clone();
+                        let (state, caller) = (state.clone(), caller.clone());
                         in_flight.push(async move {
                             let result = state.publish(frame.payload, frame.key, &caller).await;
                             let result = result.map(|(event, _replayed)| event);

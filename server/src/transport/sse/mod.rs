@@ -29,7 +29,8 @@ pub async fn handler(
     Query(p): Query<SubscribeParams>,
     counted: Option<axum::Extension<crate::limits::Counted>>,
 ) -> Result<Response, ApiError> {
-    let filter = super::streams(p.streams.as_deref())?;
+    let who = state.identify(&headers, p.token.as_deref());
+    let filter = state.filter_for(super::streams(p.streams.as_deref())?, &who)?;
     // The browser's automatic reconnect sends Last-Event-ID; it wins over the `since` that
     // is still in the URL from the first connect.
     let last_event_id = match headers.get("last-event-id") {

@@ -99,6 +99,7 @@ async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
         log: log.clone(),
         engine: Arc::new(engine),
         limits: Arc::new(crate::limits::Limits::new(vec![], 0, 0, 0)),
+        auth: Arc::new(crate::auth::Auth::new(&config).unwrap()),
         config,
         demo_leader: Arc::new(AtomicBool::new(true)),
         streams: Arc::new(tokio::sync::Semaphore::new(10)),
@@ -139,7 +140,9 @@ fn spawn_socket(
     since: u64,
 ) -> (DuplexStream, tokio::task::JoinHandle<()>) {
     let (client, server) = duplex(capacity);
-    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, since);
+    let sub = fx
+        .log
+        .subscribe(app::protocol::StreamSet::ALL.into(), since);
     let task = tokio::spawn(serve_socket(
         Connection::from_partially_read(Buffered::new(server), &[]),
         fx.state.clone(),
@@ -298,7 +301,7 @@ async fn publish_ack_error_ping_and_shutdown_over_a_socket() {
         .await
         .unwrap();
     let (server, _) = listener.accept().await.unwrap();
-    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL, 0);
+    let sub = fx.log.subscribe(app::protocol::StreamSet::ALL.into(), 0);
     // A first frame that arrived with the handshake is served too.
     let mut early = Vec::new();
     {

@@ -1,0 +1,539 @@
+//! Accounts and sessions (issue #10): sign-up and sign-in with a name and a password
+//! (Argon2id), sessions as signed tokens (JWT, HS256, with an expiry), and who a request
+//! is: `Authorization: Bearer` for API clients, the `tidings_session` cookie (HttpOnly,
+//! SameSite=Lax) for same-origin browsers, `?token=` for EventSource and WebSocket across
+//! origins (browsers cannot set headers on those). docs/protocol.md documents the claims,
+//! so other backends can mint tokens for their own users with the same secret.
+
+use crate::error::ApiError;
+use crate::Config;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use axum::http::{header, HeaderMap};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "tidings_session";
+/// A secret shorter than this is refused: HS256 wants at least 256 bits of key.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// A session token's claims (RFC 7519): `sub` the account name, `iat`/`exp` seconds since
+/// the Unix epoch.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Claims {
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// A signed-in account, as a valid token says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Viewer {
+    pub name: Arc<str>,
+    /// When the session ends (seconds since the Unix epoch): streams end then.
+    pub exp: u64,
+}
+
+/// How a request's credentials were carried: a cookie needs a cross-site check on state
+/// changes (a browser sends it by itself), a header or query token does not.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Via {
+    Bearer,
+    Cookie,
+    Query,
+}
+
+/// Who a request is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    Anonymous,
+    User(Viewer, Via),
+    /// It showed a token that is not valid: expired, or not one this server signed.
+    Refused(TokenError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TokenError {
+    Expired,
+    Invalid,
+}
+
+impl TokenError {
+    /// What the client is told (401), without saying which check failed beyond expiry.
+    pub fn into_api(self) -> ApiError {
+        match self {
+            TokenError::Expired => {
+                ApiError::Unauthenticated("your session has expired; sign in again".into())
+            }
+            TokenError::Invalid => {
+                ApiError::Unauthenticated("the session token is not valid; sign in again".into())
+            }
+        }
+    }
+}
+
+impl Identity {
+    /// The signed-in account, or the 401 that says why there is none.
+    pub fn require(&self, what: &str) -> Result<&Viewer, ApiError> {
+        match self {
+            Identity::User(v, _) => Ok(v),
+            Identity::Anonymous => Err(ApiError::Unauthenticated(format!("sign in to {what}"))),
+            Identity::Refused(e) => Err(e.into_api()),
+        }
+    }
+
+    pub fn user(&self) -> Option<&Viewer> {
+        match self {
+            Identity::User(v, _) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    session: Duration,
+    /// Sign-in attempts per account name and per client address (a password guesser is
+    /// slowed down whether it tries many passwords for one name or many names).
+    by_name: DefaultKeyedRateLimiter<String>,
+    by_addr: DefaultKeyedRateLimiter<IpAddr>,
+    /// Password hashes computed at once: each takes ~19 MiB and tens of ms of a core, so a
+    /// flood of sign-ins waits here instead of taking the box.
+    hashing: tokio::sync::Semaphore,
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Result<Auth, String> {
+        let secret = load_secret(config)?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        // Only HS256 is accepted (an `alg: none` or any other algorithm is refused), `exp` is
+        // required and checked with no leeway, `sub` must be there.
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).expect("n > 0"));
+        Ok(Auth {
+            encoding: EncodingKey::from_secret(&secret),
+            decoding: DecodingKey::from_secret(&secret),
+            validation,
+            session: Duration::from_secs(config.session_secs.max(1)),
+            by_name: RateLimiter::keyed(
+                per_minute(10).allow_burst(NonZeroU32::new(5).expect("5 > 0")),
+            ),
+            by_addr: RateLimiter::keyed(
+                per_minute(30).allow_burst(NonZeroU32::new(10).expect("10 > 0")),
+            ),
+            hashing: tokio::sync::Semaphore::new(2),
+        })
+    }
+
+    /// A new session for `name`: the token and when it expires.
+    pub fn issue(&self, name: &str) -> (String, u64) {
+        let iat = now_secs();
+        let exp = iat.saturating_add(self.session.as_secs());
+        let claims = Claims {
+            sub: name.to_owned(),
+            iat,
+            exp,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing does not fail");
+        (token, exp)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Viewer, TokenError> {
+        match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
+            Ok(data) if !data.claims.sub.is_empty() => Ok(Viewer {
+                name: Arc::from(data.claims.sub),
+                exp: data.claims.exp,
+            }),
+            Ok(_) => Err(TokenError::Invalid),
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
+                _ => Err(TokenError::Invalid),
+            },
+        }
+    }
+
+    /// Who the request is: the first credential it carries (a `Bearer` header, then the
+    /// cookie, then `?token=`), checked. The admin token is not a session (it is checked
+    /// where it is needed) and is skipped here.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+        query_token: Option<&str>,
+        admin_token: Option<&str>,
+    ) -> Identity {
+        let is_admin = |t: &str| admin_token.is_some_and(|a| crate::state::same_secret(a, Some(t)));
+        let presented = crate::api::bearer(headers)
+            .filter(|t| !is_admin(t))
+            .map(|t| (t, Via::Bearer))
+            .or_else(|| cookie(headers, COOKIE).map(|t| (t, Via::Cookie)))
+            .or_else(|| {
+                query_token
+                    .filter(|t| !is_admin(t))
+                    .map(|t| (t, Via::Query))
+            });
+        match presented {
+            None => Identity::Anonymous,
+            Some((token, via)) => match self.verify(token) {
+                Ok(v) => Identity::User(v, via),
+                Err(e) => Identity::Refused(e),
+            },
+        }
+    }
+
+    /// Takes one sign-in attempt for `name` from `addr`, or says how long until one is
+    /// allowed.
+    pub fn attempt_allowed(&self, name: &str, addr: IpAddr) -> Result<(), Duration> {
+        let wait = |n: governor::NotUntil<_>| n.wait_time_from(DefaultClock::default().now());
+        self.by_addr.check_key(&addr).map_err(wait)?;
+        self.by_name.check_key(&name.to_lowercase()).map_err(wait)
+    }
+
+    /// Forgets full buckets (called periodically with the other limits).
+    pub fn forget_idle(&self) {
+        self.by_name.retain_recent();
+        self.by_addr.retain_recent();
+    }
+
+    /// The Argon2id PHC string of `password` (default parameters: 19 MiB, 2 passes).
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _permit = self.hashing.acquire().await.map_err(|_| closing())?;
+        tokio::task::spawn_blocking(move || {
+            let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+                .expect("16 bytes make a valid salt");
+            Argon2::default()
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+        })
+        .await
+        .map_err(|_| closing())?
+        .map_err(|_| ApiError::BadRequest("this password cannot be used".into()))
+    }
+
+    /// Whether `password` matches the stored `hash`. A missing account is checked against a
+    /// dummy hash, so the answer takes as long either way (no account discovery by timing).
+    pub async fn check(&self, hash: Option<String>, password: String) -> bool {
+        let Ok(_permit) = self.hashing.acquire().await else {
+            return false;
+        };
+        tokio::task::spawn_blocking(move || {
+            let known = hash.is_some();
+            let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_owned());
+            let ok = PasswordHash::new(&hash).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            });
+            ok && known
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// The `Set-Cookie` value that starts a session in a browser.
+    pub fn cookie_for(&self, token: &str) -> String {
+        format!(
+            "{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
+            self.session.as_secs()
+        )
+    }
+}
+
+/// The `Set-Cookie` value that ends a session.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
+}
+
+fn closing() -> ApiError {
+    ApiError::Unavailable("the server is stopping; try again".into())
+}
+
+/// A valid Argon2id hash of a random password nobody knows (see [`Auth::check`]).
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$Hz5Q2mH0mS3ZUQkjkG9YUXzKXR1i7dZ1Cq6G4UfhWjA";
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A cookie's value from the `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim())
+        .filter(|v| !v.is_empty())
+}
+
+/// `--secret`, or the one kept in the data dir (made on first start, mode 0600). Cluster
+/// mode needs it given: every server must check the tokens every other one signs.
+fn load_secret(config: &Config) -> Result<Vec<u8>, String> {
+    if let Some(s) = &config.secret {
+        if s.len() < MIN_SECRET_LEN {
+            return Err(format!(
+                "--secret (TIDINGS_SECRET) must be at least {MIN_SECRET_LEN} characters"
+            ));
+        }
+        return Ok(s.as_bytes().to_vec());
+    }
+    if config.redis_url.is_some() {
+        return Err(
+            "cluster mode needs --secret (TIDINGS_SECRET), the same on every server: each \
+             one checks the session tokens the others sign"
+                .into(),
+        );
+    }
+    secret_file(&config.data_dir.join("secret"))
+}
+
+fn secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= MIN_SECRET_LEN => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {
+            return Err(format!(
+                "{} is shorter than {MIN_SECRET_LEN} characters; remove it to have a new one made",
+                path.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let secret: String = rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    f.write_all(secret.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), "made a new session secret");
+    Ok(secret.into_bytes())
+}
+
+// ---------------------------------------------------------------- the endpoints
+
+use crate::limits::ClientAddr;
+use crate::AppState;
+use app::protocol::{validate_account_name, validate_password, Credentials, Session};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Reads and checks a sign-up or sign-in body, and takes one attempt from the limits.
+async fn credentials(
+    state: &AppState,
+    client: IpAddr,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Credentials, ApiError> {
+    // A form on another site must not sign a browser in (login CSRF).
+    if !state.origin_allowed(headers) {
+        return Err(ApiError::Forbidden(
+            "this origin may not sign in here".into(),
+        ));
+    }
+    let body = crate::api::read_body(state, body, 4096).await?;
+    let c: Credentials = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected {{\"name\": \"...\", \"password\": \"...\"}}: {e}"
+        ))
+    })?;
+    state
+        .auth
+        .attempt_allowed(&c.name, client)
+        .map_err(ApiError::TooManyAttempts)?;
+    Ok(c)
+}
+
+fn session_response(state: &AppState, status: StatusCode, name: String) -> Response {
+    let (token, expires) = state.auth.issue(&name);
+    let cookie = state.auth.cookie_for(&token);
+    let mut response = (
+        status,
+        axum::Json(Session {
+            name,
+            expires,
+            token: Some(token),
+        }),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("a token is a valid header value"),
+    );
+    response
+}
+
+/// `POST /api/auth/signup` `{"name", "password"}`: 201 with a session (and its cookie), 409
+/// if the name is taken.
+pub async fn signup(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let c = credentials(&state, client, &headers, body).await?;
+    validate_account_name(&c.name).map_err(ApiError::Unprocessable)?;
+    validate_password(&c.password).map_err(ApiError::Unprocessable)?;
+    let hash = state.auth.hash(c.password).await?;
+    if !state.engine.create_account(&c.name, &hash).await? {
+        return Err(ApiError::NameTaken(format!(
+            "the name '{}' is taken; choose another",
+            c.name
+        )));
+    }
+    tracing::info!(name = %c.name, "account created");
+    Ok(session_response(&state, StatusCode::CREATED, c.name))
+}
+
+/// `POST /api/auth/signin` `{"name", "password"}`: 200 with a session (and its cookie); 401
+/// for a wrong name or password (one answer for both).
+pub async fn signin(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let c = credentials(&state, client, &headers, body).await?;
+    if c.password.len() > app::protocol::MAX_PASSWORD_BYTES {
+        return Err(ApiError::Unauthenticated("wrong name or password".into()));
+    }
+    let account = state.engine.account(&c.name).await?;
+    let (name, hash) = match account {
+        Some((name, hash)) => (Some(name), Some(hash)),
+        None => (None, None),
+    };
+    if !state.auth.check(hash, c.password).await {
+        return Err(ApiError::Unauthenticated("wrong name or password".into()));
+    }
+    let name = name.expect("a password only matches an account's hash");
+    Ok(session_response(&state, StatusCode::OK, name))
+}
+
+/// `POST /api/auth/signout`: 204, and the browser's cookie cleared. A token stays valid
+/// until it expires (they are not stored): API clients drop theirs.
+pub async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if !state.origin_allowed(&headers) {
+        return ApiError::Forbidden("this origin may not sign out here".into()).into_response();
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear_cookie()).expect("a valid header value"),
+    );
+    response
+}
+
+/// `GET /api/auth/me`: the session the request carries (no token in the answer), or 401.
+pub async fn me(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Session>, ApiError> {
+    let who = state.identify(&headers, None);
+    let v = who.require("see your session")?;
+    Ok(axum::Json(Session {
+        name: v.name.to_string(),
+        expires: v.exp,
+        token: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    fn auth(session_secs: u64) -> (Auth, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::for_tests(dir.path().to_path_buf());
+        c.session_secs = session_secs;
+        (Auth::new(&c).unwrap(), dir)
+    }
+
+    #[test]
+    fn tokens_verify_and_tampered_ones_do_not() {
+        let (a, _d) = auth(60);
+        let (t, _) = a.issue("bob");
+        assert_eq!(&*a.verify(&t).unwrap().name, "bob");
+        // Another account's name in the payload, the signature kept: refused.
+        let parts: Vec<&str> = t.split('.').collect();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = String::from_utf8(b64.decode(parts[1]).unwrap()).unwrap();
+        let forged = b64.encode(payload.replace("\"bob\"", "\"eve\""));
+        let tampered = format!("{}.{forged}.{}", parts[0], parts[2]);
+        assert_eq!(a.verify(&tampered), Err(TokenError::Invalid));
+        // alg none, no signature.
+        let none = format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        );
+        assert_eq!(a.verify(&none), Err(TokenError::Invalid));
+        // Signed with another secret.
+        let (other, _d2) = auth(60);
+        assert_eq!(other.verify(&t), Err(TokenError::Invalid));
+        assert_eq!(a.verify("garbage"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn expired_tokens_say_so() {
+        let (a, _d) = auth(60);
+        let claims = Claims {
+            sub: "bob".into(),
+            iat: 1,
+            exp: now_secs() - 1,
+        };
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        assert_eq!(a.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn the_secret_is_made_once_with_mode_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let first = secret_file(&path).unwrap();
+        assert_eq!(first.len(), 64);
+        assert_eq!(secret_file(&path).unwrap(), first);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[tokio::test]
+    async fn passwords_hash_and_check() {
+        let (a, _d) = auth(60);
+        let h = a.hash("correct horse".into()).await.unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(a.check(Some(h.clone()), "correct horse".into()).await);
+        assert!(!a.check(Some(h), "wrong".into()).await);
+        assert!(!a.check(None, "correct horse".into()).await);
+    }
+}

@@ -1,0 +1,465 @@
+//! Accounts, sessions and the private `notifications` stream (issue #10), against a real
+//! server: who can sign in, what each transport lets a token see, and what it refuses.
+
+mod common;
+
+use app::protocol::{Event, Payload, PollResponse, Session};
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite;
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+
+async fn start() -> TestServer {
+    TestServer::start_with(|c| c.secret = Some(SECRET.into())).await
+}
+
+async fn signup(s: &TestServer, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(s.url("/api/auth/signup"))
+        .json(&json!({"name": name, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    r.json::<Session>().await.unwrap().token.unwrap()
+}
+
+async fn error(r: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(r.status(), status);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    body["error"].as_str().unwrap().to_owned()
+}
+
+/// A token with our secret but claims of our choosing (what another backend would mint).
+fn mint(sub: &str, exp: u64) -> String {
+    let claims = json!({"sub": sub, "iat": 1, "exp": exp});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[tokio::test]
+async fn accounts_sign_up_in_and_out() {
+    let s = start().await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| client.post(s.url(path)).json(&body).send();
+
+    let r = post(
+        "/api/auth/signup",
+        json!({"name": "Ann", "password": "correct horse"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("tidings_session=") && cookie.contains("HttpOnly"));
+    assert!(cookie.contains("SameSite=Lax"));
+    let session: Session = r.json().await.unwrap();
+    assert_eq!(session.name, "Ann");
+    assert!(session.expires > now());
+
+    // One account per name, whatever its case.
+    let taken = post(
+        "/api/auth/signup",
+        json!({"name": "ann", "password": "another one"}),
+    );
+    error(taken.await.unwrap(), 409, "name_taken").await;
+    let bad = post(
+        "/api/auth/signup",
+        json!({"name": "a b", "password": "long enough"}),
+    );
+    assert!(error(bad.await.unwrap(), 422, "invalid")
+        .await
+        .contains("letters"));
+    let short = post(
+        "/api/auth/signup",
+        json!({"name": "carl", "password": "short"}),
+    );
+    assert!(error(short.await.unwrap(), 422, "invalid")
+        .await
+        .contains("at least 8"));
+
+    // Wrong password and unknown name: the same answer.
+    let wrong = post(
+        "/api/auth/signin",
+        json!({"name": "ann", "password": "wrong password"}),
+    );
+    let a = error(wrong.await.unwrap(), 401, "unauthenticated").await;
+    let nobody = post(
+        "/api/auth/signin",
+        json!({"name": "zed", "password": "wrong password"}),
+    );
+    assert_eq!(
+        error(nobody.await.unwrap(), 401, "unauthenticated").await,
+        a
+    );
+    let ok = post(
+        "/api/auth/signin",
+        json!({"name": "ANN", "password": "correct horse"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), 200);
+    let token = ok.json::<Session>().await.unwrap().token.unwrap();
+
+    // The session, by header and by cookie.
+    let me = |h: (&str, String)| client.get(s.url("/api/auth/me")).header(h.0, h.1).send();
+    let by_bearer: Session = me(("authorization", format!("Bearer {token}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((by_bearer.name.as_str(), by_bearer.token), ("Ann", None));
+    let by_cookie = me(("cookie", format!("tidings_session={token}")))
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    error(
+        client.get(s.url("/api/auth/me")).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+
+    // Signing out clears the cookie; another site cannot sign a browser in.
+    let out = client
+        .post(s.url("/api/auth/signout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(out.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    let csrf = client
+        .post(s.url("/api/auth/signin"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"name": "ann", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    error(csrf, 403, "forbidden").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn sign_in_attempts_are_limited_per_name() {
+    let s = start().await;
+    signup(&s, "bob").await;
+    let client = reqwest::Client::new();
+    let mut limited = None;
+    for _ in 0..8 {
+        let r = client
+            .post(s.url("/api/auth/signin"))
+            .json(&json!({"name": "bob", "password": "guess guess"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 401);
+    }
+    let r = limited.expect("the sixth attempt or so is refused");
+    assert!(r.headers().contains_key("retry-after"));
+    error(r, 429, "too_many_attempts").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chat_from_an_account_carries_its_verified_name() {
+    let s = start().await;
+    let ann = signup(&s, "ann").await;
+    let client = reqwest::Client::new();
+    let e: Event = client
+        .post(s.url("/api/publish"))
+        .bearer_auth(&ann)
+        .json(&json!({"stream": "chat", "data": {"author": "mallory", "body": "hi"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let Payload::Chat(m) = e.payload else {
+        panic!()
+    };
+    assert_eq!((m.author.as_str(), m.user.as_deref()), ("ann", Some("ann")));
+    // Anonymous publishers cannot claim an account, or write notifications.
+    let forged = client
+        .post(s.url("/api/publish"))
+        .json(&json!({"stream": "chat", "data": {"author": "ann", "body": "hi", "user": "ann"}}))
+        .send()
+        .await
+        .unwrap();
+    error(forged, 403, "forbidden").await;
+    let notice =
+        json!({"stream": "notifications", "data": {"to": "ann", "kind": "mention", "text": "x"}});
+    let r = client
+        .post(s.url("/api/publish"))
+        .bearer_auth(&ann)
+        .json(&notice)
+        .send();
+    error(r.await.unwrap(), 403, "forbidden").await;
+    // A cookie session used from another site's page is refused.
+    let csrf = client
+        .post(s.url("/api/publish"))
+        .header("cookie", format!("tidings_session={ann}"))
+        .header("origin", "http://evil.example")
+        .json(&json!({"stream": "chat", "data": {"author": "ann", "body": "csrf"}}))
+        .send()
+        .await
+        .unwrap();
+    error(csrf, 403, "forbidden").await;
+    s.stop().await;
+}
+
+/// The acceptance path of the issue, on every transport: Ann mentions Bob; Bob's streams
+/// get the notification, Eve's never do.
+#[tokio::test]
+async fn a_mention_reaches_only_its_account_on_every_transport() {
+    let s = start().await;
+    let (ann, bob, eve) = (
+        signup(&s, "ann").await,
+        signup(&s, "bob").await,
+        signup(&s, "eve").await,
+    );
+    let cursor = reqwest::get(s.url("/api/poll"))
+        .await
+        .unwrap()
+        .json::<PollResponse>()
+        .await
+        .unwrap()
+        .cursor;
+    let streams = "streams=chat,notifications";
+    let sse = |token: &str| {
+        let req = reqwest::Client::new()
+            .get(s.url(&format!("/api/sse?{streams}&since={cursor}")))
+            .bearer_auth(token)
+            .send();
+        async move { SseClient::from_response(req.await.unwrap()) }
+    };
+    let (mut bob_sse, mut eve_sse) = (sse(&bob).await, sse(&eve).await);
+    let ws = |token: &str| {
+        ws_connect_ok(s.ws_url(&format!("/api/ws?{streams}&since={cursor}&token={token}")))
+    };
+    let (mut bob_ws, mut eve_ws) = (ws(&bob).await, ws(&eve).await);
+    let long_poll = |token: String| {
+        let url = s.url(&format!("/api/poll?{streams}&since={cursor}&wait=10"));
+        tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            r.json::<PollResponse>().await.unwrap()
+        })
+    };
+    let bob_lp = long_poll(bob.clone());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let chat: Event = reqwest::Client::new()
+        .post(s.url("/api/publish"))
+        .bearer_auth(&ann)
+        .json(
+            &json!({"stream": "chat", "data": {"author": "ann", "body": "hello @bob and @nobody"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let is_mention = |e: &Event| {
+        matches!(&e.payload, Payload::Notifications(n)
+            if n.to == "bob" && n.kind == "mention" && n.about == Some(chat.id) && n.text.starts_with("ann mentioned you"))
+    };
+    // Bob: the chat message, then the notification, on SSE and WS.
+    let got = within(bob_sse.events(2)).await;
+    assert_eq!(got[0].id, chat.id);
+    assert!(is_mention(&got[1]), "{got:?}");
+    let got = within(ws_events(&mut bob_ws, 2)).await;
+    assert!(is_mention(&got[1]), "{got:?}");
+    // Long poll: answered with the chat message at once; the next poll has the notice.
+    let first = within(bob_lp).await.unwrap();
+    let mut seen: Vec<Event> = first.events;
+    if seen.len() < 2 {
+        let r: PollResponse = reqwest::Client::new()
+            .get(s.url(&format!(
+                "/api/poll?{streams}&since={}&wait=5",
+                first.cursor
+            )))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(r.events);
+    }
+    assert!(seen.iter().any(is_mention), "{seen:?}");
+    // Short poll and history.
+    let polled: PollResponse = reqwest::Client::new()
+        .get(s.url(&format!("/api/poll?{streams}&since={cursor}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(polled.events.iter().any(is_mention));
+    let history = |token: &str| {
+        reqwest::Client::new()
+            .get(s.url("/api/history?stream=notifications"))
+            .bearer_auth(token)
+            .send()
+    };
+    let h: app::protocol::HistoryResponse = history(&bob).await.unwrap().json().await.unwrap();
+    assert!(h.events.len() == 1 && is_mention(&h.events[0]));
+
+    // Eve: the chat message, then the next public one; never Bob's notification.
+    let after = s.chat("after").await;
+    let got = within(eve_sse.events(2)).await;
+    assert_eq!(ids(&got), vec![chat.id, after.id]);
+    let got = within(ws_events(&mut eve_ws, 2)).await;
+    assert_eq!(ids(&got), vec![chat.id, after.id]);
+    let eve_poll: PollResponse = reqwest::Client::new()
+        .get(s.url(&format!("/api/poll?{streams}&since={cursor}")))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&eve_poll.events), vec![chat.id, after.id]);
+    let h: app::protocol::HistoryResponse = history(&eve).await.unwrap().json().await.unwrap();
+    assert!(h.events.is_empty());
+    s.stop().await;
+}
+
+async fn ws_connect_ok(url: String) -> Ws {
+    ws_connect(&url).await
+}
+
+/// Every way of asking for the private stream without a valid session of one's own is a
+/// 401 with a JSON error, on each transport and on history.
+#[tokio::test]
+async fn the_private_stream_refuses_missing_bad_and_expired_tokens() {
+    let s = start().await;
+    let bob = signup(&s, "bob").await;
+    let b64 = |v: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    };
+    let parts: Vec<&str> = bob.split('.').collect();
+    let tampered = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64(&format!(r#"{{"sub":"eve","iat":1,"exp":{}}}"#, now() + 60)),
+        parts[2]
+    );
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none","typ":"JWT"}"#),
+        b64(&format!(r#"{{"sub":"bob","exp":{}}}"#, now() + 60))
+    );
+    let expired = mint("bob", now() - 5);
+    let cases: [(&str, Option<&str>, &str); 4] = [
+        ("none", None, "sign in"),
+        ("tampered", Some(&tampered), "not valid"),
+        ("alg none", Some(&alg_none), "not valid"),
+        ("expired", Some(&expired), "expired"),
+    ];
+    for (what, token, needle) in cases {
+        let q = token.map(|t| format!("&token={t}")).unwrap_or_default();
+        for path in [
+            format!("/api/poll?streams=notifications&since=0{q}"),
+            format!("/api/poll?streams=notifications&since=0&wait=1{q}"),
+            format!("/api/sse?streams=notifications{q}"),
+            format!("/api/history?stream=notifications{q}"),
+            format!("/api/snapshot?notifications=5{q}"),
+        ] {
+            let msg = error(
+                reqwest::get(s.url(&path)).await.unwrap(),
+                401,
+                "unauthenticated",
+            )
+            .await;
+            assert!(msg.contains(needle), "{what} {path}: {msg}");
+            assert!(
+                !msg.contains("bob") && token.is_none_or(|t| !msg.contains(t)),
+                "{msg}"
+            );
+        }
+        // WebSocket: refused at the handshake.
+        let url = s.ws_url(&format!("/api/ws?streams=notifications{q}"));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tungstenite::Error::Http(r)) => assert_eq!(r.status(), 401, "{what}"),
+            other => panic!("{what}: {:?}", other.map(|_| ())),
+        }
+    }
+    // A token minted elsewhere with the same secret is accepted (documented claims).
+    let minted = mint("bob", now() + 60);
+    let r = reqwest::get(s.url(&format!("/api/history?stream=notifications&token={minted}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Public streams stay open to everyone, with or without a token.
+    let r = reqwest::get(s.url(&format!("/api/poll?streams=chat&since=0&token={tampered}")))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let _ = bob;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cluster_mode_without_a_secret_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tidings::Config::for_tests(dir.path().to_path_buf());
+    c.redis_url = Some("redis://127.0.0.1:1".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = tidings::run(listener, c, async {})
+        .await
+        .unwrap_err()
+        .to_string();
+    // Checked before Redis is even tried.
+    assert!(err.contains("cluster mode needs --secret"), "{err}");
+}
+
+#[tokio::test]
+async fn the_generated_secret_survives_a_restart() {
+    let s = TestServer::start().await;
+    let token = signup(&s, "bob").await;
+    let dir = s.stop().await.unwrap();
+    let s = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
+    let r = reqwest::Client::new()
+        .get(s.url("/api/auth/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    s.stop().await;
+    drop(dir);
+}
