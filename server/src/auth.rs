@@ -42,6 +42,31 @@ pub struct Viewer {
     pub exp: u64,
 }
 
+impl Viewer {
+    /// When a stream opened with this session must end (its token stops being valid).
+    /// Tokens are checked to the second: one is accepted through second `exp` and refused
+    /// from the next, so that is when its streams end (not up to a second before).
+    pub fn deadline(&self) -> tokio::time::Instant {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let end_ms = self.exp.saturating_add(1).saturating_mul(1000);
+        tokio::time::Instant::now() + Duration::from_millis(end_ms.saturating_sub(now_ms))
+    }
+}
+
+/// The WebSocket close code of a session that expired mid-connection (a private-use code,
+/// RFC 6455 section 7.4.2): refresh the token or sign in, then reconnect from the cursor.
+pub const WS_SESSION_EXPIRED: u16 = 4001;
+
+/// Waits until `deadline`, or for ever without one (a connection with no session).
+pub async fn session_end(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How a request's credentials were carried: a cookie needs a cross-site check on state
 /// changes (a browser sends it by itself), a header or query token does not.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -450,6 +475,65 @@ pub async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Respo
         HeaderValue::from_str(&clear_cookie()).expect("a valid header value"),
     );
     response
+}
+
+/// `POST /api/auth/refresh`: a new session (token and cookie) for a session that is still
+/// valid, so a client renews before it expires instead of signing in again.
+pub async fn refresh(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !state.origin_allowed(&headers) {
+        return Err(ApiError::Forbidden(
+            "this origin may not renew sessions here".into(),
+        ));
+    }
+    let who = state.identify(&headers, None);
+    let name = who.require("renew your session")?.name.to_string();
+    Ok(session_response(&state, StatusCode::OK, name))
+}
+
+/// `POST /api/admin/broadcast` `{"text": "..."}` with the admin token: a notification for
+/// every signed-in account (`to: "*"`). 404 on a server without `--admin-token`.
+pub async fn broadcast(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    if state.config.admin_token.is_none() {
+        return Err(ApiError::NotFound(
+            "broadcasts are off on this server; start it with --admin-token".into(),
+        ));
+    }
+    if !state.is_admin(crate::api::bearer(&headers)) {
+        return Err(ApiError::Unauthorized);
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Broadcast {
+        text: String,
+    }
+    let body = crate::api::read_body(&state, body, app::protocol::MAX_PUBLISH_BYTES).await?;
+    let b: Broadcast = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("expected {{\"text\": \"...\"}}: {e}")))?;
+    let notice = app::protocol::validate(app::protocol::Payload::Notifications(
+        app::protocol::Notice {
+            to: app::protocol::Notice::EVERYONE.into(),
+            kind: "broadcast".into(),
+            text: b.text,
+            about: None,
+        },
+    ))
+    .map_err(ApiError::Unprocessable)?;
+    let (event, _) = state
+        .publish(notice, None, &crate::state::Caller::SERVER)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.json.get().to_owned(),
+    )
+        .into_response())
 }
 
 /// `GET /api/auth/me`: the session the request carries (no token in the answer), or 401.

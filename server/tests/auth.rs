@@ -5,6 +5,7 @@ mod common;
 
 use app::protocol::{Event, Payload, PollResponse, Session};
 use common::*;
+use futures_util::StreamExt;
 use serde_json::json;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite;
@@ -462,4 +463,135 @@ async fn the_generated_secret_survives_a_restart() {
     assert_eq!(r.status(), 200);
     s.stop().await;
     drop(dir);
+}
+
+/// A session that ends while its stream is open: SSE says so with an `expired` event and
+/// ends; a WebSocket closes with 4001. A renewed token resumes from the cursor, nothing lost.
+#[tokio::test]
+async fn streams_end_when_their_session_does_and_resume_after_renewal() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.session_secs = 2;
+    })
+    .await;
+    let bob = signup(&s, "bob").await;
+    let first = s.chat("before expiry").await;
+    let mut sse = SseClient::from_response(
+        reqwest::Client::new()
+            .get(s.url("/api/sse?streams=chat,notifications&since=0"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap(),
+    );
+    let mut ws = ws_connect(&s.ws_url(&format!(
+        "/api/ws?streams=chat,notifications&since=0&token={bob}"
+    )))
+    .await;
+    assert_eq!(ids(&within(sse.events(1)).await), vec![first.id]);
+    assert_eq!(ids(&within(ws_events(&mut ws, 1)).await), vec![first.id]);
+    // The SSE stream: an `expired` event, then the end of the response.
+    let expired = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sse.next().await {
+                Some(m) if m.event.as_deref() == Some("expired") => break Some(m),
+                Some(_) => continue,
+                None => break None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends within the session's life plus a moment")
+    .expect("an expired event before the end");
+    assert!(expired.data.contains("session_expired"));
+    assert!(within(sse.next()).await.is_none(), "the response ends");
+    // The WebSocket: closed with 4001.
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(tungstenite::Message::Close(Some(f))) = m {
+                return Some(u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(4001));
+    // The old token is refused now; a new one (signing in again) resumes from the cursor.
+    let r = reqwest::get(s.url(&format!(
+        "/api/poll?streams=notifications&since=0&token={bob}"
+    )))
+    .await
+    .unwrap();
+    error(r, 401, "unauthenticated").await;
+    let missed = s.chat("while signed out").await;
+    let again: Session = reqwest::Client::new()
+        .post(s.url("/api/auth/signin"))
+        .json(&json!({"name": "bob", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let renewed: Session = reqwest::Client::new()
+        .post(s.url("/api/auth/refresh"))
+        .bearer_auth(again.token.as_deref().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ws = ws_connect(&s.ws_url(&format!(
+        "/api/ws?streams=chat,notifications&since={}&token={}",
+        first.id,
+        renewed.token.unwrap()
+    )))
+    .await;
+    assert_eq!(ids(&within(ws_events(&mut ws, 1)).await), vec![missed.id]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_broadcast_reaches_every_account_and_no_one_else() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.admin_token = Some("sekrit".into());
+    })
+    .await;
+    let (bob, eve) = (signup(&s, "bob").await, signup(&s, "eve").await);
+    let client = reqwest::Client::new();
+    let send = |token: &str| {
+        client
+            .post(s.url("/api/admin/broadcast"))
+            .bearer_auth(token)
+            .json(&json!({"text": "maintenance at noon"}))
+            .send()
+    };
+    error(send("wrong").await.unwrap(), 401, "unauthorized").await;
+    let r = send("sekrit").await.unwrap();
+    assert_eq!(r.status(), 201);
+    let sent: Event = r.json().await.unwrap();
+    for token in [&bob, &eve] {
+        let h: app::protocol::HistoryResponse = client
+            .get(s.url("/api/history?stream=notifications"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ids(&h.events), vec![sent.id]);
+    }
+    // Public readers never see it.
+    let p: PollResponse = reqwest::get(s.url("/api/poll?since=0"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(p.events.is_empty());
+    s.stop().await;
 }

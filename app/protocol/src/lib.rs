@@ -493,6 +493,9 @@ pub struct CursorData {
 /// Names of the SSE events that are not stream events (those have no `event:` line).
 pub const SSE_HELLO: &str = "hello";
 pub const SSE_RESET: &str = "reset";
+/// The stream was opened with a session that has now expired: `data` is an [`ErrorBody`]
+/// (`code` `session_expired`) and the response ends. (A WebSocket closes with code 4001.)
+pub const SSE_EXPIRED: &str = "expired";
 
 /// `GET /api/history` answer.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]

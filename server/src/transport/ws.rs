@@ -71,6 +71,7 @@ pub async fn handler(
         client: Some(client),
         user: who.user().map(|v| v.name.clone()),
     };
+    let session_ends = who.user().map(|v| v.deadline());
     let hello = p.hello.unwrap_or(false);
     let sub = state
         .subscribe(filter, p.since)
@@ -90,7 +91,7 @@ pub async fn handler(
                 let conn = Connection::from_partially_read(parts.io.into_inner(), &parts.read_buf);
                 // A view into hyper's 8 KiB read buffer: holding it would keep that alive.
                 drop(parts.read_buf);
-                serve_socket(conn, state, sub, caller, hello).await
+                serve_socket(conn, state, sub, caller, hello, session_ends).await
             }
             Err(_) => tracing::error!("websocket upgrade of a connection that is not plain TCP"),
         }
@@ -310,6 +311,7 @@ pub async fn serve_socket<S: Io>(
     mut sub: Subscription,
     caller: Caller,
     hello: bool,
+    session_ends: Option<tokio::time::Instant>,
 ) {
     let _open = crate::metrics::OpenStream::new("ws");
     // Everything to write next: event frames, acks, errors, pongs; one write per turn.
@@ -326,6 +328,10 @@ pub async fn serve_socket<S: Io>(
     // waiter list (a mutex shared by every connection) on every event.
     let cancelled = state.shutdown.clone().cancelled_owned();
     tokio::pin!(cancelled);
+    // A signed-in socket ends when its token does: it must not go on receiving private
+    // events, or publishing as its account, on a session that is over.
+    let expired = crate::auth::session_end(session_ends);
+    tokio::pin!(expired);
     let mut in_flight = FuturesUnordered::new();
     let idle_timeout = Duration::from_secs(state.config.ws_idle_timeout_secs.max(1));
     let write_timeout = Duration::from_secs(state.config.write_timeout_secs.max(1));
@@ -388,6 +394,8 @@ pub async fn serve_socket<S: Io>(
         if out.is_empty() {
             tokio::select! {
                 _ = &mut cancelled => break Some((Some(CloseCode::GOING_AWAY), "server shutting down".into())),
+
+                _ = &mut expired => break Some((Some(CloseCode(crate::auth::WS_SESSION_EXPIRED)), "session expired".into())),
 
                 reset_to = sub.next_into(|e| &e.encoded[ENCODING], &mut out) => {
                     if let Some(cursor) = reset_to {

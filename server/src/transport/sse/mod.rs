@@ -11,7 +11,7 @@ use crate::api::Query;
 use crate::error::ApiError;
 use crate::log::Subscription;
 use crate::AppState;
-use app::protocol::{CursorData, SSE_HELLO, SSE_RESET};
+use app::protocol::{CursorData, ErrorBody, SSE_EXPIRED, SSE_HELLO, SSE_RESET};
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -47,6 +47,10 @@ pub async fn handler(
     let sub = state.subscribe(filter, last_event_id.or(p.since)).await?;
     let conn = Conn {
         sub,
+        session_ends: who
+            .user()
+            .map(|v| Box::pin(tokio::time::sleep_until(v.deadline()))),
+        over: false,
         ticks: super::heartbeat(&state),
         shutdown: Box::pin(state.shutdown.clone().cancelled_owned()),
         started: false,
@@ -110,6 +114,9 @@ fn message<T: serde::Serialize + ?Sized>(
 
 struct Conn {
     sub: Subscription,
+    /// A signed-in stream ends when its session does, with an `expired` event first.
+    session_ends: Option<Pin<Box<tokio::time::Sleep>>>,
+    over: bool,
     ticks: Interval,
     /// Created once per connection (see the same note in `ws.rs`).
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -141,10 +148,37 @@ impl Conn {
             }
             return Some(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
         }
+        if self.over {
+            return None;
+        }
         // One chunk per wake-up: every event available, copied out of the log.
         let mut out = Vec::new();
+        // The stored timer itself, not a new one per wake-up.
+        let session = &mut self.session_ends;
+        let expired = async move {
+            match session {
+                Some(timer) => timer.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut self.shutdown => None,
+            _ = expired => {
+                // Said in the stream (a browser's EventSource cannot see a status once it is
+                // open); then the response ends. The client renews its session
+                // (`POST /api/auth/refresh`) or signs in, and reconnects from its cursor.
+                self.over = true;
+                message(
+                    &mut out,
+                    Some(SSE_EXPIRED),
+                    None,
+                    &ErrorBody {
+                        error: "your session has expired; sign in again".into(),
+                        code: "session_expired".into(),
+                    },
+                );
+                Some(Bytes::from(out))
+            }
             reset_to = self.sub.next_into(|e| &e.encoded[ENCODING], &mut out) => {
                 if let Some(cursor) = reset_to {
                     metrics::counter!("tidings_resets_total", "transport" => "sse").increment(1);

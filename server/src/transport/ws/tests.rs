@@ -149,6 +149,7 @@ fn spawn_socket(
         sub,
         Caller::default(),
         false,
+        None,
     ));
     (client, task)
 }
@@ -319,6 +320,7 @@ async fn publish_ack_error_ping_and_shutdown_over_a_socket() {
         sub,
         Caller::default(),
         false,
+        None,
     ));
     let mut ws = WebSocketStream::from_raw_socket(client, Role::Client, None).await;
 
