@@ -9,7 +9,7 @@
 mod common;
 
 use app::protocol::{Event, PollResponse, ServerFrame};
-use common::{SseClient, DEADLINE};
+use common::{within, SseClient, DEADLINE};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -873,4 +873,98 @@ async fn latency_embedded_vs_cluster() {
     println!("publish-to-receive over WebSocket, {n} sequential publishes (ms):");
     println!("  embedded (SQLite, one server):            p50 {e50:.2}  p99 {e99:.2}");
     println!("  cluster (Redis, publish A -> receive B):  p50 {c50:.2}  p99 {c99:.2}");
+}
+
+/// Accounts and the private stream cluster-wide: an account made on one server signs in on
+/// another, a token one server signed opens a stream on a third, a mention published on one
+/// reaches its account's stream on another, and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_cross_the_cluster_to_their_account_only() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let client = reqwest::Client::new();
+    let account = |i: usize, path: &'static str, name: &'static str| {
+        let url = c.instances[i].url(path);
+        let client = client.clone();
+        async move {
+            let r = client
+                .post(url)
+                .json(&json!({"name": name, "password": "correct horse"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{path} {name}: {}", r.status());
+            r.json::<app::protocol::Session>()
+                .await
+                .unwrap()
+                .token
+                .unwrap()
+        }
+    };
+    let ann = account(0, "/api/auth/signup", "ann").await;
+    account(1, "/api/auth/signup", "bob").await;
+    account(2, "/api/auth/signup", "eve").await;
+    // The name is taken cluster-wide.
+    let again = client
+        .post(c.instances[2].url("/api/auth/signup"))
+        .json(&json!({"name": "BOB", "password": "another one"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+    let bob = account(0, "/api/auth/signin", "bob").await;
+    let eve = account(1, "/api/auth/signin", "eve").await;
+
+    let open = |i: usize, token: &str| {
+        let url = c.instances[i].url("/api/sse?streams=notifications");
+        let req = client.get(url).bearer_auth(token).send();
+        async move { SseClient::from_response(req.await.unwrap()) }
+    };
+    let mut bob_sse = open(2, &bob).await;
+    let mut eve_sse = open(2, &eve).await;
+    let chat: Event = client
+        .post(c.instances[1].url("/api/publish"))
+        .bearer_auth(&ann)
+        .json(&json!({"stream": "chat", "data": {"author": "ann", "body": "@bob look"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let got = within(bob_sse.events(1)).await;
+    assert!(
+        matches!(&got[0].payload, app::protocol::Payload::Notifications(n) if n.to == "bob" && n.about == Some(chat.id)),
+        "{got:?}"
+    );
+    // Eve's stream stays silent (a heartbeat at most) while Bob's history has it, through
+    // the balancer (Redis keeps it per account).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), eve_sse.next_data())
+            .await
+            .is_err(),
+        "eve got something"
+    );
+    let h: app::protocol::HistoryResponse = client
+        .get(c.nginx.url("/api/history?stream=notifications"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h.events.len(), 1);
+    let h: app::protocol::HistoryResponse = client
+        .get(c.nginx.url("/api/history?stream=notifications"))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(h.events.is_empty());
 }
