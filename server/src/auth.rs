@@ -536,6 +536,60 @@ pub async fn broadcast(
         .into_response())
 }
 
+/// `POST /api/notifications/read` `{"id": N}` (one) or `{"all": true}` (everything so far):
+/// marks the account's notifications read. The mark is itself an event on the account's
+/// private stream (kind `read` or `read-all`, `about` the id), so every tab and device of
+/// the account learns it live, and a client that reconnects or reloads gets it with the
+/// rest of its history.
+pub async fn mark_read(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, ApiError> {
+    let who = state.identify(&headers, None);
+    let user = who.require("mark notifications read")?.name.clone();
+    if matches!(who, Identity::User(_, Via::Cookie)) && !state.origin_allowed(&headers) {
+        return Err(ApiError::Forbidden(
+            "this origin may not change this account's notifications".into(),
+        ));
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Read {
+        id: Option<u64>,
+        #[serde(default)]
+        all: bool,
+    }
+    let body = crate::api::read_body(&state, body, 1024).await?;
+    let r: Read = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("expected {{\"id\": N}} or {{\"all\": true}}: {e}"))
+    })?;
+    let (kind, about) = match (r.id, r.all) {
+        (Some(id), false) => ("read", id),
+        (None, true) => ("read-all", state.log.latest()),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "give either {\"id\": N} or {\"all\": true}".into(),
+            ))
+        }
+    };
+    let notice = app::protocol::Payload::Notifications(app::protocol::Notice {
+        to: user.to_string(),
+        kind: kind.into(),
+        text: kind.into(),
+        about: Some(about),
+    });
+    let (event, _) = state
+        .publish(notice, None, &crate::state::Caller::SERVER)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.json.get().to_owned(),
+    )
+        .into_response())
+}
+
 /// `GET /api/auth/me`: the session the request carries (no token in the answer), or 401.
 pub async fn me(
     State(state): State<AppState>,

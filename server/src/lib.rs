@@ -79,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/auth/refresh", post(auth::refresh))
         .route("/api/auth/me", get(auth::me))
         .route("/api/admin/broadcast", post(auth::broadcast))
+        .route("/api/notifications/read", post(auth::mark_read))
         .route("/api/stats", get(api::stats))
         .route("/api/lab/load", post(lab::handler))
         .route("/api/poll", get(transport::poll::handler))

@@ -595,3 +595,71 @@ async fn an_admin_broadcast_reaches_every_account_and_no_one_else() {
     assert!(p.events.is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn read_marks_are_events_of_the_accounts_own_stream() {
+    let s = start().await;
+    let (ann, bob) = (signup(&s, "ann").await, signup(&s, "bob").await);
+    let client = reqwest::Client::new();
+    let mut bob_sse = SseClient::from_response(
+        client
+            .get(s.url("/api/sse?streams=notifications"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap(),
+    );
+    for body in ["@bob one", "@bob two"] {
+        client
+            .post(s.url("/api/publish"))
+            .bearer_auth(&ann)
+            .json(&json!({"stream": "chat", "data": {"author": "ann", "body": body}}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let mentions = within(bob_sse.events(2)).await;
+    let read = |token: &str, body: serde_json::Value| {
+        client
+            .post(s.url("/api/notifications/read"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        read(&bob, json!({"id": mentions[0].id}))
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    assert_eq!(
+        read(&bob, json!({"all": true})).await.unwrap().status(),
+        201
+    );
+    let marks = within(bob_sse.events(2)).await;
+    let kinds: Vec<(String, Option<u64>)> = marks
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::Notifications(n) => (n.kind.clone(), n.about),
+            p => panic!("{p:?}"),
+        })
+        .collect();
+    assert_eq!(kinds[0], ("read".into(), Some(mentions[0].id)));
+    assert_eq!(kinds[1].0, "read-all");
+    assert!(kinds[1].1.unwrap() >= mentions[1].id);
+    // Only for one's own account, and never without a session.
+    error(
+        read("", json!({"all": true})).await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    error(
+        read(&bob, json!({"id": 1, "all": true})).await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    s.stop().await;
+}
