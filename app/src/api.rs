@@ -4,9 +4,9 @@
 //! origin is pointed at a server with `?api=https://tidings.example.com` once; the choice
 //! is kept in localStorage.
 
-use crate::protocol::{ErrorBody, Event, HistoryResponse, PollResponse, Snapshot, Stream};
+use crate::protocol::{ErrorBody, Event, HistoryResponse, PollResponse, Session, Snapshot, Stream};
 use gloo_net::http::Request;
-use wasm_bindgen::JsValue;
+use wasm_bindgen::{JsCast, JsValue};
 
 const API_KEY: &str = "tidings.api";
 
@@ -125,7 +125,6 @@ pub async fn snapshot(query: &str) -> ApiResult<Snapshot> {
 }
 
 fn take_early_snapshot() -> Option<js_sys::Promise> {
-    use wasm_bindgen::JsCast;
     let window: JsValue = web_sys::window()?.into();
     let name = JsValue::from_str("tidingsSnapshot");
     let promise = js_sys::Reflect::get(&window, &name).ok()?;
@@ -189,6 +188,52 @@ pub async fn publish(body: String, key: &str, timeout_ms: u32) -> Result<Event, 
         error: format!("an unreadable answer ({e})"),
         code: "network".into(),
     })
+}
+
+/// The signed-in account (the session cookie), if any. Asked only when the server's hint
+/// cookie says there is a session (an anonymous visit makes no request that fails); a hint
+/// whose session is over is removed.
+pub async fn me() -> Option<Session> {
+    const HINT: &str = "tidings_account=";
+    let doc = web_sys::window()?
+        .document()?
+        .dyn_into::<web_sys::HtmlDocument>()
+        .ok()?;
+    if !doc
+        .cookie()
+        .ok()?
+        .split(';')
+        .any(|c| c.trim().starts_with(HINT))
+    {
+        return None;
+    }
+    let session = match get_text("/api/auth/me", 15_000).await {
+        Ok((text, _)) => serde_json::from_str(&text).ok(),
+        Err(_) => None,
+    };
+    if session.is_none() {
+        let _ = doc.set_cookie(&format!("{HINT}; Max-Age=0; Path=/"));
+    }
+    session
+}
+
+/// POST a JSON body (the session cookie goes with it); the answer's text, or the server's
+/// error message.
+pub async fn post_json(path: &str, body: String) -> Result<String, String> {
+    let resp = Request::post(&format!("{}{path}", base()))
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| e.to_string())?
+        .send()
+        .await
+        .map_err(|e| format!("no answer from the server ({e})"))?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if (200..300).contains(&status) {
+        Ok(text)
+    } else {
+        Err(error_message(status, &text))
+    }
 }
 
 /// POST a JSON body with `Authorization: Bearer <token>`; the answer's text, or the

@@ -234,7 +234,7 @@ fn stop(lane: &Lane) {
 
 fn new_lane(id: u32, kind: Kind, cursor: u64, taken: &[&'static str]) -> Lane {
     let store = LiveStore {
-        streams: crate::protocol::StreamSet::WITH_LAB,
+        streams: RwSignal::new(crate::protocol::StreamSet::WITH_LAB),
         ..LiveStore::new()
     };
     store.stats.update(|s| s.record = true);

@@ -6,7 +6,7 @@
 //! It depends on nothing else of the app: transports write into it, `sync` (startup,
 //! history, the outbox) reads and writes it, views read it.
 
-use crate::protocol::{ChatMessage, Event, FeedItem, Payload, Tick};
+use crate::protocol::{ChatMessage, Event, FeedItem, Notice, Payload, Tick};
 use crate::resume::{Cursor, Fresh};
 use leptos::prelude::*;
 use std::collections::VecDeque;
@@ -126,6 +126,8 @@ pub enum Relay {
     },
     /// Another tab's "Retry now".
     Retry,
+    /// The account signed in or out in another tab: start again with the new session.
+    Session,
 }
 
 thread_local! {
@@ -225,6 +227,18 @@ pub struct FeedEntry {
     pub fresh: bool,
 }
 
+/// A notification as the panel shows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoticeEntry {
+    pub id: u64,
+    pub ts: u64,
+    pub notice: Notice,
+    pub read: bool,
+}
+
+/// Notifications kept in the panel (the oldest go first).
+pub const NOTICES_KEEP: usize = 100;
+
 #[derive(Clone, PartialEq, Debug)]
 pub struct ChatEntry {
     pub id: u64,
@@ -318,8 +332,13 @@ pub struct LiveStore {
     pub auto: RwSignal<Option<AutoState>>,
     /// The page's own store (not a lab lane): it relays to other tabs while it leads.
     pub relays: bool,
-    /// The streams its transports subscribe to (the lab's lanes add `lab`).
-    pub streams: crate::protocol::StreamSet,
+    /// The streams its transports subscribe to (the lab's lanes add `lab`; a signed-in
+    /// page adds `notifications`).
+    pub streams: RwSignal<crate::protocol::StreamSet>,
+    /// The signed-in account's name.
+    pub account: RwSignal<Option<String>>,
+    /// The account's notifications, oldest first, with whether each has been read.
+    pub notices: RwSignal<Vec<NoticeEntry>>,
     /// This tab shows what another tab's connection receives.
     pub follower: RwSignal<bool>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
@@ -353,7 +372,9 @@ impl LiveStore {
             now: RwSignal::new(js_sys::Date::now()),
             heard: RwSignal::new(0),
             relays: false,
-            streams: crate::protocol::StreamSet::ALL,
+            streams: RwSignal::new(crate::protocol::StreamSet::ALL),
+            account: RwSignal::new(None),
+            notices: RwSignal::new(Vec::new()),
             follower: RwSignal::new(false),
             auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
@@ -399,6 +420,7 @@ impl LiveStore {
         let mut feed = Vec::new();
         let mut chat = Vec::new();
         let mut ticks = Vec::new();
+        let mut notices = Vec::new();
         for e in events {
             match e.payload {
                 Payload::Feed(item) => feed.push(FeedEntry {
@@ -413,11 +435,12 @@ impl LiveStore {
                     msg,
                 }),
                 Payload::Ticker(t) => ticks.push(t),
-                // The lab's load: counted in the stats, nothing to show. Notifications: the
-                // app does not ask for them yet (issue #10's panel).
-                Payload::Lab(_) | Payload::Notifications(_) => {}
+                Payload::Notifications(n) => notices.push((e.id, e.ts, n)),
+                // The lab's load: counted in the stats, nothing to show.
+                Payload::Lab(_) => {}
             }
         }
+        self.take_notices(notices);
         self.stats.update(|s| {
             s.bytes += bytes as u64;
             s.events += latencies.len() as u64;
@@ -544,6 +567,40 @@ impl LiveStore {
         self.outbox
             .update(|o| o.retain(|m| !matches!(m.status, OutStatus::Acked(id) if id <= upto)));
         self.ready.set(true);
+    }
+
+    /// Adds notifications (history or live, in id order) and applies read marks: `read`
+    /// marks the one it is `about`, `read-all` every one up to its `about`. Marks are events
+    /// of the account's stream, so every tab and device ends up with the same state.
+    pub fn take_notices(&self, items: Vec<(u64, u64, Notice)>) {
+        if items.is_empty() {
+            return;
+        }
+        self.notices.update(|list| {
+            for (id, ts, notice) in items {
+                let about = notice.about.unwrap_or(0);
+                match notice.kind.as_str() {
+                    "read" => list
+                        .iter_mut()
+                        .filter(|n| n.id == about)
+                        .for_each(|n| n.read = true),
+                    "read-all" => list
+                        .iter_mut()
+                        .filter(|n| n.id <= about)
+                        .for_each(|n| n.read = true),
+                    _ if list.iter().all(|n| n.id != id) => list.push(NoticeEntry {
+                        id,
+                        ts,
+                        notice,
+                        read: false,
+                    }),
+                    _ => {}
+                }
+            }
+            list.sort_by_key(|n| n.id);
+            let excess = list.len().saturating_sub(NOTICES_KEEP);
+            list.drain(..excess);
+        });
     }
 
     /// The server could not resume from our cursor (too old, or ahead of a wiped store):

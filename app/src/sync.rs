@@ -56,7 +56,13 @@ pub fn start(store: LiveStore, kind: Kind) {
     });
     tick.forget(); // for the page's lifetime
     spawn_local(async move {
-        load_snapshot(store, None).await;
+        // Who is signed in is asked beside the snapshot, not after it.
+        let (_, session) = futures_util::future::join(load_snapshot(store, None), api::me()).await;
+        if let Some(session) = session {
+            load_notices(store).await;
+            store.streams.update(|s| s.insert(Stream::Notifications));
+            store.account.set(Some(session.name));
+        }
         crate::tabs::lead_or_follow(store, store.kind.get_untracked());
     });
 }
@@ -94,6 +100,58 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
         .count();
     store.older_chat.set(chat == CHAT_PAGE);
     store.load(upto, snapshot.events);
+}
+
+/// The account's latest notifications (and read marks) up to the store's cursor; the
+/// live connection then continues after it.
+async fn load_notices(store: LiveStore) {
+    let upto = store.cursor.get_untracked();
+    if let Ok(events) = api::history(Stream::Notifications, upto + 1, 100).await {
+        store.take_notices(
+            events
+                .into_iter()
+                .filter_map(|e| match e.payload {
+                    Payload::Notifications(n) => Some((e.id, e.ts, n)),
+                    _ => None,
+                })
+                .collect(),
+        );
+    }
+}
+
+/// Marks one notification (or, with `None`, all) read; the mark comes back on the
+/// account's stream to every tab.
+pub fn mark_read(store: LiveStore, id: Option<u64>) {
+    let body = match id {
+        Some(id) => format!(r#"{{"id":{id}}}"#),
+        None => r#"{"all":true}"#.to_owned(),
+    };
+    spawn_local(async move {
+        if let Err(e) = api::post_json("/api/notifications/read", body).await {
+            store.notice.set(Some(e));
+        }
+    });
+}
+
+/// Signs in (or up, `create`); on success every tab starts again with the session.
+pub async fn sign_in(name: String, password: String, create: bool) -> Result<(), String> {
+    let body = serde_json::to_string(&crate::protocol::Credentials { name, password })
+        .map_err(|e| e.to_string())?;
+    let path = if create {
+        "/api/auth/signup"
+    } else {
+        "/api/auth/signin"
+    };
+    api::post_json(path, body).await?;
+    crate::tabs::session_changed();
+    Ok(())
+}
+
+pub fn sign_out() {
+    spawn_local(async move {
+        let _ = api::post_json("/api/auth/signout", String::new()).await;
+        crate::tabs::session_changed();
+    });
 }
 
 /// Prepends the page of chat history before the oldest message shown.

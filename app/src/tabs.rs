@@ -102,6 +102,7 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
                     }
                 }
                 (true, Relay::Retry) => transport::retry_now(store),
+                (_, Relay::Session) => reload_page(),
                 (false, Relay::Events { events, bytes }) => store.ingest(events, bytes),
                 (false, Relay::Cursor { cursor }) => store.advance(cursor),
                 (false, Relay::Reset { cursor }) => store.reset_to(cursor),
@@ -203,4 +204,20 @@ pub fn retry_now(store: LiveStore) {
     } else {
         transport::retry_now(store);
     }
+}
+
+/// Starts the page again (a new session changes what it may receive).
+pub fn reload_page() {
+    if let Some(w) = web_sys::window() {
+        let _ = w.location().reload();
+    }
+}
+
+/// Tells the other tabs the account signed in or out, then starts this one again.
+pub fn session_changed() {
+    if let Ok(channel) = BroadcastChannel::new(CHANNEL) {
+        post(&channel, &Relay::Session);
+        channel.close();
+    }
+    reload_page();
 }

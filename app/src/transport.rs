@@ -175,7 +175,7 @@ async fn sleep(ms: u32) {
 fn resume_query(store: &LiveStore) -> String {
     format!(
         "streams={}&since={}",
-        store.streams.to_query(),
+        store.streams.get_untracked().to_query(),
         store.cursor.get_untracked()
     )
 }

@@ -6,6 +6,7 @@ use crate::info::get_server_info;
 use crate::protocol::{thousands, ServerInfo, Tick, MAX_CHAT_BODY_CHARS};
 use crate::store::{ConnState, Kind, LiveStore, OutStatus};
 use crate::{sync, transport};
+use leptos::either::Either;
 use leptos::html;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -105,7 +106,10 @@ pub fn App() -> impl IntoView {
         .and_then(|k| Kind::from_key(&k))
         .unwrap_or(Kind::Auto);
     let info = RwSignal::new(None::<ServerInfo>);
+    let panel = RwSignal::new(Panel::None);
+    provide_context(panel);
     sync::start(store, initial);
+    desktop_alerts(store);
     spawn_local(async move { info.set(get_server_info().await.ok()) });
 
     let choose = move |k: Kind| {
@@ -128,6 +132,7 @@ pub fn App() -> impl IntoView {
             <h1>"Tidings"</h1>
             <Status/>
             <a class="lab-link" href="/lab/" data-testid="lab-link" title="All transports side by side, measured">"Lab"</a>
+            <AccountBar open=panel/>
             <nav class="picker" aria-label="Transport">
                 {Kind::ALL
                     .into_iter()
@@ -147,6 +152,12 @@ pub fn App() -> impl IntoView {
                     .collect_view()}
             </nav>
         </header>
+        // Either, not AnyView: type-erased views cost the app ~20 KB of wasm.
+        {move || match panel.get() {
+            Panel::SignIn => Some(Either::Left(view! { <SignIn/> })),
+            Panel::Notices => Some(Either::Right(view! { <NoticePanel/> })),
+            Panel::None => None,
+        }}
         <Notice/>
         <details class="details" open=wide>
             <summary>"Connection details"</summary>
@@ -238,6 +249,134 @@ fn Status() -> impl IntoView {
             })}
         </div>
     }
+}
+
+/// What opens below the header.
+#[derive(Clone, Copy, PartialEq)]
+enum Panel {
+    None,
+    SignIn,
+    Notices,
+}
+
+/// Sign in, or the bell with the unread count and the account's name.
+#[component]
+fn AccountBar(open: RwSignal<Panel>) -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    let toggle = move |p: Panel| open.update(|o| *o = if *o == p { Panel::None } else { p });
+    let unread = move || store.notices.with(|n| n.iter().filter(|n| !n.read).count());
+    move || match store.account.get() {
+        None => Either::Left(view! {
+            <button class="account" data-testid="sign-in-open" aria-expanded=move || (open.get() == Panel::SignIn).to_string() on:click=move |_| toggle(Panel::SignIn)>"Sign in"</button>
+        }),
+        Some(name) => Either::Right(view! {
+            <button
+                class="account bell"
+                data-testid="bell"
+                aria-expanded=move || (open.get() == Panel::Notices).to_string()
+                aria-label=move || format!("Notifications for {}, {} unread", name, unread())
+                on:click=move |_| toggle(Panel::Notices)
+            >
+                "🔔"
+                <span class="count" data-testid="unread" class:zero=move || unread() == 0>{unread}</span>
+            </button>
+        }),
+    }
+}
+
+#[component]
+fn SignIn() -> impl IntoView {
+    // Read from the inputs on submit (no signal per keystroke: less code in the app).
+    let name = NodeRef::<html::Input>::new();
+    let password = NodeRef::<html::Input>::new();
+    let error = RwSignal::new(None::<String>);
+    let busy = RwSignal::new(false);
+    let go = move |create: bool| {
+        let value =
+            |r: NodeRef<html::Input>| r.get_untracked().map(|i| i.value()).unwrap_or_default();
+        let (n, p) = (value(name), value(password));
+        busy.set(true);
+        error.set(None);
+        spawn_local(async move {
+            if let Err(e) = sync::sign_in(n, p, create).await {
+                error.set(Some(e));
+            }
+            busy.set(false);
+        });
+    };
+    view! {
+        <form class="signin" data-testid="sign-in" on:submit=move |ev| { ev.prevent_default(); go(false) }>
+            <label>"Name" <input autocomplete="username" data-testid="sign-in-name" node_ref=name/></label>
+            <label>"Password" <input type="password" autocomplete="current-password" data-testid="sign-in-password" node_ref=password/></label>
+            <button type="submit" data-testid="sign-in-submit" disabled=busy>"Sign in"</button>
+            <button type="button" data-testid="sign-up-submit" disabled=busy on:click=move |_| go(true)>"Create account"</button>
+            <p class="error" role="alert" data-testid="sign-in-error">{move || error.get()}</p>
+        </form>
+    }
+}
+
+#[component]
+fn NoticePanel() -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    let ask = move |_| {
+        let _ = web_sys::Notification::request_permission();
+    };
+    let may_ask = web_sys::Notification::permission() == web_sys::NotificationPermission::Default;
+    view! {
+        <section class="notices" data-testid="notices" aria-label="Notifications">
+            <div class="notices-head">
+                <span>"Signed in as " <b data-testid="account-name">{move || store.account.get()}</b></span>
+                <button data-testid="mark-all-read" on:click=move |_| sync::mark_read(store, None)>"Mark all read"</button>
+                {may_ask.then(|| view! { <button on:click=ask>"Desktop alerts"</button> })}
+                <button data-testid="sign-out" on:click=move |_| sync::sign_out()>"Sign out"</button>
+            </div>
+            <ol aria-live="polite">
+                {move || {
+                    let now = store.now.get();
+                    store.notices.get().into_iter().rev().map(|n| {
+                        let id = n.id;
+                        view! {
+                            <li class="notice-item" class:unread=!n.read data-testid="notice-item" data-kind=n.notice.kind.clone()>
+                                <span class="text">{n.notice.text.clone()}</span>
+                                <time title=full_date(n.ts)>{ago(now, n.ts)}</time>
+                                {(!n.read).then(|| view! { <button data-testid="mark-read" on:click=move |_| sync::mark_read(store, Some(id))>"Mark read"</button> })}
+                            </li>
+                        }
+                    }).collect_view()
+                }}
+            </ol>
+            {move || store.notices.with(Vec::is_empty).then(|| view! { <p class="empty">"No notifications yet. Mentions (@name), price alerts and announcements appear here."</p> })}
+        </section>
+    }
+}
+
+/// While the page is hidden, new notifications also show as the browser's own (when the
+/// person allowed it).
+fn desktop_alerts(store: LiveStore) {
+    Effect::new(move |seen: Option<u64>| {
+        let newest = store.notices.with(|n| {
+            n.iter()
+                .filter(|n| !n.read)
+                .map(|n| n.id)
+                .max()
+                .unwrap_or(0)
+        });
+        let seen = seen.unwrap_or(newest);
+        if newest > seen
+            && page_hidden()
+            && web_sys::Notification::permission() == web_sys::NotificationPermission::Granted
+        {
+            if let Some(text) = store
+                .notices
+                .with_untracked(|n| n.last().map(|n| n.notice.text.clone()))
+            {
+                let opts = web_sys::NotificationOptions::new();
+                opts.set_body(&text);
+                let _ = web_sys::Notification::new_with_options("Tidings", &opts);
+            }
+        }
+        newest.max(seen)
+    });
 }
 
 #[component]
@@ -425,6 +564,12 @@ fn ChatPanel() -> impl IntoView {
             .filter(|n| !n.trim().is_empty())
             .unwrap_or_else(|| fallback.clone()),
     );
+    // Signed in, the account's name is the author (the server sets it anyway).
+    Effect::new(move |_| {
+        if let Some(account) = store.account.get() {
+            nick.set(account);
+        }
+    });
     let draft = RwSignal::new(String::new());
     let error = RwSignal::new(None::<String>);
     let scroller = NodeRef::<html::Div>::new();
@@ -554,7 +699,9 @@ fn ChatPanel() -> impl IntoView {
                     aria-label="Your name"
                     placeholder="Your name"
                     maxlength="40"
-                    prop:value=move || nick.get()
+                    // Signed in, messages go out under the account's verified name.
+                    disabled=move || store.account.get().is_some()
+                    prop:value=move || store.account.get().unwrap_or_else(|| nick.get())
                     on:input=move |ev| {
                         let v = event_target_value(&ev);
                         if !v.trim().is_empty() {

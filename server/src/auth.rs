@@ -275,10 +275,18 @@ impl Auth {
     }
 }
 
-/// The `Set-Cookie` value that ends a session.
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax")
+/// The `Set-Cookie` values that end a session (the session and its hint).
+pub fn clear_cookies() -> [String; 2] {
+    [
+        format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax"),
+        format!("{HINT_COOKIE}=; Max-Age=0; Path=/; SameSite=Lax"),
+    ]
 }
+
+/// Beside the HttpOnly session cookie, one scripts can read that says only that a session
+/// exists (the account's name): the app asks `GET /api/auth/me` only when it is there, so an
+/// anonymous visit makes no request that answers 401. It grants nothing.
+pub const HINT_COOKIE: &str = "tidings_account";
 
 fn closing() -> ApiError {
     ApiError::Unavailable("the server is stopping; try again".into())
@@ -401,6 +409,10 @@ async fn credentials(
 fn session_response(state: &AppState, status: StatusCode, name: String) -> Response {
     let (token, expires) = state.auth.issue(&name);
     let cookie = state.auth.cookie_for(&token);
+    let hint = format!(
+        "{HINT_COOKIE}={name}; Max-Age={}; Path=/; SameSite=Lax",
+        state.auth.session.as_secs()
+    );
     let mut response = (
         status,
         axum::Json(Session {
@@ -410,10 +422,12 @@ fn session_response(state: &AppState, status: StatusCode, name: String) -> Respo
         }),
     )
         .into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("a token is a valid header value"),
-    );
+    for c in [cookie, hint] {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&c).expect("tokens and account names are valid header values"),
+        );
+    }
     response
 }
 
@@ -470,10 +484,12 @@ pub async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return ApiError::Forbidden("this origin may not sign out here".into()).into_response();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&clear_cookie()).expect("a valid header value"),
-    );
+    for c in clear_cookies() {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            HeaderValue::from_str(&c).expect("a valid header value"),
+        );
+    }
     response
 }
 
