@@ -34,6 +34,7 @@
 // (`cargo doc --document-private-items` renders them).
 #![allow(rustdoc::private_intra_doc_links)]
 
+mod alerts;
 mod api;
 mod auth;
 mod config;
@@ -80,6 +81,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/auth/me", get(auth::me))
         .route("/api/admin/broadcast", post(auth::broadcast))
         .route("/api/notifications/read", post(auth::mark_read))
+        .route("/api/alerts", get(alerts::list).post(alerts::create))
+        .route(
+            "/api/alerts/{id}",
+            axum::routing::put(alerts::update).delete(alerts::delete),
+        )
         .route("/api/stats", get(api::stats))
         .route("/api/lab/load", post(lab::handler))
         .route("/api/poll", get(transport::poll::handler))

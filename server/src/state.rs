@@ -141,6 +141,11 @@ impl AppState {
         // event (only publishes with a key pay for it). Bytes, not parsed values: a float
         // parsed back from JSON need not be the same `f64`.
         let sent = key.as_ref().map(|_| payload.data_json());
+        // A price is checked against the price alerts once it is stored.
+        let ticker = match &payload {
+            Payload::Ticker(t) => Some(t.clone()),
+            _ => None,
+        };
         let (event, replayed) = self.engine.publish(payload, key).await?;
         if replayed {
             let stored = serde_json::from_str::<Envelope<&RawValue>>(event.json.get()).ok();
@@ -162,6 +167,9 @@ impl AppState {
                 .increment(1);
             if stream == Stream::Chat {
                 self.notify_mentions(&event);
+            }
+            if let Some(tick) = ticker {
+                crate::alerts::check(self, event.id, tick);
             }
         }
         Ok((event, replayed))

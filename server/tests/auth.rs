@@ -663,3 +663,153 @@ async fn read_marks_are_events_of_the_accounts_own_stream() {
     .await;
     s.stop().await;
 }
+
+/// Price alerts: made, listed, edited and removed by their account only; a rule fires once
+/// per crossing (a second price past the level does not fire again; one back across arms
+/// it, the next crossing fires again), and the notification reaches its account only.
+#[tokio::test]
+async fn a_price_alert_fires_once_per_crossing() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.admin_token = Some("sekrit".into());
+    })
+    .await;
+    let (bob, eve) = (signup(&s, "bob").await, signup(&s, "eve").await);
+    let client = reqwest::Client::new();
+    let alert = |token: &str, body: serde_json::Value| {
+        client
+            .post(s.url("/api/alerts"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    for (body, needle) in [
+        (
+            json!({"symbol": "ACME", "op": "over", "price": 1}),
+            "'above' or 'below'",
+        ),
+        (
+            json!({"symbol": "AC ME", "op": "above", "price": 1}),
+            "Symbol",
+        ),
+        (
+            json!({"symbol": "ACME", "op": "above", "price": -1}),
+            "greater than 0",
+        ),
+    ] {
+        let msg = error(alert(&bob, body).await.unwrap(), 422, "invalid").await;
+        assert!(msg.contains(needle), "{msg}");
+    }
+    error(
+        alert("", json!({"symbol": "ACME", "op": "above", "price": 120}))
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let r = alert(&bob, json!({"symbol": "acme", "op": "above", "price": 120}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let rule: app::protocol::AlertRule = r.json().await.unwrap();
+    assert_eq!((rule.symbol.as_str(), rule.armed), ("ACME", true));
+    // Eve can neither see nor change it.
+    let eves: Vec<app::protocol::AlertRule> = client
+        .get(s.url("/api/alerts"))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(eves.is_empty());
+    let r = client
+        .delete(s.url(&format!("/api/alerts/{}", rule.id)))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap();
+    error(r, 404, "not_found").await;
+
+    let mut bob_sse = SseClient::from_response(
+        client
+            .get(s.url("/api/sse?streams=notifications"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap(),
+    );
+    let tick = |price: f64| {
+        client
+            .post(s.url("/api/publish"))
+            .bearer_auth("sekrit")
+            .json(&json!({"stream": "ticker", "data": {"symbol": "ACME", "price": price, "change": 0.0}}))
+            .send()
+    };
+    for price in [110.0, 121.0, 125.0, 119.0, 122.5] {
+        assert_eq!(tick(price).await.unwrap().status(), 201);
+        // Each check runs after its price is stored; give it a moment before the next.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fired = within(bob_sse.events(2)).await;
+    let texts: Vec<String> = fired
+        .iter()
+        .map(|e| match &e.payload {
+            Payload::Notifications(n) if n.kind == "alert" => n.text.clone(),
+            p => panic!("{p:?}"),
+        })
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            "ACME is above 120 (now 121.00)",
+            "ACME is above 120 (now 122.50)"
+        ]
+    );
+    // Nothing more (125 did not fire again while it stayed above).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), bob_sse.next_data())
+            .await
+            .is_err()
+    );
+    let eve_h: app::protocol::HistoryResponse = client
+        .get(s.url("/api/history?stream=notifications"))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(eve_h.events.is_empty());
+    // Edit (armed again), then remove.
+    let r = client
+        .put(s.url(&format!("/api/alerts/{}", rule.id)))
+        .bearer_auth(&bob)
+        .json(&json!({"symbol": "ACME", "op": "below", "price": 100}))
+        .send()
+        .await
+        .unwrap();
+    let edited: app::protocol::AlertRule = r.json().await.unwrap();
+    assert_eq!((edited.op.as_str(), edited.armed), ("below", true));
+    let r = client
+        .delete(s.url(&format!("/api/alerts/{}", rule.id)))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let left: Vec<app::protocol::AlertRule> = client
+        .get(s.url("/api/alerts"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(left.is_empty());
+    s.stop().await;
+}

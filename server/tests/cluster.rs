@@ -968,3 +968,74 @@ async fn notifications_cross_the_cluster_to_their_account_only() {
         .unwrap();
     assert!(h.events.is_empty());
 }
+
+/// Price alerts in cluster mode: a rule made on one server is checked by the others, and a
+/// crossing published on two servers at once notifies once (the disarm in Redis is atomic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_alert_fires_once_across_the_cluster() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let c = Cluster::start(3);
+    let client = reqwest::Client::new();
+    let bob = client
+        .post(c.instances[0].url("/api/auth/signup"))
+        .json(&json!({"name": "bob", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<app::protocol::Session>()
+        .await
+        .unwrap()
+        .token
+        .unwrap();
+    let r = client
+        .post(c.instances[0].url("/api/alerts"))
+        .bearer_auth(&bob)
+        .json(&json!({"symbol": "ACME", "op": "above", "price": 120}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let listed: Vec<app::protocol::AlertRule> = client
+        .get(c.instances[2].url("/api/alerts"))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let mut sse = SseClient::from_response(
+        client
+            .get(c.instances[2].url("/api/sse?streams=notifications"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap(),
+    );
+    // The same crossing published on two servers at once.
+    let tick = |i: usize, price: f64| {
+        client
+            .post(c.instances[i].url("/api/publish"))
+            .json(&json!({"stream": "ticker", "data": {"symbol": "ACME", "price": price, "change": 0.0}}))
+            .send()
+    };
+    let (a, b) = tokio::join!(tick(0, 121.0), tick(1, 122.0));
+    assert_eq!(
+        (a.unwrap().status().as_u16(), b.unwrap().status().as_u16()),
+        (201, 201)
+    );
+    let got = within(sse.events(1)).await;
+    assert!(
+        matches!(&got[0].payload, app::protocol::Payload::Notifications(n) if n.kind == "alert"),
+        "{got:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), sse.next_data())
+            .await
+            .is_err(),
+        "fired twice"
+    );
+}

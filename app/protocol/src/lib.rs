@@ -833,6 +833,62 @@ pub fn validate_password(password: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A price alert: "ACME above 120". `armed`: it fires at the next price that meets it.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct AlertRule {
+    pub id: u64,
+    pub symbol: String,
+    /// `above` (a price at or over `price`) or `below` (at or under).
+    pub op: String,
+    pub price: f64,
+    pub armed: bool,
+}
+
+impl AlertRule {
+    pub fn is_met(&self, price: f64) -> bool {
+        match self.op.as_str() {
+            "above" => price >= self.price,
+            _ => price <= self.price,
+        }
+    }
+}
+
+/// `POST /api/alerts` and `PUT /api/alerts/{id}` body.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct NewAlert {
+    pub symbol: String,
+    pub op: String,
+    pub price: f64,
+}
+
+/// Most price alerts one account may have.
+pub const MAX_ALERTS: usize = 20;
+
+impl NewAlert {
+    /// The rule as stored: the symbol upper-cased (the ticker's symbols are), checked.
+    pub fn validate(self) -> Result<NewAlert, String> {
+        let symbol = text_field("Symbol", &self.symbol, MAX_SYMBOL_CHARS, false)?.to_uppercase();
+        if !symbol
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            return Err("Symbol may only contain ASCII letters, digits, '.' and '-'".into());
+        }
+        if self.op != "above" && self.op != "below" {
+            return Err("An alert is for a price 'above' or 'below' a level".into());
+        }
+        if !self.price.is_finite() || self.price <= 0.0 {
+            return Err("Price must be a finite number greater than 0".into());
+        }
+        Ok(NewAlert {
+            symbol,
+            op: self.op,
+            price: self.price,
+        })
+    }
+}
+
 /// Most accounts one message notifies.
 pub const MAX_MENTIONS: usize = 10;
 

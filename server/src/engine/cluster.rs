@@ -16,7 +16,7 @@
 
 use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
-use app::protocol::{Event, Notice, Payload, Stream};
+use app::protocol::{AlertRule, Event, NewAlert, Notice, Payload, Stream};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Client, Script};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +97,18 @@ impl Keys {
     fn private_history(&self, s: Stream, to: &str) -> String {
         format!("{}:history:{s}:{}", self.prefix, to.to_lowercase())
     }
+    fn alerts(&self, symbol: &str) -> String {
+        format!("{}:alerts:{symbol}", self.prefix)
+    }
+    fn alerts_armed(&self, symbol: &str) -> String {
+        format!("{}:alerts-armed:{symbol}", self.prefix)
+    }
+    fn alerts_of(&self, user: &str) -> String {
+        format!("{}:alerts-of:{}", self.prefix, user.to_lowercase())
+    }
+    fn alert_seq(&self) -> String {
+        format!("{}:alert-seq", self.prefix)
+    }
     fn account(&self, name: &str) -> String {
         format!("{}:account:{}", self.prefix, name.to_lowercase())
     }
@@ -109,6 +121,15 @@ impl Keys {
 }
 
 type Entry = (String, Vec<String>);
+
+/// A price alert as Redis keeps it (its id is the hash field; `armed` is a hash of its own).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAlert {
+    user: String,
+    symbol: String,
+    op: String,
+    price: f64,
+}
 
 /// Parses a `{p}:log` entry (`<id>-0`, fields `s` stream, `e` event JSON).
 fn parse_entry((id, fields): Entry) -> Option<StoredEvent> {
@@ -334,6 +355,170 @@ impl Cluster {
                 v["hash"].as_str()?.to_owned(),
             ))
         }))
+    }
+
+    // Price alerts in Redis: per symbol, a hash of rules (id -> JSON with the account) and
+    // a hash of the armed ones (HDEL is the atomic "fire once"); per account, its rule ids
+    // and their symbols.
+    async fn redis<T: redis::FromRedisValue>(
+        &self,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.conn.clone();
+        cmd.query_async(&mut conn).await.map_err(|err| {
+            tracing::warn!(%err, "price alerts in Redis failed");
+            EngineError::Unavailable
+        })
+    }
+
+    async fn alert_pipe(&self, pipe: &redis::Pipeline) -> Result<(), EngineError> {
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await.map_err(|err| {
+            tracing::warn!(%err, "price alerts in Redis failed");
+            EngineError::Unavailable
+        })
+    }
+
+    pub async fn alerts_on(&self, symbol: &str) -> Result<Vec<(String, AlertRule)>, EngineError> {
+        let rules: Vec<(u64, String)> = self
+            .redis(redis::cmd("HGETALL").arg(self.keys.alerts(symbol)))
+            .await?;
+        let armed: Vec<u64> = self
+            .redis(redis::cmd("HKEYS").arg(self.keys.alerts_armed(symbol)))
+            .await?;
+        let mut out: Vec<(String, AlertRule)> = rules
+            .into_iter()
+            .filter_map(|(id, json)| {
+                let r: StoredAlert = serde_json::from_str(&json).ok()?;
+                Some((
+                    r.user,
+                    AlertRule {
+                        id,
+                        symbol: r.symbol,
+                        op: r.op,
+                        price: r.price,
+                        armed: armed.contains(&id),
+                    },
+                ))
+            })
+            .collect();
+        out.sort_by_key(|(_, r)| r.id);
+        Ok(out)
+    }
+
+    pub async fn alerts_of(&self, user: &str) -> Result<Vec<AlertRule>, EngineError> {
+        let mine: Vec<(u64, String)> = self
+            .redis(redis::cmd("HGETALL").arg(self.keys.alerts_of(user)))
+            .await?;
+        let mut symbols: Vec<String> = mine.iter().map(|(_, s)| s.clone()).collect();
+        symbols.sort();
+        symbols.dedup();
+        let mut out = Vec::new();
+        for symbol in symbols {
+            for (owner, rule) in self.alerts_on(&symbol).await? {
+                if owner.eq_ignore_ascii_case(user) && mine.iter().any(|(id, _)| *id == rule.id) {
+                    out.push(rule);
+                }
+            }
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    pub async fn create_alert(&self, user: &str, a: &NewAlert) -> Result<AlertRule, EngineError> {
+        let id: u64 = self
+            .redis(redis::cmd("INCR").arg(self.keys.alert_seq()))
+            .await?;
+        self.put_alert(user, id, a).await?;
+        Ok(AlertRule {
+            id,
+            symbol: a.symbol.clone(),
+            op: a.op.clone(),
+            price: a.price,
+            armed: true,
+        })
+    }
+
+    async fn put_alert(&self, user: &str, id: u64, a: &NewAlert) -> Result<(), EngineError> {
+        let json = serde_json::to_string(&StoredAlert {
+            user: user.to_owned(),
+            symbol: a.symbol.clone(),
+            op: a.op.clone(),
+            price: a.price,
+        })
+        .expect("alerts serialise");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(self.keys.alerts(&a.symbol), id, json)
+            .hset(self.keys.alerts_armed(&a.symbol), id, 1)
+            .hset(self.keys.alerts_of(user), id, &a.symbol);
+        self.alert_pipe(&pipe).await
+    }
+
+    async fn remove_alert(&self, user: &str, id: u64) -> Result<bool, EngineError> {
+        let symbol: Option<String> = self
+            .redis(redis::cmd("HGET").arg(self.keys.alerts_of(user)).arg(id))
+            .await?;
+        let Some(symbol) = symbol else {
+            return Ok(false);
+        };
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hdel(self.keys.alerts(&symbol), id)
+            .hdel(self.keys.alerts_armed(&symbol), id)
+            .hdel(self.keys.alerts_of(user), id);
+        self.alert_pipe(&pipe).await?;
+        Ok(true)
+    }
+
+    pub async fn update_alert(
+        &self,
+        user: &str,
+        id: u64,
+        a: &NewAlert,
+    ) -> Result<Option<AlertRule>, EngineError> {
+        if !self.remove_alert(user, id).await? {
+            return Ok(None);
+        }
+        self.put_alert(user, id, a).await?;
+        Ok(Some(AlertRule {
+            id,
+            symbol: a.symbol.clone(),
+            op: a.op.clone(),
+            price: a.price,
+            armed: true,
+        }))
+    }
+
+    pub async fn delete_alert(&self, user: &str, id: u64) -> Result<bool, EngineError> {
+        self.remove_alert(user, id).await
+    }
+
+    pub async fn set_armed(&self, symbol: &str, id: u64, armed: bool) -> Result<bool, EngineError> {
+        let changed: u64 = if armed {
+            // Only a rule that still exists is armed again.
+            let exists: bool = self
+                .redis(redis::cmd("HEXISTS").arg(self.keys.alerts(symbol)).arg(id))
+                .await?;
+            if !exists {
+                return Ok(false);
+            }
+            self.redis(
+                redis::cmd("HSET")
+                    .arg(self.keys.alerts_armed(symbol))
+                    .arg(id)
+                    .arg(1),
+            )
+            .await?
+        } else {
+            self.redis(
+                redis::cmd("HDEL")
+                    .arg(self.keys.alerts_armed(symbol))
+                    .arg(id),
+            )
+            .await?
+        };
+        Ok(changed == 1)
     }
 
     pub async fn ready(&self) -> Result<(), EngineError> {

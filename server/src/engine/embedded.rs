@@ -101,6 +101,11 @@ impl Embedded {
         })
     }
 
+    /// The store of price alerts (they are not events: no writer, no ids from the log).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub async fn ready(&self) -> Result<(), EngineError> {
         self.store.ping().await.map_err(|err| {
             tracing::warn!(%err, "store does not answer");

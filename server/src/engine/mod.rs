@@ -12,7 +12,7 @@ mod sqlite;
 
 use crate::log::{EventLog, StoredEvent};
 use crate::Config;
-use app::protocol::{Event, Payload, Stream};
+use app::protocol::{AlertRule, Event, NewAlert, Payload, Stream};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,6 +121,67 @@ impl Engine {
         }
     }
 
+    /// An account's price alerts.
+    pub async fn alerts_of(&self, user: &str) -> Result<Vec<AlertRule>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().alerts_of(user).await.map_err(store_error),
+            Engine::Cluster(c) => c.alerts_of(user).await,
+        }
+    }
+
+    /// Every alert on `symbol`, with its account.
+    pub async fn alerts_on(&self, symbol: &str) -> Result<Vec<(String, AlertRule)>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().alerts_on(symbol).await.map_err(store_error),
+            Engine::Cluster(c) => c.alerts_on(symbol).await,
+        }
+    }
+
+    pub async fn create_alert(&self, user: &str, a: &NewAlert) -> Result<AlertRule, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().create_alert(user, a).await.map_err(store_error),
+            Engine::Cluster(c) => c.create_alert(user, a).await,
+        }
+    }
+
+    pub async fn update_alert(
+        &self,
+        user: &str,
+        id: u64,
+        a: &NewAlert,
+    ) -> Result<Option<AlertRule>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e
+                .store()
+                .update_alert(user, id, a)
+                .await
+                .map_err(store_error),
+            Engine::Cluster(c) => c.update_alert(user, id, a).await,
+        }
+    }
+
+    pub async fn delete_alert(&self, user: &str, id: u64) -> Result<bool, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().delete_alert(user, id).await.map_err(store_error),
+            Engine::Cluster(c) => c.delete_alert(user, id).await,
+        }
+    }
+
+    /// Disarms an armed alert; `true` only for the one caller that did (it fires).
+    pub async fn disarm_alert(&self, symbol: &str, id: u64) -> Result<bool, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().set_armed(id, false).await.map_err(store_error),
+            Engine::Cluster(c) => c.set_armed(symbol, id, false).await,
+        }
+    }
+
+    pub async fn arm_alert(&self, symbol: &str, id: u64) -> Result<bool, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.store().set_armed(id, true).await.map_err(store_error),
+            Engine::Cluster(c) => c.set_armed(symbol, id, true).await,
+        }
+    }
+
     /// Whether publishing and resuming work right now.
     pub async fn ready(&self) -> Result<(), EngineError> {
         match self {
@@ -152,6 +213,11 @@ impl Engine {
             Engine::Cluster(_) => {}
         }
     }
+}
+
+fn store_error(err: sqlx::Error) -> EngineError {
+    tracing::error!(%err, "price alerts: store query failed");
+    EngineError::Store
 }
 
 /// Milliseconds since the Unix epoch: an event's `ts`.

@@ -2,7 +2,7 @@
 //! writer task and read back on start (the resume window) and by `/api/history`.
 
 use crate::log::StoredEvent;
-use app::protocol::{Event, Stream};
+use app::protocol::{AlertRule, Event, NewAlert, Stream};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
@@ -220,7 +220,105 @@ impl Store {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
+    /// An account's price alerts.
+    pub async fn alerts_of(&self, user: &str) -> Result<Vec<AlertRule>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, symbol, op, price, armed FROM alerts WHERE user = ? ORDER BY id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(alert_row).collect())
+    }
+
+    /// The alerts on `symbol`, with their accounts.
+    pub async fn alerts_on(&self, symbol: &str) -> Result<Vec<(String, AlertRule)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, symbol, op, price, armed, user FROM alerts WHERE symbol = ? ORDER BY id",
+        )
+        .bind(symbol)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(5), alert_row(r))).collect())
+    }
+
+    pub async fn create_alert(&self, user: &str, a: &NewAlert) -> Result<AlertRule, sqlx::Error> {
+        let done = sqlx::query(
+            "INSERT INTO alerts (user, symbol, op, price, armed) VALUES (?, ?, ?, ?, 1)",
+        )
+        .bind(user)
+        .bind(&a.symbol)
+        .bind(&a.op)
+        .bind(a.price)
+        .execute(&self.pool)
+        .await?;
+        Ok(AlertRule {
+            id: done.last_insert_rowid() as u64,
+            symbol: a.symbol.clone(),
+            op: a.op.clone(),
+            price: a.price,
+            armed: true,
+        })
+    }
+
+    /// Changes one of `user`'s alerts and arms it again; `None` if it has no such alert.
+    pub async fn update_alert(
+        &self,
+        user: &str,
+        id: u64,
+        a: &NewAlert,
+    ) -> Result<Option<AlertRule>, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE alerts SET symbol = ?, op = ?, price = ?, armed = 1 WHERE id = ? AND user = ?",
+        )
+        .bind(&a.symbol)
+        .bind(&a.op)
+        .bind(a.price)
+        .bind(id.min(i64::MAX as u64) as i64)
+        .bind(user)
+        .execute(&self.pool)
+        .await?;
+        Ok((done.rows_affected() == 1).then(|| AlertRule {
+            id,
+            symbol: a.symbol.clone(),
+            op: a.op.clone(),
+            price: a.price,
+            armed: true,
+        }))
+    }
+
+    pub async fn delete_alert(&self, user: &str, id: u64) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM alerts WHERE id = ? AND user = ?")
+            .bind(id.min(i64::MAX as u64) as i64)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets an alert's `armed`; whether it changed (disarming one that is armed is how a
+    /// crossing fires exactly once).
+    pub async fn set_armed(&self, id: u64, armed: bool) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("UPDATE alerts SET armed = ? WHERE id = ? AND armed = ?")
+            .bind(armed)
+            .bind(id.min(i64::MAX as u64) as i64)
+            .bind(!armed)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+fn alert_row(r: &sqlx::sqlite::SqliteRow) -> AlertRule {
+    AlertRule {
+        id: r.get::<i64, _>(0) as u64,
+        symbol: r.get(1),
+        op: r.get(2),
+        price: r.get(3),
+        armed: r.get(4),
     }
 }
