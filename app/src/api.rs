@@ -220,9 +220,22 @@ pub async fn me() -> Option<Session> {
 /// POST a JSON body (the session cookie goes with it); the answer's text, or the server's
 /// error message.
 pub async fn post_json(path: &str, body: String) -> Result<String, String> {
-    let resp = Request::post(&format!("{}{path}", base()))
-        .header("content-type", "application/json")
-        .body(body)
+    send("POST", path, Some(body)).await
+}
+
+/// A request with an optional JSON body; the answer's text, or the server's error message.
+pub async fn send(method: &str, path: &str, body: Option<String>) -> Result<String, String> {
+    let url = format!("{}{path}", base());
+    let builder = match method {
+        "DELETE" => Request::delete(&url),
+        "PUT" => Request::put(&url),
+        _ => Request::post(&url),
+    };
+    let request = match body {
+        Some(b) => builder.header("content-type", "application/json").body(b),
+        None => builder.build(),
+    };
+    let resp = request
         .map_err(|e| e.to_string())?
         .send()
         .await

@@ -133,6 +133,17 @@ pub fn mark_read(store: LiveStore, id: Option<u64>) {
     });
 }
 
+/// The account's price alerts.
+pub async fn alerts() -> Result<Vec<crate::protocol::AlertRule>, String> {
+    let (text, _) = api::get_text("/api/alerts", 15_000).await?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
+/// Adds (`POST`) or removes (`DELETE`) a price alert; the server's message on refusal.
+pub async fn alert_change(method: &str, path: String, body: Option<String>) -> Result<(), String> {
+    api::send(method, &path, body).await.map(|_| ())
+}
+
 /// Signs in (or up, `create`); on success every tab starts again with the session.
 pub async fn sign_in(name: String, password: String, create: bool) -> Result<(), String> {
     let body = serde_json::to_string(&crate::protocol::Credentials { name, password })

@@ -346,7 +346,84 @@ fn NoticePanel() -> impl IntoView {
                 }}
             </ol>
             {move || store.notices.with(Vec::is_empty).then(|| view! { <p class="empty">"No notifications yet. Mentions (@name), price alerts and announcements appear here."</p> })}
+            <PriceAlerts/>
         </section>
+    }
+}
+
+/// The account's price alerts: a list with Remove, and a line to add one.
+#[component]
+fn PriceAlerts() -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    let rules = RwSignal::new(Vec::<crate::protocol::AlertRule>::new());
+    let error = RwSignal::new(None::<String>);
+    let reload = move || {
+        spawn_local(async move {
+            match sync::alerts().await {
+                Ok(r) => rules.set(r),
+                Err(e) => error.set(Some(e)),
+            }
+        })
+    };
+    reload();
+    let symbol = NodeRef::<html::Select>::new();
+    let op = NodeRef::<html::Select>::new();
+    let price = NodeRef::<html::Input>::new();
+    let add = move |ev: leptos::ev::SubmitEvent| {
+        ev.prevent_default();
+        let (Some(s), Some(o), Some(p)) = (symbol.get(), op.get(), price.get()) else {
+            return;
+        };
+        let body = format!(
+            r#"{{"symbol":{:?},"op":{:?},"price":{}}}"#,
+            s.value(),
+            o.value(),
+            p.value().trim()
+        );
+        spawn_local(async move {
+            match sync::alert_change("POST", "/api/alerts".into(), Some(body)).await {
+                Ok(()) => {
+                    error.set(None);
+                    reload();
+                }
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    let remove = move |id: u64| {
+        spawn_local(async move {
+            match sync::alert_change("DELETE", format!("/api/alerts/{id}"), None).await {
+                Ok(()) => reload(),
+                Err(e) => error.set(Some(e)),
+            }
+        })
+    };
+    view! {
+        <h3 class="alerts-h">"Price alerts"</h3>
+        <ul class="alerts" data-testid="alerts">
+            {move || rules.get().into_iter().map(|r| {
+                let id = r.id;
+                view! {
+                    <li data-testid="alert-rule">
+                        {format!("{} {} {}", r.symbol, r.op, r.price)}
+                        {(!r.armed).then_some(" (fired; arms again when the price is back)")}
+                        <button aria-label=format!("Remove the alert {} {} {}", r.symbol, r.op, r.price) on:click=move |_| remove(id)>"Remove"</button>
+                    </li>
+                }
+            }).collect_view()}
+        </ul>
+        <form class="alert-form" on:submit=add>
+            <select aria-label="Symbol" data-testid="alert-symbol" node_ref=symbol>
+                {move || store.ticker.get().into_iter().map(|t| view! { <option>{t.tick.symbol}</option> }).collect_view()}
+            </select>
+            <select aria-label="Direction" data-testid="alert-op" node_ref=op>
+                <option value="above">"above"</option>
+                <option value="below">"below"</option>
+            </select>
+            <input aria-label="Price" data-testid="alert-price" inputmode="decimal" size="8" node_ref=price/>
+            <button type="submit" data-testid="alert-add">"Add alert"</button>
+            <span class="error" role="alert" data-testid="alert-error">{move || error.get()}</span>
+        </form>
     }
 }
 
@@ -671,6 +748,8 @@ fn ChatPanel() -> impl IntoView {
                                 <li class="message" class:mine=move || nick.with(|n| *n == author)
                                     data-testid="chat-message" data-id=m.id.to_string()>
                                     <span class="author" dir="auto" title=m.msg.author.clone()>{m.msg.author.clone()}</span>
+                                    // A signed-in account's name, checked by the server; anyone else's is typed.
+                                    {m.msg.user.is_some().then(|| view! { <span class="verified" data-testid="verified" title="Signed-in account">"✓"</span> })}
                                     <time datetime=iso(m.ts) title=full_date(m.ts)>{clock(m.ts)}</time>
                                     <span class="body" dir="auto">{m.msg.body.clone()}</span>
                                 </li>

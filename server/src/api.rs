@@ -120,6 +120,7 @@ pub async fn publish(
         admin: state.is_admin(bearer(&headers)),
         client: Some(client),
         user: who.user().map(|v| v.name.clone()),
+        refused: None,
     };
     let (event, replayed) = state.publish(payload, key, &caller).await?;
     let mut response = (

@@ -25,11 +25,16 @@ pub const COOKIE: &str = "tidings_session";
 /// A secret shorter than this is refused: HS256 wants at least 256 bits of key.
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// Sign-ins that may wait for a hashing slot, and for how long.
+const MAX_HASH_QUEUE: usize = 64;
+const HASH_WAIT: Duration = Duration::from_secs(5);
+
 /// A session token's claims (RFC 7519): `sub` the account name, `iat`/`exp` seconds since
 /// the Unix epoch.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Claims {
     pub sub: String,
+    #[serde(default)]
     pub iat: u64,
     pub exp: u64,
 }
@@ -132,6 +137,10 @@ pub struct Auth {
     /// slowed down whether it tries many passwords for one name or many names).
     by_name: DefaultKeyedRateLimiter<String>,
     by_addr: DefaultKeyedRateLimiter<IpAddr>,
+    /// Names that failed too often, until when.
+    blocked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Sign-ins waiting for a hashing slot (bounded: see [`MAX_HASH_QUEUE`]).
+    queued: std::sync::atomic::AtomicUsize,
     /// Password hashes computed at once: each takes ~19 MiB and tens of ms of a core, so a
     /// flood of sign-ins waits here instead of taking the box.
     hashing: tokio::sync::Semaphore,
@@ -158,6 +167,8 @@ impl Auth {
                 per_minute(30).allow_burst(NonZeroU32::new(10).expect("10 > 0")),
             ),
             hashing: tokio::sync::Semaphore::new(2),
+            blocked: Default::default(),
+            queued: Default::default(),
         })
     }
 
@@ -177,10 +188,14 @@ impl Auth {
 
     pub fn verify(&self, token: &str) -> Result<Viewer, TokenError> {
         match jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation) {
-            Ok(data) if !data.claims.sub.is_empty() => Ok(Viewer {
-                name: Arc::from(data.claims.sub),
-                exp: data.claims.exp,
-            }),
+            // `sub` is held to the account-name rules: it becomes a cookie value, a header
+            // and a Redis key, and `*` is the broadcast audience.
+            Ok(data) if app::protocol::validate_account_name(&data.claims.sub).is_ok() => {
+                Ok(Viewer {
+                    name: Arc::from(data.claims.sub),
+                    exp: data.claims.exp,
+                })
+            }
             Ok(_) => Err(TokenError::Invalid),
             Err(e) => match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => Err(TokenError::Expired),
@@ -217,12 +232,32 @@ impl Auth {
         }
     }
 
-    /// Takes one sign-in attempt for `name` from `addr`, or says how long until one is
-    /// allowed.
+    /// Takes one sign-in attempt from `addr`, and refuses a name that failed too often
+    /// lately (say how long until it may try again).
     pub fn attempt_allowed(&self, name: &str, addr: IpAddr) -> Result<(), Duration> {
         let wait = |n: governor::NotUntil<_>| n.wait_time_from(DefaultClock::default().now());
         self.by_addr.check_key(&addr).map_err(wait)?;
-        self.by_name.check_key(&name.to_lowercase()).map_err(wait)
+        let key = name.to_ascii_lowercase();
+        let blocked = self.blocked.lock().expect("lock").get(&key).copied();
+        match blocked {
+            Some(until) if until > std::time::Instant::now() => {
+                Err(until - std::time::Instant::now())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed sign-in against `name`: only failures do, so someone else guessing
+    /// cannot use up the account's own sign-ins with right passwords... beyond the pause
+    /// their failures cause.
+    pub fn failed(&self, name: &str) {
+        let key = name.to_ascii_lowercase();
+        if let Err(n) = self.by_name.check_key(&key) {
+            let until = std::time::Instant::now() + n.wait_time_from(DefaultClock::default().now());
+            let mut blocked = self.blocked.lock().expect("lock");
+            blocked.retain(|_, t| *t > std::time::Instant::now());
+            blocked.insert(key, until);
+        }
     }
 
     /// Forgets full buckets (called periodically with the other limits).
@@ -231,9 +266,28 @@ impl Auth {
         self.by_addr.retain_recent();
     }
 
+    /// A hashing slot, waited for at most [`HASH_WAIT`] behind at most [`MAX_HASH_QUEUE`]
+    /// others: a flood of sign-ins is answered 503 instead of queueing for minutes.
+    async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let busy =
+            || ApiError::Unavailable("too many sign-ins at once; try again in a moment".into());
+        if self.queued.fetch_add(1, Relaxed) >= MAX_HASH_QUEUE {
+            self.queued.fetch_sub(1, Relaxed);
+            return Err(busy());
+        }
+        let permit = tokio::time::timeout(HASH_WAIT, self.hashing.acquire()).await;
+        self.queued.fetch_sub(1, Relaxed);
+        match permit {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(closing()),
+            Err(_) => Err(busy()),
+        }
+    }
+
     /// The Argon2id PHC string of `password` (default parameters: 19 MiB, 2 passes).
     pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self.hashing.acquire().await.map_err(|_| closing())?;
+        let _permit = self.slot().await?;
         tokio::task::spawn_blocking(move || {
             let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
                 .expect("16 bytes make a valid salt");
@@ -248,10 +302,12 @@ impl Auth {
 
     /// Whether `password` matches the stored `hash`. A missing account is checked against a
     /// dummy hash, so the answer takes as long either way (no account discovery by timing).
-    pub async fn check(&self, hash: Option<String>, password: String) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
-        };
+    pub async fn check(&self, hash: Option<String>, password: String) -> Result<bool, ApiError> {
+        let _permit = self.slot().await?;
+        Ok(self.verify_blocking(hash, password).await)
+    }
+
+    async fn verify_blocking(&self, hash: Option<String>, password: String) -> bool {
         tokio::task::spawn_blocking(move || {
             let known = hash.is_some();
             let hash = hash.unwrap_or_else(|| DUMMY_HASH.to_owned());
@@ -423,10 +479,10 @@ fn session_response(state: &AppState, status: StatusCode, name: String) -> Respo
     )
         .into_response();
     for c in [cookie, hint] {
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            HeaderValue::from_str(&c).expect("tokens and account names are valid header values"),
-        );
+        // Tokens are base64 and names are checked (`verify`): always valid header values.
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
     }
     response
 }
@@ -470,7 +526,8 @@ pub async fn signin(
         Some((name, hash)) => (Some(name), Some(hash)),
         None => (None, None),
     };
-    if !state.auth.check(hash, c.password).await {
+    if !state.auth.check(hash, c.password).await? {
+        state.auth.failed(&c.name);
         return Err(ApiError::Unauthenticated("wrong name or password".into()));
     }
     let name = name.expect("a password only matches an account's hash");
@@ -559,9 +616,15 @@ pub async fn broadcast(
 /// rest of its history.
 pub async fn mark_read(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    // Each mark is an event: held to the publish rate like a message.
+    state
+        .limits
+        .publish_allowed(client)
+        .map_err(ApiError::RateLimited)?;
     let who = state.identify(&headers, None);
     let user = who.require("mark notifications read")?.name.clone();
     if matches!(who, Identity::User(_, Via::Cookie)) && !state.origin_allowed(&headers) {
@@ -575,6 +638,9 @@ pub async fn mark_read(
         id: Option<u64>,
         #[serde(default)]
         all: bool,
+        /// With `all`: up to the newest notification the client has shown (default: the
+        /// latest event now), so one that arrives as the person clicks stays unread.
+        upto: Option<u64>,
     }
     let body = crate::api::read_body(&state, body, 1024).await?;
     let r: Read = serde_json::from_slice(&body).map_err(|e| {
@@ -582,7 +648,10 @@ pub async fn mark_read(
     })?;
     let (kind, about) = match (r.id, r.all) {
         (Some(id), false) => ("read", id),
-        (None, true) => ("read-all", state.log.latest()),
+        (None, true) => (
+            "read-all",
+            r.upto.unwrap_or(u64::MAX).min(state.log.latest()),
+        ),
         _ => {
             return Err(ApiError::BadRequest(
                 "give either {\"id\": N} or {\"all\": true}".into(),
@@ -686,8 +755,11 @@ mod tests {
         let (a, _d) = auth(60);
         let h = a.hash("correct horse".into()).await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert!(a.check(Some(h.clone()), "correct horse".into()).await);
-        assert!(!a.check(Some(h), "wrong".into()).await);
-        assert!(!a.check(None, "correct horse".into()).await);
+        assert!(a
+            .check(Some(h.clone()), "correct horse".into())
+            .await
+            .unwrap());
+        assert!(!a.check(Some(h), "wrong".into()).await.unwrap());
+        assert!(!a.check(None, "correct horse".into()).await.unwrap());
     }
 }

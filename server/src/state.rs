@@ -32,6 +32,9 @@ pub struct Caller {
     pub client: Option<IpAddr>,
     /// The signed-in account: its chat messages carry it as their verified author.
     pub user: Option<Arc<str>>,
+    /// It showed a session that is not valid (expired): its chat messages are refused (401)
+    /// rather than posted as anonymous.
+    pub refused: Option<crate::auth::TokenError>,
 }
 
 impl Caller {
@@ -40,6 +43,7 @@ impl Caller {
         admin: true,
         client: None,
         user: None,
+        refused: None,
     };
 }
 
@@ -104,6 +108,9 @@ impl AppState {
                  cannot be published"
                     .into(),
             ));
+        }
+        if let (Some(e), Stream::Chat) = (caller.refused, stream) {
+            return Err(e.into_api());
         }
         if let Payload::Chat(msg) = &mut payload {
             match &caller.user {
@@ -209,7 +216,12 @@ impl AppState {
                 let notice = Notice {
                     to: account,
                     kind: "mention".into(),
-                    text: format!("{} mentioned you: {excerpt}", msg.author),
+                    // The verified name, or "guest" before a typed one: anyone may type any
+                    // display name, and a mention must not pass as the account's.
+                    text: match &msg.user {
+                        Some(user) => format!("{user} mentioned you: {excerpt}"),
+                        None => format!("guest \"{}\" mentioned you: {excerpt}", msg.author),
+                    },
                     about: Some(id),
                 };
                 if let Err(e) = state

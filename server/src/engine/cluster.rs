@@ -95,7 +95,7 @@ impl Keys {
     }
     /// A private stream's history is kept per account (`*`: for everyone).
     fn private_history(&self, s: Stream, to: &str) -> String {
-        format!("{}:history:{s}:{}", self.prefix, to.to_lowercase())
+        format!("{}:history:{s}:{}", self.prefix, to.to_ascii_lowercase())
     }
     fn alerts(&self, symbol: &str) -> String {
         format!("{}:alerts:{symbol}", self.prefix)
@@ -104,13 +104,13 @@ impl Keys {
         format!("{}:alerts-armed:{symbol}", self.prefix)
     }
     fn alerts_of(&self, user: &str) -> String {
-        format!("{}:alerts-of:{}", self.prefix, user.to_lowercase())
+        format!("{}:alerts-of:{}", self.prefix, user.to_ascii_lowercase())
     }
     fn alert_seq(&self) -> String {
         format!("{}:alert-seq", self.prefix)
     }
     fn account(&self, name: &str) -> String {
-        format!("{}:account:{}", self.prefix, name.to_lowercase())
+        format!("{}:account:{}", self.prefix, name.to_ascii_lowercase())
     }
     fn leader(&self) -> String {
         format!("{}:demo-leader", self.prefix)

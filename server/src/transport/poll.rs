@@ -51,12 +51,16 @@ pub async fn handler(
         if events.is_empty() && wait > 0 {
             let mut sub = state.subscribe(filter.clone(), Some(*cursor)).await?;
             let _open = crate::metrics::OpenStream::new("long_poll");
-            tokio::select! {
-                _ = sub.next(limit) => {}
-                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
-                _ = state.shutdown.cancelled() => {}
+            // A signed-in wait ends with its session: nothing private goes out after it.
+            let expired = tokio::select! {
+                _ = sub.next(limit) => false,
+                _ = tokio::time::sleep(Duration::from_secs(wait)) => false,
+                _ = state.shutdown.cancelled() => false,
+                _ = crate::auth::session_end(who.user().map(|v| v.deadline())) => true,
+            };
+            if !expired {
+                read = state.log.read(*cursor, &filter, limit);
             }
-            read = state.log.read(*cursor, &filter, limit);
         }
     }
     match &read {

@@ -70,6 +70,10 @@ pub async fn handler(
         admin: state.is_admin(crate::api::bearer(&headers).or(p.token.as_deref())),
         client: Some(client),
         user: who.user().map(|v| v.name.clone()),
+        refused: match &who {
+            crate::auth::Identity::Refused(e) => Some(*e),
+            _ => None,
+        },
     };
     let session_ends = who.user().map(|v| v.deadline());
     let hello = p.hello.unwrap_or(false);
