@@ -28,8 +28,10 @@ cd "$(dirname "$0")/.."
 # Leptos view code (tried: inputs read on submit instead of a signal per field, -50 B;
 # Either instead of type-erased AnyView views, which had cost 4 KB more). Leptos' lazy
 # routes (wasm splitting) would move the panels out of the first download; trunk does not
-# split wasm today. (215,916 with the session-hint cookie check.)
-BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-217000}
+# split wasm today. (215,916 with the session-hint cookie check.) Then 226,000 for price
+# alerts in the panel (their list and form), the verified-author mark and the security
+# review's fixes: 224,756 measured (+8.8 KB).
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-226000}
 GOAL_GZIP=153600                              # 150 KiB: the product goal (docs/performance.md)
 wasm=$(ls app/dist/*_bg.wasm)
 js=$(ls app/dist/app-*.js)

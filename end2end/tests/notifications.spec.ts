@@ -80,6 +80,34 @@ test('read state is the account’s: marked in one tab, the other tab’s count 
   }
 });
 
+test('a price alert set in the panel fires once per crossing', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    await server.publish('ticker', { symbol: 'ZZZ', price: 9.5, change: 0 });
+    const bob = await openSignedUp(browser, server.base, 'ws', 'bob');
+    await expect(bob.locator('[data-testid=tick][data-symbol=ZZZ]')).toBeVisible();
+    await bob.getByTestId('bell').click();
+    await bob.getByTestId('alert-symbol').selectOption('ZZZ');
+    await bob.getByTestId('alert-op').selectOption('above');
+    await bob.getByTestId('alert-price').fill('10');
+    await bob.getByTestId('alert-add').click();
+    await expect(bob.getByTestId('alert-rule')).toHaveText([/ZZZ above 10/]);
+    // A bad level is refused in words.
+    await bob.getByTestId('alert-price').fill('-3');
+    await bob.getByTestId('alert-add').click();
+    await expect(bob.getByTestId('alert-error')).toHaveText('Price must be a finite number greater than 0');
+    for (const price of [11, 12, 9, 10.5]) {
+      await server.publish('ticker', { symbol: 'ZZZ', price, change: 0 });
+      await expect(bob.locator('[data-testid=tick][data-symbol=ZZZ] .price')).toHaveText(price.toFixed(2));
+    }
+    // 11 fired, 12 did not (still above), 9 armed it again, 10.5 fired.
+    await expect(bob.getByTestId('notice-item')).toHaveText([/ZZZ is above 10 \(now 10\.50\)/, /ZZZ is above 10 \(now 11\.00\)/]);
+    await expect(bob.getByTestId('unread')).toHaveText('2');
+  } finally {
+    await server.stop();
+  }
+});
+
 test('the sign-in form says what is wrong', async ({ browser }) => {
   const server = await Server.start();
   try {

@@ -813,3 +813,64 @@ async fn a_price_alert_fires_once_per_crossing() {
     assert!(left.is_empty());
     s.stop().await;
 }
+
+/// What the security review found, held: a token's subject must be an account name (not
+/// the broadcast audience `*`, nothing that could break a cookie); a mention by an anonymous
+/// visitor says "guest"; read marks are held to the publish rate.
+#[tokio::test]
+async fn subjects_guests_and_read_marks_are_held_to_the_rules() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.publish_rate = 1;
+        c.publish_burst = 3;
+    })
+    .await;
+    for sub in ["*", "bob; Domain=example.com", "bob\u{1}x", "\u{212A}elly"] {
+        let t = mint(sub, now() + 60);
+        let r = reqwest::get(s.url(&format!("/api/history?stream=notifications&token={t}")))
+            .await
+            .unwrap();
+        error(r, 401, "unauthenticated").await;
+    }
+    let bob = signup(&s, "bob").await;
+    let client = reqwest::Client::new();
+    let mut sse = SseClient::from_response(
+        client
+            .get(s.url("/api/sse?streams=notifications"))
+            .bearer_auth(&bob)
+            .send()
+            .await
+            .unwrap(),
+    );
+    client
+        .post(s.url("/api/publish"))
+        .json(&json!({"stream": "chat", "data": {"author": "ann", "body": "hi @bob"}}))
+        .send()
+        .await
+        .unwrap();
+    let got = within(sse.events(1)).await;
+    match &got[0].payload {
+        Payload::Notifications(n) => assert!(
+            n.text.starts_with("guest \"ann\" mentioned you"),
+            "{}",
+            n.text
+        ),
+        p => panic!("{p:?}"),
+    }
+    let mut limited = false;
+    for _ in 0..6 {
+        let r = client
+            .post(s.url("/api/notifications/read"))
+            .bearer_auth(&bob)
+            .json(&json!({"all": true}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "read marks are rate-limited");
+    s.stop().await;
+}
