@@ -536,6 +536,7 @@ fn LaneCard(lane: Lane, lanes: RwSignal<Vec<Lane>>) -> impl IntoView {
             <p class="verdict" data-testid="verdict">{move || verdict(lane.kind, effective(&lane), &s.get())}</p>
             <span class="hidden" data-testid="lane-events">{move || s.get().events}</span>
             <span class="hidden" data-testid="lane-missed">{move || s.get().missed}</span>
+            <span class="hidden" data-testid="lane-requests">{move || s.get().requests}</span>
         </article>
     }
 }

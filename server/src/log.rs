@@ -244,7 +244,7 @@ impl EventLog {
 
     /// Reads at most `limit` matching events after `after`.
     ///
-    /// `after == 0` means "from the start of the window". A cursor is valid when the window
+    /// `after == 0` means "nothing seen yet" (from id 1). A cursor is valid when the window
     /// still holds the event right after it (or it is the latest id); anything else is a
     /// [`Read::Reset`], never a silent skip.
     pub fn read(&self, after: u64, filter: &Filter, limit: usize) -> Read<Page> {
@@ -288,7 +288,11 @@ impl EventLog {
             return Read::Reset { cursor: latest };
         }
         let oldest = w.front().map_or(latest + 1, |e| e.id);
-        if after != 0 && after + 1 < oldest {
+        // `since=0` is a cursor like any other ("I have seen nothing"): a client that started
+        // on an empty log and was away while more than the window went by has missed events
+        // 1.. and is told so. (It once meant "from the start of the window", which let such a
+        // client skip them silently: found by the transport lab.)
+        if after + 1 < oldest {
             return Read::Reset { cursor: latest };
         }
         let start = w.partition_point(|e| e.id <= after);
@@ -584,11 +588,11 @@ mod tests {
             ids(&log.read(6, &StreamSet::ALL.into(), 100)).0,
             vec![7, 8, 9, 10]
         );
-        // since=0 means "from the start of the window", not "I missed everything".
-        assert_eq!(
-            ids(&log.read(0, &StreamSet::ALL.into(), 100)).0,
-            vec![7, 8, 9, 10]
-        );
+        // since=0 is "I have seen nothing": events 1-6 are gone, so that is a reset too.
+        assert!(matches!(
+            log.read(0, &StreamSet::ALL.into(), 100),
+            Read::Reset { cursor: 10 }
+        ));
         assert!(matches!(
             log.read(11, &StreamSet::ALL.into(), 100),
             Read::Reset { cursor: 10 }
