@@ -84,8 +84,11 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
         return;
     };
     let leading = std::rc::Rc::new(std::cell::Cell::new(false));
+    // What the leader relays while this tab catches up (below) waits here, so it applies
+    // after what the catch-up brings, in order.
+    let held = std::rc::Rc::new(std::cell::RefCell::new(Some(Vec::<Relay>::new())));
     let on_message = {
-        let (channel, leading) = (channel.clone(), leading.clone());
+        let (channel, leading, held) = (channel.clone(), leading.clone(), held.clone());
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
             let Some(message) = m
                 .data()
@@ -103,16 +106,30 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
                 }
                 (true, Relay::Retry) => transport::retry_now(store),
                 (_, Relay::Session) => reload_page(),
-                (false, Relay::Events { events, bytes }) => store.ingest(events, bytes),
-                (false, Relay::Cursor { cursor }) => store.advance(cursor),
-                (false, Relay::Reset { cursor }) => store.reset_to(cursor),
+                (
+                    false,
+                    r @ (Relay::Events { .. } | Relay::Cursor { .. } | Relay::Reset { .. }),
+                ) => match held.borrow_mut().as_mut() {
+                    Some(waiting) => waiting.push(r),
+                    None => apply(store, r),
+                },
                 (false, state @ Relay::State { .. }) => mirror(store, state),
                 _ => {}
             }
         })
     };
     channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
-    on_message.forget(); // for the page's lifetime
+    // For the page's lifetime.
+    on_message.forget();
+
+    // Events published between this tab's snapshot and now were relayed before it
+    // listened: one poll from its cursor brings them, then what was held applies.
+    leptos::task::spawn_local(async move {
+        transport::catch_up(store).await;
+        for r in held.borrow_mut().take().unwrap_or_default() {
+            apply(store, r);
+        }
+    });
 
     // The lock may be granted long after this runs (from a browser callback): the effect
     // below is created under the page's owner either way.
@@ -146,6 +163,15 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
     // itself is what makes this tab lead when the leader goes.
     store.follower.set(true);
     post(&channel, &Relay::Hello);
+}
+
+fn apply(store: LiveStore, relay: Relay) {
+    match relay {
+        Relay::Events { events, bytes } => store.ingest(events, bytes),
+        Relay::Cursor { cursor } => store.advance(cursor),
+        Relay::Reset { cursor } => store.reset_to(cursor),
+        _ => {}
+    }
 }
 
 /// Asks for the leader lock; `granted` runs when this tab holds it (it keeps it until it

@@ -180,6 +180,29 @@ fn resume_query(store: &LiveStore) -> String {
     )
 }
 
+/// One poll from the store's cursor (as many pages as there are): what a tab that starts
+/// following missed between its snapshot and its first relay. Errors are left to the live
+/// connection (the leader's, or this tab's own when it leads).
+pub async fn catch_up(store: LiveStore) {
+    for _ in 0..20 {
+        let path = format!("/api/poll?{}&limit=1000", resume_query(&store));
+        let Ok((text, bytes)) = api::get_text(&path, 15_000).await else {
+            return;
+        };
+        let Ok(resp) = serde_json::from_str::<PollResponse>(&text) else {
+            return;
+        };
+        if resp.reset {
+            return store.reset_to(resp.cursor);
+        }
+        store.ingest(resp.events, bytes);
+        store.advance(resp.cursor);
+        if !resp.more {
+            return;
+        }
+    }
+}
+
 /// Short polling (`interval`) or long polling (`None`).
 async fn poll_loop(store: LiveStore, alive: Rc<Cell<bool>>, interval: Option<u32>) {
     let mut failures = 0u32;

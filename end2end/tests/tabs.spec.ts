@@ -60,3 +60,35 @@ test('eight tabs, one stream connection, every tab live; another tab takes over'
     await server.stop();
   }
 });
+
+test('a tab that opens while messages stream in misses none of them', async ({ browser }) => {
+  const server = await Server.start({ args: ['--publish-rate', '0'] });
+  try {
+    const ctx = await browser.newContext();
+    const first = await ctx.newPage();
+    await first.goto(server.base);
+    await expect(first.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
+    // Ten messages a second while the second tab loads, takes its snapshot and starts
+    // following: what went by between its snapshot and its first relay must not be lost.
+    let stop = false;
+    const publishing = (async () => {
+      for (let i = 0; !stop; i++) {
+        await server.chat('ann', `m${i}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await first.waitForTimeout(500);
+    const second = await ctx.newPage();
+    await second.goto(server.base);
+    await expect(second.getByTestId('conn-state')).toHaveAttribute('data-state', 'live');
+    await second.waitForTimeout(1500);
+    stop = true;
+    await publishing;
+    const all = (await history(server)).slice(-50);
+    for (const p of [first, second]) {
+      await expect.poll(async () => (await ids(p)).slice(-all.length)).toEqual(all);
+    }
+  } finally {
+    await server.stop();
+  }
+});
