@@ -1039,3 +1039,75 @@ async fn a_price_alert_fires_once_across_the_cluster() {
         "fired twice"
     );
 }
+
+/// An entry in the shared log this server cannot read (another version's stream, a damaged
+/// record) is read past once, not read again in a loop: while idle the tail keeps blocking
+/// in XREAD, and the next readable event is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_log_entry_is_read_past_not_spun_on() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let c = Cluster::start(1);
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(c.redis.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let xreads = || -> u64 {
+        cli(&["INFO", "commandstats"])
+            .lines()
+            .find(|l| l.starts_with("cmdstat_xread:"))
+            .and_then(|l| l.split("calls=").nth(1)?.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let chat = |body: &'static str| {
+        let url = c.instances[0].url("/api/publish");
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"stream": "chat", "data": {"author": "a", "body": body}}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Event>()
+                .await
+                .unwrap()
+        }
+    };
+    let first = chat("before").await;
+    let id = cli(&["INCR", "{tidings}:seq"]);
+    assert_eq!(id, (first.id + 1).to_string());
+    cli(&[
+        "XADD",
+        "{tidings}:log",
+        &format!("{id}-0"),
+        "s",
+        "chat",
+        "e",
+        "not json",
+    ]);
+    let before = xreads();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let calls = xreads() - before;
+    assert!(
+        calls < 20,
+        "the tail read the same entry {calls} times in 1.5 s"
+    );
+    // The next event is delivered (after the reset the hole causes).
+    let next = chat("after").await;
+    let r: PollResponse = reqwest::get(c.instances[0].url(&format!("/api/poll?since={id}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![next.id]
+    );
+}

@@ -567,6 +567,8 @@ async fn tail(
 ) {
     let raise = Script::new(RAISE_SEQ);
     let mut failures: u32 = 0;
+    // The newest log entry read, readable or not (see below).
+    let mut skipped: u64 = 0;
     'connect: loop {
         if failures > 0 {
             let delay = Duration::from_millis((100u64 << failures.min(4)).min(1000));
@@ -611,7 +613,7 @@ async fn tail(
                 .arg(2000)
                 .arg("STREAMS")
                 .arg(&keys.log)
-                .arg(format!("{}-0", log.latest()));
+                .arg(format!("{}-0", log.latest().max(skipped)));
             let read = cmd.query_async::<Option<Vec<(String, Vec<Entry>)>>>(&mut conn);
             let reply = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -624,13 +626,33 @@ async fn tail(
                     }
                     failures = 0;
                     tailing.store(true, Ordering::Relaxed);
-                    let events: Vec<Arc<StoredEvent>> = reply
+                    let entries: Vec<Entry> = reply
                         .into_iter()
                         .flatten()
                         .flat_map(|(_, entries)| entries)
+                        .collect();
+                    // An entry this server cannot read (another version's stream, a damaged
+                    // record) is read past, not read again and again: the next XREAD starts
+                    // after the newest entry returned. The log sees the hole and resets
+                    // its readers, who reload from history.
+                    if let Some(newest) = entries
+                        .last()
+                        .and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+                    {
+                        skipped = skipped.max(newest);
+                    }
+                    let n = entries.len();
+                    let events: Vec<Arc<StoredEvent>> = entries
+                        .into_iter()
                         .filter_map(parse_entry)
                         .map(Arc::new)
                         .collect();
+                    if events.len() < n {
+                        tracing::error!(
+                            unreadable = n - events.len(),
+                            "skipping log entries this server cannot read"
+                        );
+                    }
                     log.append(&events);
                 }
                 Err(err) => {
