@@ -33,8 +33,8 @@ pub struct Config {
     pub allow_origins: Vec<String>,
 
     /// When set, publishing to `feed` and `ticker` needs `Authorization: Bearer <token>`.
-    #[arg(long, env = "TIDINGS_ADMIN_TOKEN")]
-    pub admin_token: Option<String>,
+    #[arg(long, env = "TIDINGS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Redacted>,
 
     /// Do not run the simulated newsroom and ticker.
     #[arg(long, env = "TIDINGS_NO_DEMO")]
@@ -93,15 +93,15 @@ pub struct Config {
     /// generated once and kept in `<data-dir>/secret` (mode 0600); cluster mode needs it
     /// given, the same on every server.
     #[arg(long, env = "TIDINGS_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
+    pub secret: Option<Redacted>,
 
     /// How long a session (a signed-in token) lasts, in seconds.
     #[arg(long, env = "TIDINGS_SESSION_SECS", default_value_t = 7 * 24 * 3600)]
     pub session_secs: u64,
 
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
-    #[arg(long, env = "TIDINGS_METRICS_TOKEN")]
-    pub metrics_token: Option<String>,
+    #[arg(long, env = "TIDINGS_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<Redacted>,
 
     /// Seconds a client has to send a whole request head on an event-stream connection
     /// (and hyper's header timeout on the others): a client trickling bytes cannot hold a
@@ -143,6 +143,37 @@ pub struct Config {
     pub ws_idle_timeout_secs: u64,
 }
 
+/// A secret flag's value: used as a `str`, never printed (`{:?}` of the config says
+/// `<redacted>`), so a log of the configuration cannot leak it.
+#[derive(Clone, PartialEq)]
+pub struct Redacted(pub String);
+
+impl std::ops::Deref for Redacted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Redacted {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Redacted, Self::Err> {
+        Ok(Redacted(s.to_owned()))
+    }
+}
+
+impl From<&str> for Redacted {
+    fn from(s: &str) -> Redacted {
+        Redacted(s.to_owned())
+    }
+}
+
 impl Config {
     /// Defaults for tests and embedding: a free port, the given data dir, no demo.
     pub fn for_tests(data_dir: PathBuf) -> Config {
@@ -150,5 +181,28 @@ impl Config {
         c.bind = "127.0.0.1:0".parse().expect("valid address");
         c.data_dir = data_dir;
         c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_not_printed() {
+        let c = Config::parse_from([
+            "tidings",
+            "--secret",
+            "s3cret-s3cret-s3cret-s3cret-s3cret",
+            "--admin-token",
+            "adm1n",
+            "--metrics-token",
+            "m3trics",
+        ]);
+        let printed = format!("{c:?}");
+        for s in ["s3cret", "adm1n", "m3trics"] {
+            assert!(!printed.contains(s), "{printed}");
+        }
+        assert_eq!(c.admin_token.as_deref(), Some("adm1n"));
     }
 }
