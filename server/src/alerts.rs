@@ -94,23 +94,50 @@ pub async fn delete(
     }
 }
 
-/// Checks a published price against the rules on its symbol: rules it meets fire (once:
-/// the store disarms each atomically) and rules it no longer meets arm again. Runs after
-/// the price is stored, in a task of its own.
+/// Prices waiting to be checked, in the order they were stored.
+pub type Queue = tokio::sync::mpsc::Sender<(u64, Tick)>;
+
+/// How many stored prices may wait for their check (a slow store holds them here; past
+/// this, a price is not checked and the next one is).
+pub const QUEUE: usize = 1024;
+
+/// Queues a stored price for checking (see [`run`]).
 pub fn check(state: &AppState, event_id: u64, tick: Tick) {
-    let state = state.clone();
-    state.tasks.clone().spawn(async move {
+    if state.alert_queue.try_send((event_id, tick)).is_err() {
+        tracing::warn!("price alerts are behind; a price was not checked");
+    }
+}
+
+/// Checks stored prices against the rules on their symbols, one price at a time and in
+/// order: rules a price meets fire (once: the store disarms each atomically) and rules it
+/// no longer meets arm again. One at a time because order matters: checked concurrently,
+/// a later price could fire a rule first (reporting the wrong price), or an earlier price's
+/// re-arm could land after a later price's check and leave a met rule armed.
+pub async fn run(state: AppState, mut prices: tokio::sync::mpsc::Receiver<(u64, Tick)>) {
+    loop {
+        // It holds the state (and so the queue's sender): it ends on shutdown, not when
+        // the queue closes.
+        let (event_id, tick) = tokio::select! {
+            next = prices.recv() => match next {
+                Some(p) => p,
+                None => return,
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
         let rules = match state.engine.alerts_on(&tick.symbol.to_uppercase()).await {
             Ok(r) => r,
-            Err(_) => return tracing::warn!(symbol = tick.symbol, "price alerts unavailable"),
+            Err(_) => {
+                tracing::warn!(symbol = tick.symbol, "price alerts unavailable");
+                continue;
+            }
         };
         for (user, rule) in rules {
             let met = rule.is_met(tick.price);
             if met && rule.armed {
                 match state.engine.disarm_alert(&rule.symbol, rule.id).await {
                     Ok(true) => {}
-                    Ok(false) => continue, // another server (or task) fired it
-                    Err(_) => continue,
+                    // Another server fired it (or the store failed): nothing to send.
+                    Ok(false) | Err(_) => continue,
                 }
                 let notice = Notice {
                     to: user,
@@ -131,5 +158,5 @@ pub fn check(state: &AppState, event_id: u64, tick: Tick) {
                 let _ = state.engine.arm_alert(&rule.symbol, rule.id).await;
             }
         }
-    });
+    }
 }

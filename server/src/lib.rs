@@ -116,6 +116,7 @@ pub async fn run(
     let demo_leader = Arc::new(AtomicBool::new(config.redis_url.is_none()));
     // Before the engine: a server that cannot check sessions must not start (and says why).
     let auth = Arc::new(auth::Auth::new(&config)?);
+    let (alert_queue, prices) = tokio::sync::mpsc::channel(alerts::QUEUE);
     let (log, engine) = engine::Engine::start(&config, token.clone(), demo_leader.clone()).await?;
     let engine = Arc::new(engine);
     let config_max_streams = config.max_streams.max(1);
@@ -134,6 +135,7 @@ pub async fn run(
         log,
         engine: engine.clone(),
         auth: auth.clone(),
+        alert_queue,
         config,
         demo_leader,
         streams: Arc::new(tokio::sync::Semaphore::new(config_max_streams)),
@@ -143,6 +145,8 @@ pub async fn run(
         limits: limits.clone(),
         metrics: metrics::install(),
     }));
+    // One task checks prices against the alerts, in order (until shutdown).
+    tokio::spawn(alerts::run(state.clone(), prices));
     // Rate-limit buckets of addresses that went quiet are dropped now and then.
     tokio::spawn({
         let (limits, token) = (limits.clone(), token.clone());

@@ -58,6 +58,8 @@ pub struct Shared {
     pub engine: Arc<engine::Engine>,
     /// Accounts' passwords, session tokens, sign-in limits.
     pub auth: Arc<crate::auth::Auth>,
+    /// Stored prices on their way to the price-alert check (`crate::alerts::run`).
+    pub alert_queue: crate::alerts::Queue,
     pub config: Config,
     /// Whether this server runs the simulators (always in embedded mode; in cluster mode
     /// only the holder of the Redis lease, so N servers do not mean N tickers).
