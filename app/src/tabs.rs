@@ -84,11 +84,14 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
         return;
     };
     let leading = std::rc::Rc::new(std::cell::Cell::new(false));
-    // What the leader relays while this tab catches up (below) waits here, so it applies
-    // after what the catch-up brings, in order.
-    let held = std::rc::Rc::new(std::cell::RefCell::new(Some(Vec::<Relay>::new())));
+    // Events published between this tab's snapshot and its listening were relayed before
+    // it listened. So the first relay a follower gets starts one poll from its cursor, and
+    // what is relayed meanwhile waits here (`Some`) to apply after it, in order. A tab that
+    // leads at once never gets a relay and never polls.
+    let held = std::rc::Rc::new(std::cell::RefCell::new(None::<Vec<Relay>>));
+    let caught_up = std::rc::Rc::new(std::cell::Cell::new(false));
     let on_message = {
-        let (channel, leading, held) = (channel.clone(), leading.clone(), held.clone());
+        let (channel, leading) = (channel.clone(), leading.clone());
         Closure::<dyn FnMut(MessageEvent)>::new(move |m: MessageEvent| {
             let Some(message) = m
                 .data()
@@ -109,10 +112,22 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
                 (
                     false,
                     r @ (Relay::Events { .. } | Relay::Cursor { .. } | Relay::Reset { .. }),
-                ) => match held.borrow_mut().as_mut() {
-                    Some(waiting) => waiting.push(r),
-                    None => apply(store, r),
-                },
+                ) => {
+                    if !caught_up.replace(true) {
+                        *held.borrow_mut() = Some(Vec::new());
+                        let held = held.clone();
+                        leptos::task::spawn_local(async move {
+                            transport::catch_up(store).await;
+                            for r in held.borrow_mut().take().unwrap_or_default() {
+                                apply(store, r);
+                            }
+                        });
+                    }
+                    match held.borrow_mut().as_mut() {
+                        Some(waiting) => waiting.push(r),
+                        None => apply(store, r),
+                    }
+                }
                 (false, state @ Relay::State { .. }) => mirror(store, state),
                 _ => {}
             }
@@ -121,15 +136,6 @@ pub fn lead_or_follow(store: LiveStore, kind: Kind) {
     channel.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     // For the page's lifetime.
     on_message.forget();
-
-    // Events published between this tab's snapshot and now were relayed before it
-    // listened: one poll from its cursor brings them, then what was held applies.
-    leptos::task::spawn_local(async move {
-        transport::catch_up(store).await;
-        for r in held.borrow_mut().take().unwrap_or_default() {
-            apply(store, r);
-        }
-    });
 
     // The lock may be granted long after this runs (from a browser callback): the effect
     // below is created under the page's owner either way.
