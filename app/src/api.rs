@@ -220,17 +220,26 @@ pub async fn me() -> Option<Session> {
 /// POST a JSON body (the session cookie goes with it); the answer's text, or the server's
 /// error message.
 pub async fn post_json(path: &str, body: String) -> Result<String, String> {
-    send("POST", path, Some(body)).await
+    send("POST", path, Some(body), None).await
 }
 
-/// A request with an optional JSON body; the answer's text, or the server's error message.
-pub async fn send(method: &str, path: &str, body: Option<String>) -> Result<String, String> {
+/// A request with an optional JSON body (and `Authorization: Bearer <token>`); the
+/// answer's text, or the server's error message.
+pub async fn send(
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    token: Option<&str>,
+) -> Result<String, String> {
     let url = format!("{}{path}", base());
-    let builder = match method {
+    let mut builder = match method {
         "DELETE" => Request::delete(&url),
         "PUT" => Request::put(&url),
         _ => Request::post(&url),
     };
+    if let Some(token) = token {
+        builder = builder.header("authorization", &format!("Bearer {token}"));
+    }
     let request = match body {
         Some(b) => builder.header("content-type", "application/json").body(b),
         None => builder.build(),
@@ -249,22 +258,7 @@ pub async fn send(method: &str, path: &str, body: Option<String>) -> Result<Stri
     }
 }
 
-/// POST a JSON body with `Authorization: Bearer <token>`; the answer's text, or the
-/// server's error message (the lab's load control).
+/// POST a JSON body with `Authorization: Bearer <token>` (the lab's load control).
 pub async fn post_authorized(path: &str, body: String, token: &str) -> Result<String, String> {
-    let resp = Request::post(&format!("{}{path}", base()))
-        .header("content-type", "application/json")
-        .header("authorization", &format!("Bearer {token}"))
-        .body(body)
-        .map_err(|e| e.to_string())?
-        .send()
-        .await
-        .map_err(|e| format!("no answer from the server ({e})"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if (200..300).contains(&status) {
-        Ok(text)
-    } else {
-        Err(error_message(status, &text))
-    }
+    send("POST", path, Some(body), Some(token)).await
 }

@@ -106,7 +106,7 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
 /// live connection then continues after it.
 async fn load_notices(store: LiveStore) {
     let upto = store.cursor.get_untracked();
-    if let Ok(events) = api::history(Stream::Notifications, upto + 1, 100).await {
+    if let Ok(events) = api::history(Stream::Notifications, upto.saturating_add(1), 100).await {
         store.take_notices(
             events
                 .into_iter()
@@ -141,7 +141,7 @@ pub async fn alerts() -> Result<Vec<crate::protocol::AlertRule>, String> {
 
 /// Adds (`POST`) or removes (`DELETE`) a price alert; the server's message on refusal.
 pub async fn alert_change(method: &str, path: String, body: Option<String>) -> Result<(), String> {
-    api::send(method, &path, body).await.map(|_| ())
+    api::send(method, &path, body, None).await.map(|_| ())
 }
 
 /// Signs in (or up, `create`); on success every tab starts again with the session.

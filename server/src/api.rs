@@ -123,12 +123,7 @@ pub async fn publish(
         refused: None,
     };
     let (event, replayed) = state.publish(payload, key, &caller).await?;
-    let mut response = (
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/json")],
-        event.json.get().to_owned(),
-    )
-        .into_response();
+    let mut response = created(&event);
     if replayed {
         // As Stripe does: the answer is the stored one, not a new event.
         response.headers_mut().insert(
@@ -137,6 +132,17 @@ pub async fn publish(
         );
     }
     Ok(response)
+}
+
+/// `201 Created` with a stored event's JSON as it is: the answer to every request that
+/// stores one (a publish, a broadcast, a read mark).
+pub fn created(event: &crate::log::StoredEvent) -> Response {
+    (
+        StatusCode::CREATED,
+        [(header::CONTENT_TYPE, "application/json")],
+        event.json.get().to_owned(),
+    )
+        .into_response()
 }
 
 /// A request body of at most `max` bytes, within the head deadline too: a client

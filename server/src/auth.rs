@@ -601,12 +601,7 @@ pub async fn broadcast(
     let (event, _) = state
         .publish(notice, None, &crate::state::Caller::SERVER)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/json")],
-        event.json.get().to_owned(),
-    )
-        .into_response())
+    Ok(crate::api::created(&event))
 }
 
 /// `POST /api/notifications/read` `{"id": N}` (one) or `{"all": true}` (everything so far):
@@ -667,12 +662,7 @@ pub async fn mark_read(
     let (event, _) = state
         .publish(notice, None, &crate::state::Caller::SERVER)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        [(header::CONTENT_TYPE, "application/json")],
-        event.json.get().to_owned(),
-    )
-        .into_response())
+    Ok(crate::api::created(&event))
 }
 
 /// `GET /api/auth/me`: the session the request carries (no token in the answer), or 401.

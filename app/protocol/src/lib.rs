@@ -866,6 +866,17 @@ pub struct NewAlert {
 pub const MAX_ALERTS: usize = 20;
 
 impl NewAlert {
+    /// The rule made from this one, under `id`, armed.
+    pub fn rule(&self, id: u64) -> AlertRule {
+        AlertRule {
+            id,
+            symbol: self.symbol.clone(),
+            op: self.op.clone(),
+            price: self.price,
+            armed: true,
+        }
+    }
+
     /// The rule as stored: the symbol upper-cased (the ticker's symbols are), checked.
     pub fn validate(self) -> Result<NewAlert, String> {
         let symbol = text_field("Symbol", &self.symbol, MAX_SYMBOL_CHARS, false)?.to_uppercase();
@@ -897,8 +908,7 @@ pub const MAX_MENTIONS: usize = 10;
 pub fn mentions(text: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut prev: Option<char> = None;
-    let mut chars = text.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in text.char_indices() {
         if c == '@' && !prev.is_some_and(|p| account_char(p) || p == '@') {
             let rest = &text[i + 1..];
             let len = rest.find(|c: char| !account_char(c)).unwrap_or(rest.len());

@@ -430,13 +430,7 @@ impl Cluster {
             .redis(redis::cmd("INCR").arg(self.keys.alert_seq()))
             .await?;
         self.put_alert(user, id, a).await?;
-        Ok(AlertRule {
-            id,
-            symbol: a.symbol.clone(),
-            op: a.op.clone(),
-            price: a.price,
-            armed: true,
-        })
+        Ok(a.rule(id))
     }
 
     async fn put_alert(&self, user: &str, id: u64, a: &NewAlert) -> Result<(), EngineError> {
@@ -481,13 +475,7 @@ impl Cluster {
             return Ok(None);
         }
         self.put_alert(user, id, a).await?;
-        Ok(Some(AlertRule {
-            id,
-            symbol: a.symbol.clone(),
-            op: a.op.clone(),
-            price: a.price,
-            armed: true,
-        }))
+        Ok(Some(a.rule(id)))
     }
 
     pub async fn delete_alert(&self, user: &str, id: u64) -> Result<bool, EngineError> {

@@ -252,13 +252,7 @@ impl Store {
         .bind(a.price)
         .execute(&self.pool)
         .await?;
-        Ok(AlertRule {
-            id: done.last_insert_rowid() as u64,
-            symbol: a.symbol.clone(),
-            op: a.op.clone(),
-            price: a.price,
-            armed: true,
-        })
+        Ok(a.rule(done.last_insert_rowid() as u64))
     }
 
     /// Changes one of `user`'s alerts and arms it again; `None` if it has no such alert.
@@ -278,13 +272,7 @@ impl Store {
         .bind(user)
         .execute(&self.pool)
         .await?;
-        Ok((done.rows_affected() == 1).then(|| AlertRule {
-            id,
-            symbol: a.symbol.clone(),
-            op: a.op.clone(),
-            price: a.price,
-            armed: true,
-        }))
+        Ok((done.rows_affected() == 1).then(|| a.rule(id)))
     }
 
     pub async fn delete_alert(&self, user: &str, id: u64) -> Result<bool, sqlx::Error> {
