@@ -177,11 +177,8 @@ pub async fn history(
     let name = p
         .stream
         .ok_or_else(|| ApiError::BadRequest("missing query parameter `stream`".into()))?;
-    let stream = Stream::parse(&name).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "unknown stream '{name}' (expected one of: feed, chat, ticker, lab, notifications)"
-        ))
-    })?;
+    let stream = Stream::parse(&name)
+        .ok_or_else(|| ApiError::BadRequest(app::protocol::unknown_stream_message(&name)))?;
     let limit = p.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::BadRequest(
@@ -254,6 +251,21 @@ pub async fn snapshot(
         );
     }
     Ok(axum::Json(Snapshot { cursor, events }).into_response())
+}
+
+/// `GET /api/presence`: who is online in chat, and the cursor the list is exact at (apply
+/// the `presence` events after it). Public: names of signed-in accounts only.
+pub async fn presence(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (cursor, online) = state
+        .engine
+        .presence()
+        .await
+        .map_err(|_| ApiError::Unavailable("presence is unavailable right now".into()))?;
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(app::protocol::PresenceList { cursor, online }),
+    )
+        .into_response())
 }
 
 /// `GET /api/stats`: open streams per transport and request/delivery counters (the

@@ -99,6 +99,18 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_SESSION_SECS", default_value_t = 7 * 24 * 3600)]
     pub session_secs: u64,
 
+    /// Presence: milliseconds an account stays online after its last connection to this
+    /// server closes (a page reload or a transport switch reconnects within it, so others
+    /// see no leave and join).
+    #[arg(long, env = "TIDINGS_PRESENCE_GRACE_MS", default_value_t = 2_000)]
+    pub presence_grace_ms: u64,
+
+    /// Cluster mode: seconds a server's presence entries last in Redis unless renewed
+    /// (every third of it). A server that dies without a word (kill -9) has its accounts
+    /// announced offline within about this long.
+    #[arg(long, env = "TIDINGS_PRESENCE_TTL_SECS", default_value_t = 10)]
+    pub presence_ttl_secs: u64,
+
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "TIDINGS_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Redacted>,

@@ -45,6 +45,7 @@ mod lab;
 mod limits;
 mod log;
 mod metrics;
+pub mod presence;
 mod serve;
 mod state;
 mod transport;
@@ -74,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/publish", post(api::publish))
         .route("/api/history", get(api::history))
         .route("/api/snapshot", get(api::snapshot))
+        .route("/api/presence", get(api::presence))
         .route("/api/auth/signup", post(auth::signup))
         .route("/api/auth/signin", post(auth::signin))
         .route("/api/auth/signout", post(auth::signout))
@@ -135,6 +137,7 @@ pub async fn run(
         log,
         engine: engine.clone(),
         auth: auth.clone(),
+        presence: presence::Presence::new(Duration::from_millis(config.presence_grace_ms)),
         alert_queue,
         config,
         demo_leader,
@@ -145,6 +148,8 @@ pub async fn run(
         limits: limits.clone(),
         metrics: metrics::install(),
     }));
+    // One task announces who is online in chat (shutdown waits for its goodbyes).
+    tasks.spawn(presence::run(state.clone()));
     // One task checks prices against the alerts, in order (until shutdown).
     tokio::spawn(alerts::run(state.clone(), prices));
     // Rate-limit buckets of addresses that went quiet are dropped now and then.

@@ -334,6 +334,7 @@ impl EventLog {
     pub fn subscribe(self: &Arc<Self>, filter: Filter, cursor: u64) -> Subscription {
         Subscription {
             _permit: None,
+            _presence: None,
             announced: cursor,
             log: self.clone(),
             rx: self.latest.subscribe(),
@@ -349,6 +350,8 @@ impl EventLog {
 pub struct Subscription {
     /// The stream-count permit this reader holds for as long as it lives (see `--max-streams`).
     _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its account counts as online in chat while it lives (see `crate::presence`).
+    _presence: Option<crate::presence::Hold>,
     log: Arc<EventLog>,
     rx: watch::Receiver<u64>,
     filter: Filter,
@@ -373,6 +376,11 @@ pub const BATCH_BYTES: usize = 64 * 1024;
 impl Subscription {
     pub fn with_permit(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Subscription {
         self._permit = Some(permit);
+        self
+    }
+
+    pub fn with_presence(mut self, hold: Option<crate::presence::Hold>) -> Subscription {
+        self._presence = hold;
         self
     }
 

@@ -58,6 +58,8 @@ pub struct Shared {
     pub engine: Arc<engine::Engine>,
     /// Accounts' passwords, session tokens, sign-in limits.
     pub auth: Arc<crate::auth::Auth>,
+    /// Which accounts this server holds online (`crate::presence`).
+    pub presence: Arc<crate::presence::Presence>,
     /// Stored prices on their way to the price-alert check (`crate::alerts::run`).
     pub alert_queue: crate::alerts::Queue,
     pub config: Config,
@@ -131,6 +133,13 @@ impl AppState {
         }
         if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
             return Err(ApiError::Unauthorized);
+        }
+        if stream == Stream::Presence && caller.client.is_some() {
+            return Err(ApiError::Forbidden(
+                "presence is written by the servers as accounts connect and leave; it \
+                 cannot be published"
+                    .into(),
+            ));
         }
         if stream == Stream::Lab && caller.client.is_some() {
             return Err(ApiError::Forbidden(
@@ -277,7 +286,21 @@ impl AppState {
             }
             None => self.log.latest(),
         };
-        Ok(self.log.subscribe(filter, cursor).with_permit(permit))
+        let hold = self.online_in_chat(&filter).map(|u| self.presence.hold(u));
+        Ok(self
+            .log
+            .subscribe(filter, cursor)
+            .with_permit(permit)
+            .with_presence(hold))
+    }
+
+    /// The account a reader with `filter` makes present in chat: a signed-in one that reads
+    /// `chat` (a bot that only reads its notifications is not "in chat").
+    pub fn online_in_chat(&self, filter: &Filter) -> Option<Arc<str>> {
+        filter
+            .user
+            .clone()
+            .filter(|_| filter.streams.contains(Stream::Chat))
     }
 
     /// Where a reader with `cursor` can start. In cluster mode a client may arrive with a

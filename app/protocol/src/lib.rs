@@ -37,16 +37,21 @@ pub enum Stream {
     /// only connections signed in as it receive it. Written by the server only; delivered
     /// only to subscriptions that name it.
     Notifications,
+    /// Who is online in chat: a signed-in account joining (its first connection anywhere
+    /// in the cluster) or leaving (its last one gone). Written by the server only;
+    /// delivered only to subscriptions that name it.
+    Presence,
 }
 
 impl Stream {
     /// Every stream a subscription may name.
-    pub const ALL: [Stream; 5] = [
+    pub const ALL: [Stream; 6] = [
         Stream::Feed,
         Stream::Chat,
         Stream::Ticker,
         Stream::Lab,
         Stream::Notifications,
+        Stream::Presence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Stream {
             Stream::Ticker => "ticker",
             Stream::Lab => "lab",
             Stream::Notifications => "notifications",
+            Stream::Presence => "presence",
         }
     }
 
@@ -140,8 +146,9 @@ impl StreamSet {
     }
 }
 
-fn unknown_stream_message(name: &str) -> String {
-    format!("unknown stream '{name}' (expected one of: feed, chat, ticker, lab, notifications)")
+/// What a client that named an unknown stream is told (every endpoint says the same).
+pub fn unknown_stream_message(name: &str) -> String {
+    format!("unknown stream '{name}' (expected one of: feed, chat, ticker, lab, notifications, presence)")
 }
 
 /// A news feed item.
@@ -210,6 +217,27 @@ pub enum Payload {
     Ticker(Tick),
     Lab(LabTick),
     Notifications(Notice),
+    Presence(PresenceChange),
+}
+
+/// A presence event: `user` came online in chat (`online: true`: their first connection
+/// anywhere) or went offline (their last connection closed, or its server stopped
+/// answering). One of each per change, cluster-wide, whatever the number of tabs.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceChange {
+    pub user: String,
+    pub online: bool,
+}
+
+/// `GET /api/presence` answer: who is online now. `cursor` is an event id such that the
+/// list reflects every presence event up to it: a client applies the presence events it
+/// receives with a higher id, and ignores the rest.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub struct PresenceList {
+    pub cursor: u64,
+    /// Account names, sorted.
+    pub online: Vec<String>,
 }
 
 /// One event of the lab's generated load: its number in the run.
@@ -229,6 +257,7 @@ impl Payload {
             Payload::Ticker(d) => serde_json::to_string(d),
             Payload::Lab(d) => serde_json::to_string(d),
             Payload::Notifications(d) => serde_json::to_string(d),
+            Payload::Presence(d) => serde_json::to_string(d),
         }
         .expect("payload data serialises")
     }
@@ -240,6 +269,7 @@ impl Payload {
             Payload::Ticker(_) => Stream::Ticker,
             Payload::Lab(_) => Stream::Lab,
             Payload::Notifications(_) => Stream::Notifications,
+            Payload::Presence(_) => Stream::Presence,
         }
     }
 }
@@ -283,6 +313,7 @@ impl<'de> Deserialize<'de> for Event {
             Stream::Notifications => {
                 Payload::Notifications(serde_json::from_value(r.data).map_err(e)?)
             }
+            Stream::Presence => Payload::Presence(serde_json::from_value(r.data).map_err(e)?),
         };
         Ok(Event {
             id: r.id,
@@ -723,6 +754,7 @@ fn payload_from_raw(raw: RawPublish) -> Result<Payload, PublishError> {
         Stream::Ticker => Payload::Ticker(serde_json::from_value(data).map_err(bad)?),
         Stream::Lab => Payload::Lab(serde_json::from_value(data).map_err(bad)?),
         Stream::Notifications => Payload::Notifications(serde_json::from_value(data).map_err(bad)?),
+        Stream::Presence => Payload::Presence(serde_json::from_value(data).map_err(bad)?),
     };
     validate(payload).map_err(PublishError::Invalid)
 }
@@ -766,6 +798,10 @@ pub fn validate(payload: Payload) -> Result<Payload, String> {
             })
         }
         Payload::Lab(l) => Payload::Lab(l),
+        Payload::Presence(p) => {
+            validate_account_name(&p.user)?;
+            Payload::Presence(p)
+        }
         Payload::Notifications(n) => Payload::Notifications(Notice {
             text: text_field("Text", &n.text, MAX_CHAT_BODY_CHARS, true)?,
             ..n

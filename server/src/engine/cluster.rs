@@ -24,23 +24,144 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// The Lua that appends one event: next id, the event's JSON (built exactly as serde
+/// writes an [`Event`]), the log entry and the stream's history entry. Shared by the publish
+/// script and the presence scripts, which publish join/leave events in the same atomic step
+/// as the change they announce. A macro, so `concat!` can put it in front of each script.
+macro_rules! append_lua {
+    () => {
+        r#"
+local function append(seq, log, history, ts, stream, data, log_max, history_max)
+  local id = redis.call('INCR', seq)
+  local json = '{"id":' .. id .. ',"ts":' .. ts .. ',"stream":"' .. stream .. '","data":' .. data .. '}'
+  redis.call('XADD', log, 'MAXLEN', '~', log_max, id .. '-0', 's', stream, 'e', json)
+  redis.call('XADD', history, 'MAXLEN', '~', history_max, id .. '-0', 'e', json)
+  return id, json
+end
+"#
+    };
+}
+
 /// KEYS: seq, log, history of the stream, idempotency key (a name under the same hash
 /// tag; unused when ARGV[6] is empty). Returns `{id, ""}` for a new event, or `{0, "<id>
 /// <stream> <json>"}` when the idempotency key was already used (nothing is stored).
-const PUBLISH: &str = r#"
+const PUBLISH: &str = concat!(
+    append_lua!(),
+    r#"
 if ARGV[6] ~= '' then
   local prev = redis.call('GET', KEYS[4])
   if prev then return {0, prev} end
 end
-local id = redis.call('INCR', KEYS[1])
-local json = '{"id":' .. id .. ',"ts":' .. ARGV[1] .. ',"stream":"' .. ARGV[2] .. '","data":' .. ARGV[3] .. '}'
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], id .. '-0', 's', ARGV[2], 'e', json)
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id .. '-0', 'e', json)
+local id, json = append(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('SET', KEYS[4], id .. ' ' .. ARGV[2] .. ' ' .. json, 'EX', ARGV[6])
 end
 return {id, ''}
-"#;
+"#
+);
+
+// Presence in Redis. `{p}:presence` is a sorted set of the accounts online, scored by the
+// latest expiry among their connections' servers; `{p}:presence-of:<user>` is a hash of
+// server id -> expiry (ms, Redis' clock). A server renews its users' entries every third of
+// the expiry; entries of a server that died (kill -9: no leave) run out, and any server's
+// sweep removes them. Each change that turns an account online or offline publishes its
+// event inside the script that makes it, so exactly one server announces it, in order.
+// Times come from Redis' `TIME` (one clock for every server).
+//
+// The per-user hash keys are named in KEYS where they are known (touch, leave); the sweep
+// finds them from the set, under the same `{p}` hash tag (one Redis Cluster slot).
+macro_rules! presence_lua {
+    () => {
+        r#"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function announce(ts, user, online, log_max, history_max)
+  append(KEYS[1], KEYS[2], KEYS[3], ts, 'presence',
+    '{"user":' .. cjson.encode(user) .. ',"online":' .. online .. '}', log_max, history_max)
+end
+-- The latest expiry left in a user's hash (nil when none is left after dropping the ones
+-- at or before `now`).
+local function renew_score(hash, now)
+  local best = nil
+  local fields = redis.call('HGETALL', hash)
+  for i = 1, #fields, 2 do
+    local exp = tonumber(fields[i + 1])
+    if exp == nil or exp <= now then
+      redis.call('HDEL', hash, fields[i])
+    elseif best == nil or exp > best then
+      best = exp
+    end
+  end
+  return best
+end
+"#
+    };
+}
+
+/// KEYS: seq, log, presence history, presence set, then one hash per user. ARGV: ts, log
+/// max, history max, server id, expiry (ms from now), then the users (as KEYS[5..]).
+/// Marks each user online on this server until now + expiry; a user not online anywhere
+/// before gets a join event.
+const PRESENCE_TOUCH: &str = concat!(
+    append_lua!(),
+    presence_lua!(),
+    r#"
+local until_ms = now_ms() + tonumber(ARGV[5])
+for i = 6, #ARGV do
+  local user, hash = ARGV[i], KEYS[i - 1]
+  redis.call('HSET', hash, ARGV[4], until_ms)
+  if not redis.call('ZSCORE', KEYS[4], user) then
+    announce(ARGV[1], user, 'true', ARGV[2], ARGV[3])
+  end
+  redis.call('ZADD', KEYS[4], 'GT', until_ms, user)
+end
+return 1
+"#
+);
+
+/// KEYS: seq, log, presence history, presence set, the user's hash. ARGV: ts, log max,
+/// history max, server id, user. This server's last connection of the user closed: its
+/// entry goes; when no other server holds the user, the leave event.
+const PRESENCE_LEAVE: &str = concat!(
+    append_lua!(),
+    presence_lua!(),
+    r#"
+redis.call('HDEL', KEYS[5], ARGV[4])
+local best = renew_score(KEYS[5], now_ms())
+if best then
+  redis.call('ZADD', KEYS[4], 'XX', best, ARGV[5])
+elseif redis.call('ZREM', KEYS[4], ARGV[5]) == 1 then
+  announce(ARGV[1], ARGV[5], 'false', ARGV[2], ARGV[3])
+end
+return 1
+"#
+);
+
+/// KEYS: seq, log, presence history, presence set. ARGV: ts, log max, history max, the
+/// prefix of the per-user hashes. Drops the entries that ran out (a server that died) and
+/// announces the users left with none. Returns how many went offline.
+const PRESENCE_SWEEP: &str = concat!(
+    append_lua!(),
+    presence_lua!(),
+    r#"
+local now = now_ms()
+local gone = 0
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 200)
+for _, user in ipairs(due) do
+  local best = renew_score(ARGV[4] .. user, now)
+  if best then
+    redis.call('ZADD', KEYS[4], 'XX', best, user)
+  else
+    redis.call('ZREM', KEYS[4], user)
+    announce(ARGV[1], user, 'false', ARGV[2], ARGV[3])
+    gone = gone + 1
+  end
+end
+return gone
+"#
+);
 
 /// If Redis lost data (restarted without persistence), its sequence would start again and
 /// hand out ids clients already hold. Every server raises it back to the highest id it has
@@ -67,6 +188,10 @@ pub struct Cluster {
     conn: ConnectionManager,
     keys: Keys,
     publish: Script,
+    presence_scripts: [Script; 3],
+    /// This process's name in the presence hashes: random per start, so a restarted
+    /// server never renews what its killed predecessor held (that runs out and is swept).
+    server_id: String,
     log_maxlen: usize,
     history_max: usize,
     /// Whether the tail is connected and current; false while Redis is unreachable.
@@ -111,6 +236,13 @@ impl Keys {
     }
     fn account(&self, name: &str) -> String {
         format!("{}:account:{}", self.prefix, name.to_ascii_lowercase())
+    }
+    fn presence(&self) -> String {
+        format!("{}:presence", self.prefix)
+    }
+    /// Prefix of the per-account presence hashes (the sweep script appends the name).
+    fn presence_of_prefix(&self) -> String {
+        format!("{}:presence-of:", self.prefix)
     }
     fn leader(&self) -> String {
         format!("{}:demo-leader", self.prefix)
@@ -207,6 +339,12 @@ impl Cluster {
             conn,
             keys,
             publish: Script::new(PUBLISH),
+            presence_scripts: [
+                Script::new(PRESENCE_TOUCH),
+                Script::new(PRESENCE_LEAVE),
+                Script::new(PRESENCE_SWEEP),
+            ],
+            server_id: format!("{:016x}", rand::random::<u64>()),
             log_maxlen: retention.saturating_mul(2).max(1000),
             history_max,
             tailing,
@@ -318,6 +456,80 @@ impl Cluster {
         events.dedup_by_key(|e| e.id);
         let skip = events.len().saturating_sub(limit);
         Ok(events.split_off(skip))
+    }
+
+    /// Marks `users` online on this server for `ttl` more (joins for the new ones).
+    pub async fn presence_touch(
+        &self,
+        users: &[Arc<str>],
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let mut call = self.presence_call(0);
+        call.arg(&self.server_id).arg(ttl.as_millis() as u64);
+        for user in users {
+            call.key(format!("{}{user}", self.keys.presence_of_prefix()))
+                .arg(&**user);
+        }
+        self.presence_invoke::<i64>(call).await.map(|_| ())
+    }
+
+    /// This server's last connection of `user` closed.
+    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
+        let mut call = self.presence_call(1);
+        call.key(format!("{}{user}", self.keys.presence_of_prefix()))
+            .arg(&self.server_id)
+            .arg(user);
+        self.presence_invoke::<i64>(call).await.map(|_| ())
+    }
+
+    /// Announces offline the users whose every server stopped renewing them; how many.
+    pub async fn presence_sweep(&self) -> Result<u64, EngineError> {
+        let mut call = self.presence_call(2);
+        call.arg(self.keys.presence_of_prefix());
+        self.presence_invoke(call).await
+    }
+
+    /// Who is online, and a cursor the list is exact at: read in one transaction with the
+    /// id sequence, and every presence change publishes its event in the same script.
+    pub async fn presence(&self) -> Result<(u64, Vec<String>), EngineError> {
+        let mut conn = self.conn.clone();
+        let (seq, online): (Option<u64>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(&self.keys.seq)
+            .zrange(self.keys.presence(), 0, -1)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| {
+                tracing::warn!(%err, "presence from Redis failed");
+                EngineError::Unavailable
+            })?;
+        let mut online = online;
+        online.sort();
+        Ok((seq.unwrap_or(0), online))
+    }
+
+    /// A presence script with the keys and arguments all three begin with.
+    fn presence_call(&self, which: usize) -> redis::ScriptInvocation<'_> {
+        let mut call = self.presence_scripts[which].prepare_invoke();
+        call.key(&self.keys.seq)
+            .key(&self.keys.log)
+            .key(self.keys.history(Stream::Presence))
+            .key(self.keys.presence())
+            .arg(now_ms())
+            .arg(self.log_maxlen)
+            .arg(self.history_max);
+        call
+    }
+
+    async fn presence_invoke<T: redis::FromRedisValue>(
+        &self,
+        call: redis::ScriptInvocation<'_>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.conn.clone();
+        call.invoke_async(&mut conn).await.map_err(|err| {
+            tracing::warn!(%err, "presence in Redis failed");
+            EngineError::Unavailable
+        })
     }
 
     /// Accounts live in Redis in cluster mode (`SET NX`: two servers cannot both create one

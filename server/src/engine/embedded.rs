@@ -12,7 +12,7 @@ use super::sqlite::{NewRow, Store};
 use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
 use app::protocol::{Event, Payload, Stream};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,6 +30,10 @@ pub struct Embedded {
     /// Resolves when the writer has stopped; taken by `finish`. (A std mutex: touched twice
     /// in the server's life.)
     writer: Mutex<Option<JoinHandle<()>>>,
+    log: Arc<EventLog>,
+    /// Who is announced online. An async mutex held across the join/leave publish: the
+    /// list and the log's latest id read under it agree (see [`Embedded::presence`]).
+    presence: tokio::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Embedded {
@@ -54,12 +58,14 @@ impl Embedded {
         let (publisher, writer) =
             spawn_writer(store.clone(), log.clone(), closing.clone(), remembered);
         Ok((
-            log,
+            log.clone(),
             Embedded {
                 store,
                 publisher,
                 closing,
                 writer: Mutex::new(Some(writer)),
+                log,
+                presence: tokio::sync::Mutex::new(BTreeSet::new()),
             },
         ))
     }
@@ -101,6 +107,64 @@ impl Embedded {
         })
     }
 
+    /// Announces `users` online that are not yet: the store's row first, then the join
+    /// event (a crash between the two leaves a row, whose leave the next start publishes;
+    /// the other order could leave a join that no leave ever follows).
+    pub async fn presence_touch(&self, users: &[Arc<str>]) -> Result<(), EngineError> {
+        let mut online = self.presence.lock().await;
+        for user in users {
+            if online.contains(&**user) {
+                continue;
+            }
+            self.store
+                .presence_add(user)
+                .await
+                .map_err(presence_error)?;
+            self.presence_event(user, true).await?;
+            online.insert(user.to_string());
+        }
+        Ok(())
+    }
+
+    /// Announces `user` offline: the leave event, then the store's row.
+    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
+        let mut online = self.presence.lock().await;
+        if online.contains(user) {
+            self.presence_event(user, false).await?;
+            online.remove(user);
+        }
+        self.store
+            .presence_remove(user)
+            .await
+            .map_err(presence_error)
+    }
+
+    /// The accounts a previous run announced online and never offline (it was killed):
+    /// their leave events are owed.
+    pub async fn presence_left_behind(&self) -> Result<Vec<String>, EngineError> {
+        let users = self.store.presence_all().await.map_err(presence_error)?;
+        self.presence.lock().await.extend(users.iter().cloned());
+        Ok(users)
+    }
+
+    /// Who is online, and a cursor the list is exact at: every presence event is appended
+    /// to the log before the lock is let go, so none is at or below `latest` and missing
+    /// from the list, and none above it is in it.
+    pub async fn presence(&self) -> (u64, Vec<String>) {
+        let online = self.presence.lock().await;
+        (self.log.latest(), online.iter().cloned().collect())
+    }
+
+    async fn presence_event(&self, user: &str, online: bool) -> Result<(), EngineError> {
+        let change = app::protocol::PresenceChange {
+            user: user.to_owned(),
+            online,
+        };
+        self.publish(Payload::Presence(change), None)
+            .await
+            .map(|_| ())
+    }
+
     /// The store of price alerts (they are not events: no writer, no ids from the log).
     pub fn store(&self) -> &Store {
         &self.store
@@ -128,6 +192,11 @@ impl Embedded {
         }
         self.store.close().await;
     }
+}
+
+fn presence_error(err: sqlx::Error) -> EngineError {
+    tracing::error!(%err, "presence: store query failed");
+    EngineError::Store
 }
 
 /// Most events written in one transaction. Under load, publishes that arrive while a

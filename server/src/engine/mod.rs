@@ -182,6 +182,52 @@ impl Engine {
         }
     }
 
+    /// Presence: marks `users` online on this server (for `ttl` more, in cluster mode) and
+    /// publishes a join for each that was not online anywhere.
+    pub async fn presence_touch(
+        &self,
+        users: &[Arc<str>],
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        match self {
+            Engine::Embedded(e) => e.presence_touch(users).await,
+            Engine::Cluster(c) => c.presence_touch(users, ttl).await,
+        }
+    }
+
+    /// Presence: this server no longer holds `user`; a leave when no server does.
+    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
+        match self {
+            Engine::Embedded(e) => e.presence_leave(user).await,
+            Engine::Cluster(c) => c.presence_leave(user).await,
+        }
+    }
+
+    /// Presence: leaves for the users of servers that stopped renewing them (cluster).
+    pub async fn presence_sweep(&self) -> Result<u64, EngineError> {
+        match self {
+            Engine::Embedded(_) => Ok(0),
+            Engine::Cluster(c) => c.presence_sweep().await,
+        }
+    }
+
+    /// Presence: accounts a killed earlier run left announced online (embedded; a
+    /// cluster's entries expire instead).
+    pub async fn presence_left_behind(&self) -> Result<Vec<String>, EngineError> {
+        match self {
+            Engine::Embedded(e) => e.presence_left_behind().await,
+            Engine::Cluster(_) => Ok(vec![]),
+        }
+    }
+
+    /// Who is online, and the cursor the list is exact at ([`app::protocol::PresenceList`]).
+    pub async fn presence(&self) -> Result<(u64, Vec<String>), EngineError> {
+        match self {
+            Engine::Embedded(e) => Ok(e.presence().await),
+            Engine::Cluster(c) => c.presence().await,
+        }
+    }
+
     /// Whether publishing and resuming work right now.
     pub async fn ready(&self) -> Result<(), EngineError> {
         match self {

@@ -296,6 +296,33 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Presence: records `user` as announced online (before its join event is published).
+    pub async fn presence_add(&self, user: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT OR IGNORE INTO presence (user) VALUES (?)")
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Presence: forgets `user` (after its leave event is published).
+    pub async fn presence_remove(&self, user: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM presence WHERE user = ?")
+            .bind(user)
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Presence: the accounts announced online and never announced offline (at start: the
+    /// ones a killed server left behind).
+    pub async fn presence_all(&self) -> Result<Vec<String>, sqlx::Error> {
+        let rows = sqlx::query("SELECT user FROM presence ORDER BY user")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

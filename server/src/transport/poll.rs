@@ -23,6 +23,9 @@ pub async fn handler(
     crate::metrics::lab::POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let who = state.identify(&headers, p.token.as_deref());
     let filter = state.filter_for(super::streams(p.streams.as_deref())?, &who)?;
+    if let Some(user) = state.online_in_chat(&filter) {
+        state.presence.touch(&user);
+    }
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::BadRequest(format!(

@@ -255,3 +255,14 @@ pub async fn ws_events(ws: &mut Ws, n: usize) -> Vec<Event> {
 pub fn ids(events: &[Event]) -> Vec<u64> {
     events.iter().map(|e| e.id).collect()
 }
+
+/// `GET url` (with a bearer token when given), expecting 200 and JSON of type `T`.
+pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str, token: Option<&str>) -> T {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json().await.unwrap()
+}

@@ -101,6 +101,7 @@ async fn fixture_with(f: impl FnOnce(&mut Config)) -> Fixture {
         limits: Arc::new(crate::limits::Limits::new(vec![], 0, 0, 0)),
         auth: Arc::new(crate::auth::Auth::new(&config).unwrap()),
         alert_queue: tokio::sync::mpsc::channel(1).0,
+        presence: crate::presence::Presence::new(std::time::Duration::ZERO),
         config,
         demo_leader: Arc::new(AtomicBool::new(true)),
         streams: Arc::new(tokio::sync::Semaphore::new(10)),

@@ -1,0 +1,249 @@
+//! Presence: who is online in chat. An account is online while it holds a signed-in
+//! subscription that includes `chat` (an SSE stream, a WebSocket, a waiting long poll) on
+//! any server, or polled within the last [`POLL_LEASE`]; joining and leaving are events of
+//! the `presence` stream, so every transport delivers them and resumes them like any other.
+//!
+//! Two halves. Here, per server: which accounts this server holds, counted per connection
+//! (several tabs or devices are one account), with a grace period after the last one closes
+//! so a page reload or a transport switch is not a leave and a join. In the engine, for
+//! the deployment: whether an account is online anywhere, and the events. Embedded: one
+//! set, plus a table that lets a restart after kill -9 announce who it left online.
+//! Cluster: expiring entries per server in Redis, renewed by a heartbeat, swept by every
+//! server, each join or leave published by the one script that made the change (see
+//! `engine::cluster`).
+//!
+//! One task per server talks to the engine ([`run`]): connections only touch a map under a
+//! short lock and wake it, so a connection opening or closing never waits for Redis.
+
+use crate::AppState;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How long a short poll keeps its account online: the server does not know a poller's
+/// interval, and the app's longest is 30 s.
+pub const POLL_LEASE: Duration = Duration::from_secs(40);
+
+/// How often the task looks at leases that ran out (the grace is honoured to within this).
+const TICK: Duration = Duration::from_millis(250);
+
+/// Cluster: how often each server looks for entries of servers that died. A sweep that
+/// finds none is one sorted-set range read.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// This server's view: accounts it holds, and whether it has announced them.
+pub struct Presence {
+    local: Mutex<HashMap<Arc<str>, Local>>,
+    wake: tokio::sync::Notify,
+    grace: Duration,
+}
+
+#[derive(Default)]
+struct Local {
+    /// Open subscriptions of the account on this server.
+    conns: usize,
+    /// Online until then without any (the grace after the last one, a poll's lease).
+    until: Option<Instant>,
+    /// The engine was told it is online here (and not since told it left).
+    announced: bool,
+}
+
+impl Local {
+    fn online(&self, now: Instant) -> bool {
+        self.conns > 0 || self.until.is_some_and(|u| u > now)
+    }
+
+    fn extend(&mut self, until: Instant) {
+        self.until = Some(self.until.map_or(until, |u| u.max(until)));
+    }
+}
+
+/// Held by a subscription: the account counts as connected here until it is dropped.
+pub struct Hold {
+    presence: Arc<Presence>,
+    user: Arc<str>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let grace = self.presence.grace;
+        let mut local = self.presence.lock();
+        if let Some(l) = local.get_mut(&self.user) {
+            l.conns = l.conns.saturating_sub(1);
+            if l.conns == 0 {
+                l.extend(Instant::now() + grace);
+            }
+        }
+        // The task notices the end of the grace on its own tick: nothing to wake for.
+    }
+}
+
+impl Presence {
+    pub fn new(grace: Duration) -> Arc<Presence> {
+        Arc::new(Presence {
+            local: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            grace,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Local>> {
+        // A panic elsewhere while holding this lock leaves counts that are still counts.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `user` opened a subscription; online (at once, if new) until the hold is dropped.
+    pub fn hold(self: &Arc<Self>, user: Arc<str>) -> Hold {
+        let new = {
+            let mut local = self.lock();
+            let l = local.entry(user.clone()).or_default();
+            l.conns += 1;
+            !l.announced
+        };
+        if new {
+            self.wake.notify_one();
+        }
+        Hold {
+            presence: self.clone(),
+            user,
+        }
+    }
+
+    /// `user` polled: online for [`POLL_LEASE`] more.
+    pub fn touch(&self, user: &Arc<str>) {
+        let new = {
+            let mut local = self.lock();
+            let l = local.entry(user.clone()).or_default();
+            l.extend(Instant::now() + POLL_LEASE);
+            !l.announced
+        };
+        if new {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What to tell the engine now: accounts to announce (or, with `all`, every account
+    /// online here, for a heartbeat) and accounts that left. Entries gone quiet are dropped.
+    fn due(&self, all: bool) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let now = Instant::now();
+        let (mut join, mut leave) = (Vec::new(), Vec::new());
+        self.lock().retain(|user, l| {
+            let online = l.online(now);
+            if online && (all || !l.announced) {
+                join.push(user.clone());
+            } else if !online && l.announced {
+                leave.push(user.clone());
+            }
+            online || l.announced
+        });
+        (join, leave)
+    }
+
+    fn set_announced(&self, users: &[Arc<str>]) {
+        let mut local = self.lock();
+        for user in users {
+            if let Some(l) = local.get_mut(user) {
+                l.announced = true;
+            }
+        }
+    }
+
+    /// After the engine announced `user` offline: forget it, unless it came back meanwhile
+    /// (then it is announced again on the next round). Whether it came back.
+    fn left(&self, user: &Arc<str>) -> bool {
+        let now = Instant::now();
+        let mut local = self.lock();
+        match local.get_mut(user) {
+            Some(l) if l.online(now) => {
+                l.announced = false;
+                true
+            }
+            _ => {
+                local.remove(user);
+                false
+            }
+        }
+    }
+
+    fn announced(&self) -> Vec<Arc<str>> {
+        self.lock()
+            .iter()
+            .filter(|(_, l)| l.announced)
+            .map(|(u, _)| u.clone())
+            .collect()
+    }
+}
+
+/// The server's presence task: announces joins at once, leaves after the grace, renews
+/// this server's entries (cluster), sweeps dead servers' entries (cluster), and on
+/// shutdown announces everyone it holds as gone (the process is; a restart's reconnects
+/// announce them again). A failing engine is retried on the next round: nothing is marked
+/// announced that was not.
+pub async fn run(state: AppState) {
+    let presence = state.presence.clone();
+    let engine = &state.engine;
+    let ttl = Duration::from_secs(state.config.presence_ttl_secs.max(1));
+    // Renewal at a third of the expiry: two renewals may fail before entries run out.
+    let renew_every = ttl / 3;
+    let (mut renewed, mut swept) = (Instant::now(), Instant::now());
+    // Accounts a killed predecessor left online (embedded; cluster entries expire).
+    match engine.presence_left_behind().await {
+        Ok(users) => {
+            for user in users {
+                if let Err(e) = engine.presence_leave(&user).await {
+                    tracing::warn!(?e, "presence: an old leave could not be announced");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(?e, "presence: could not read what the last run left"),
+    }
+    loop {
+        tokio::select! {
+            _ = presence.wake.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+            _ = state.shutdown.cancelled() => break,
+        }
+        let cluster = !engine.is_embedded();
+        let heartbeat = cluster && renewed.elapsed() >= renew_every;
+        let (join, leave) = presence.due(heartbeat);
+        let touched = join.is_empty() || engine.presence_touch(&join, ttl).await.is_ok();
+        if touched {
+            presence.set_announced(&join);
+            if heartbeat {
+                renewed = Instant::now();
+            }
+        } else {
+            tracing::warn!("presence: joins not announced; retrying");
+        }
+        let mut again = false;
+        for user in &leave {
+            match engine.presence_leave(user).await {
+                Ok(()) => again |= presence.left(user),
+                Err(e) => tracing::warn!(?e, "presence: a leave not announced; retrying"),
+            }
+        }
+        if again {
+            presence.wake.notify_one();
+        }
+        if cluster && swept.elapsed() >= SWEEP_EVERY {
+            // Every server sweeps; each removal is announced by the one script that made it.
+            swept = Instant::now();
+            if let Err(e) = engine.presence_sweep().await {
+                tracing::warn!(?e, "presence: sweep failed");
+            }
+        }
+    }
+    // Shutting down: a bounded goodbye, so others do not wait for the entries to run out.
+    let goodbye = async {
+        for user in presence.announced() {
+            let _ = engine.presence_leave(&user).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(3), goodbye)
+        .await
+        .is_err()
+    {
+        tracing::warn!("presence: leaves at shutdown took over 3 s; entries will run out");
+    }
+}

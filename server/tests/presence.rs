@@ -1,0 +1,250 @@
+//! Presence (issue #10) on one server: who is online in chat, as events of the `presence`
+//! stream and as `GET /api/presence`, over real connections of every transport. The
+//! cluster side (several servers, kill -9) is in cluster.rs.
+
+mod common;
+
+use app::protocol::{Event, Payload, PresenceChange, PresenceList, Session};
+use common::*;
+use futures_util::SinkExt;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
+const GRACE: Duration = Duration::from_millis(400);
+
+async fn start() -> TestServer {
+    TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.presence_grace_ms = GRACE.as_millis() as u64;
+    })
+    .await
+}
+
+async fn signup(s: &TestServer, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(s.url("/api/auth/signup"))
+        .json(&json!({"name": name, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    r.json::<Session>().await.unwrap().token.unwrap()
+}
+
+/// An SSE stream of `streams` signed in with `token`.
+async fn sse(s: &TestServer, streams: &str, token: Option<&str>) -> SseClient {
+    let mut req = reqwest::Client::new().get(s.url(&format!("/api/sse?streams={streams}")));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    SseClient::from_response(r)
+}
+
+fn change(e: &Event) -> (String, bool) {
+    match &e.payload {
+        Payload::Presence(PresenceChange { user, online }) => (user.clone(), *online),
+        p => panic!("not a presence event: {p:?}"),
+    }
+}
+
+/// Asserts that `watcher` receives nothing (but heartbeats) for `quiet`.
+async fn silent(watcher: &mut SseClient, quiet: Duration) {
+    if let Ok(m) = tokio::time::timeout(quiet, watcher.next_data()).await {
+        panic!("expected no presence event, got {m:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_account_is_online_once_whatever_its_connections_and_leaves_after_the_grace() {
+    let s = start().await;
+    let ann = signup(&s, "ann").await;
+    let bob = signup(&s, "bob").await;
+    let mut watcher = sse(&s, "presence", None).await;
+
+    // Three connections of Ann on three transports: one join.
+    let mut a1 = sse(&s, "chat", Some(&ann)).await;
+    let joined = within(watcher.events(1)).await;
+    assert_eq!(change(&joined[0]), ("ann".into(), true));
+    let a2 = sse(&s, "feed,chat,ticker", Some(&ann)).await;
+    let (mut a3, _) =
+        tokio_tungstenite::connect_async(s.ws_url(&format!("/api/ws?streams=chat&token={ann}")))
+            .await
+            .unwrap();
+    silent(&mut watcher, Duration::from_millis(300)).await;
+
+    let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert_eq!(list.online, vec!["ann"]);
+    assert!(list.cursor >= joined[0].id);
+
+    // Bob by long poll: online while his poll waits (and for the poll lease after).
+    let poll = {
+        let url = s.url("/api/poll?streams=chat&since=0&wait=2");
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(bob)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    let joined = within(watcher.events(1)).await;
+    assert_eq!(change(&joined[0]), ("bob".into(), true));
+    assert_eq!(poll.await.unwrap().status(), 200);
+
+    // Closing two of Ann's three: nothing. A reconnect inside the grace: nothing.
+    drop(a2);
+    a3.close(None).await.unwrap();
+    drop(a3);
+    let _a4 = sse(&s, "chat", Some(&ann)).await;
+    drop(_a4);
+    let _ = tokio::time::timeout(Duration::from_millis(100), a1.next()).await;
+    silent(&mut watcher, GRACE * 2).await;
+
+    // Her last one closes: one leave, after the grace.
+    drop(a1);
+    let closed = Instant::now();
+    let left = within(watcher.events(1)).await;
+    let after = closed.elapsed();
+    assert_eq!(change(&left[0]), ("ann".into(), false));
+    assert!(
+        after >= GRACE && after < GRACE + Duration::from_secs(1),
+        "leave after {after:?}"
+    );
+    silent(&mut watcher, Duration::from_millis(300)).await;
+    let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert_eq!(list.online, vec!["bob"]);
+    assert!(list.cursor >= left[0].id);
+}
+
+#[tokio::test]
+async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() {
+    let s = start().await;
+    let ann = signup(&s, "ann").await;
+    let mut watcher = sse(&s, "presence", None).await;
+    // Anonymous readers of chat, an account that reads only its notifications, and a
+    // token that is not valid (ignored on public streams): nobody is online.
+    let _anon = sse(&s, "chat", None).await;
+    let _bot = sse(&s, "notifications", Some(&ann)).await;
+    let _bad = sse(&s, "chat", Some("not.a.token")).await;
+    silent(&mut watcher, Duration::from_millis(500)).await;
+    let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert!(list.online.is_empty());
+
+    for token in [None, Some(ann.as_str())] {
+        let mut req = reqwest::Client::new()
+            .post(s.url("/api/publish"))
+            .json(&json!({"stream": "presence", "data": {"user": "ann", "online": true}}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "forbidden", "{body}");
+    }
+    // Not on a WebSocket either: an error frame, and the socket serves on.
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/api/ws?streams=feed"))
+        .await
+        .unwrap();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        r#"{"type":"publish","ref":"p","stream":"presence","data":{"user":"ann","online":true}}"#,
+    ))
+    .await
+    .unwrap();
+    loop {
+        match ws_frame(&mut ws).await {
+            app::protocol::ServerFrame::Error { code, .. } => {
+                assert_eq!(code, "forbidden");
+                break;
+            }
+            app::protocol::ServerFrame::Cursor { .. } => {}
+            f => panic!("unexpected {f:?}"),
+        }
+    }
+    silent(&mut watcher, Duration::from_millis(200)).await;
+}
+
+/// A client that was away resumes presence like any stream: the joins and leaves it
+/// missed come first, in order, and applied after its list they give today's list.
+#[tokio::test]
+async fn presence_resumes_after_a_reconnect() {
+    let s = start().await;
+    let ann = signup(&s, "ann").await;
+    let bob = signup(&s, "bob").await;
+    let before: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert!(before.online.is_empty());
+
+    // While the client is away: Ann comes and goes, Bob comes.
+    let a = sse(&s, "chat", Some(&ann)).await;
+    let _b = sse(&s, "chat", Some(&bob)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(a);
+    tokio::time::sleep(GRACE + Duration::from_millis(600)).await;
+
+    // Resuming from the old cursor, on each transport, gives the three changes in order.
+    let poll: app::protocol::PollResponse = get_json(
+        &s.url(&format!(
+            "/api/poll?streams=presence&since={}",
+            before.cursor
+        )),
+        None,
+    )
+    .await;
+    let changes: Vec<(String, bool)> = poll.events.iter().map(change).collect();
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert!(changes.contains(&("ann".into(), true)) && changes.contains(&("bob".into(), true)));
+    assert_eq!(changes[2], ("ann".into(), false));
+    let mut resumed = SseClient::connect(
+        &s.url("/api/sse?streams=presence"),
+        Some(&before.cursor.to_string()),
+    )
+    .await;
+    assert_eq!(
+        within(resumed.events(3))
+            .await
+            .iter()
+            .map(change)
+            .collect::<Vec<_>>(),
+        changes
+    );
+    let mut ws =
+        ws_connect(&s.ws_url(&format!("/api/ws?streams=presence&since={}", before.cursor))).await;
+    assert_eq!(
+        ws_events(&mut ws, 3)
+            .await
+            .iter()
+            .map(change)
+            .collect::<Vec<_>>(),
+        changes
+    );
+    let mut online = before.online.clone();
+    for (user, on) in changes {
+        online.retain(|u| *u != user);
+        if on {
+            online.push(user);
+        }
+    }
+    let now: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert_eq!(online, now.online);
+}
+
+/// A short poll keeps its account online for the poll lease (the server cannot see a
+/// poller leave; it sees it stop asking).
+#[tokio::test]
+async fn a_short_poll_makes_its_account_online() {
+    let s = start().await;
+    let bob = signup(&s, "bob").await;
+    let mut watcher = sse(&s, "presence", None).await;
+    let _: app::protocol::PollResponse =
+        get_json(&s.url("/api/poll?streams=feed,chat&since=0"), Some(&bob)).await;
+    let joined = within(watcher.events(1)).await;
+    assert_eq!(change(&joined[0]), ("bob".into(), true));
+    silent(&mut watcher, GRACE * 2).await;
+    let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
+    assert_eq!(list.online, vec!["bob"]);
+}
