@@ -136,6 +136,12 @@ fn take_early_snapshot() -> Option<js_sys::Promise> {
         .filter(|_| base().is_empty())
 }
 
+/// Who is online in chat (`GET /api/presence`).
+pub async fn presence() -> ApiResult<crate::protocol::PresenceList> {
+    let (text, _) = get_text("/api/presence", 15_000).await?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
+
 pub async fn history(stream: Stream, before: u64, limit: usize) -> ApiResult<Vec<Event>> {
     let (text, _) = get_text(
         &format!("/api/history?stream={stream}&before={before}&limit={limit}"),

@@ -6,7 +6,9 @@
 //! It depends on nothing else of the app: transports write into it, `sync` (startup,
 //! history, the outbox) reads and writes it, views read it.
 
-use crate::protocol::{ChatMessage, Event, FeedItem, Notice, Payload, Tick};
+use crate::protocol::{
+    ChatMessage, Event, FeedItem, Notice, Payload, PresenceChange, PresenceList, Tick,
+};
 use crate::resume::{Cursor, Fresh};
 use leptos::prelude::*;
 use std::collections::VecDeque;
@@ -257,6 +259,8 @@ pub struct TickerEntry {
 
 /// Prices kept per symbol for its sparkline.
 const SPARK: usize = 30;
+/// Presence events kept to apply over a list that arrives late.
+const PRESENCE_KEEP: usize = 64;
 
 /// A chat message this page sent, until the stream delivers it. `key` is its idempotency
 /// key (and its WebSocket `ref`): every retry carries it, so the server stores it once.
@@ -339,6 +343,12 @@ pub struct LiveStore {
     pub account: RwSignal<Option<String>>,
     /// The account's notifications, oldest first, with whether each has been read.
     pub notices: RwSignal<Vec<NoticeEntry>>,
+    /// Who is online in chat (account names, sorted).
+    pub online: RwSignal<Vec<String>>,
+    /// The presence list reflects every presence event up to this id.
+    pub presence_at: StoredValue<u64>,
+    /// The latest presence events, to apply again over a list that arrives after them.
+    pub presence_recent: StoredValue<Vec<(u64, PresenceChange)>>,
     /// This tab shows what another tab's connection receives.
     pub follower: RwSignal<bool>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
@@ -375,6 +385,9 @@ impl LiveStore {
             streams: RwSignal::new(crate::protocol::StreamSet::ALL),
             account: RwSignal::new(None),
             notices: RwSignal::new(Vec::new()),
+            online: RwSignal::new(Vec::new()),
+            presence_at: StoredValue::new(0),
+            presence_recent: StoredValue::new(Vec::new()),
             follower: RwSignal::new(false),
             auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
@@ -421,6 +434,7 @@ impl LiveStore {
         let mut chat = Vec::new();
         let mut ticks = Vec::new();
         let mut notices = Vec::new();
+        let mut presence = Vec::new();
         for e in events {
             match e.payload {
                 Payload::Feed(item) => feed.push(FeedEntry {
@@ -436,11 +450,13 @@ impl LiveStore {
                 }),
                 Payload::Ticker(t) => ticks.push(t),
                 Payload::Notifications(n) => notices.push((e.id, e.ts, n)),
+                Payload::Presence(p) => presence.push((e.id, p)),
                 // The lab's load: counted in the stats, nothing to show.
                 Payload::Lab(_) => {}
             }
         }
         self.take_notices(notices);
+        self.take_presence(presence);
         self.stats.update(|s| {
             s.bytes += bytes as u64;
             s.events += latencies.len() as u64;
@@ -600,6 +616,46 @@ impl LiveStore {
             list.sort_by_key(|n| n.id);
             let excess = list.len().saturating_sub(NOTICES_KEEP);
             list.drain(..excess);
+        });
+    }
+
+    /// Applies presence events newer than the list, and keeps the latest few for a list
+    /// that arrives after them ([`LiveStore::set_online`]).
+    pub fn take_presence(&self, changes: Vec<(u64, PresenceChange)>) {
+        if changes.is_empty() {
+            return;
+        }
+        self.presence_recent.update_value(|r| {
+            r.extend(changes.iter().cloned());
+            let excess = r.len().saturating_sub(PRESENCE_KEEP);
+            r.drain(..excess);
+        });
+        self.apply_presence(changes);
+    }
+
+    /// Takes `GET /api/presence`: the list as of its cursor, with the events received
+    /// since applied on top (an event may arrive before the answer that predates it).
+    pub fn set_online(&self, list: PresenceList) {
+        self.online.set(list.online);
+        self.presence_at.set_value(list.cursor);
+        self.apply_presence(self.presence_recent.get_value());
+    }
+
+    fn apply_presence(&self, changes: Vec<(u64, PresenceChange)>) {
+        let at = self.presence_at.get_value();
+        let newer: Vec<_> = changes.into_iter().filter(|(id, _)| *id > at).collect();
+        let Some((last, _)) = newer.last() else {
+            return;
+        };
+        self.presence_at.set_value(*last);
+        self.online.update(|online| {
+            for (_, p) in newer {
+                online.retain(|u| *u != p.user);
+                if p.online {
+                    online.push(p.user);
+                }
+            }
+            online.sort();
         });
     }
 

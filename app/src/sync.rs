@@ -36,6 +36,7 @@ pub fn start(store: LiveStore, kind: Kind) {
         if let Some(upto) = store.reload.get() {
             spawn_local(async move {
                 load_snapshot(store, Some(upto)).await;
+                load_presence(store).await;
             });
         }
     });
@@ -58,6 +59,10 @@ pub fn start(store: LiveStore, kind: Kind) {
     spawn_local(async move {
         // Who is signed in is asked beside the snapshot, not after it.
         let (_, session) = futures_util::future::join(load_snapshot(store, None), api::me()).await;
+        // Who is online: asked after the snapshot, so the list is at or past its cursor
+        // (presence events up to it are not delivered again).
+        store.streams.update(|s| s.insert(Stream::Presence));
+        spawn_local(load_presence(store));
         if let Some(session) = session {
             load_notices(store).await;
             store.streams.update(|s| s.insert(Stream::Notifications));
@@ -100,6 +105,13 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
         .count();
     store.older_chat.set(chat == CHAT_PAGE);
     store.load(upto, snapshot.events);
+}
+
+/// Who is online in chat, as of now (the live `presence` events continue it).
+async fn load_presence(store: LiveStore) {
+    if let Ok(list) = api::presence().await {
+        store.set_online(list);
+    }
 }
 
 /// The account's latest notifications (and read marks) up to the store's cursor; the

@@ -632,6 +632,27 @@ fn count_arrivals(
     });
 }
 
+/// Who is online in chat: signed-in accounts, each once whatever its tabs and devices.
+#[component]
+fn Online() -> impl IntoView {
+    let store = expect_context::<LiveStore>();
+    view! {
+        <p class="online" data-testid="online" aria-live="polite">
+            {move || store.online.with(|o| match o.len() {
+                0 => "Nobody signed in is here".to_string(),
+                n => {
+                    // A long list would push the chat down: the first few, and a count.
+                    let shown = o[..n.min(12)].join(", ");
+                    match n {
+                        ..=12 => format!("{n} online: {shown}"),
+                        _ => format!("{n} online: {shown} and {} more", n - 12),
+                    }
+                }
+            })}
+        </p>
+    }
+}
+
 #[component]
 fn ChatPanel() -> impl IntoView {
     let store = expect_context::<LiveStore>();
@@ -711,6 +732,7 @@ fn ChatPanel() -> impl IntoView {
     view! {
         <section class="panel chat" aria-labelledby="chat-h">
             <h2 id="chat-h">"Chat"</h2>
+            <Online/>
             // column-reverse keeps the view anchored at the newest message: scrollTop is 0 at
             // the bottom and negative above it.
             <div

@@ -124,3 +124,46 @@ test('the sign-in form says what is wrong', async ({ browser }) => {
     await server.stop();
   }
 });
+
+test('presence: who is online in chat, each account once, and gone when its pages close', async ({ browser }) => {
+  const server = await Server.start();
+  try {
+    const ann = await openSignedUp(browser, server.base, 'ws', 'ann');
+    const bob = await openSignedUp(browser, server.base, 'sse', 'bob');
+    // Bob's second tab (the same browser: it follows the first tab's connection) and a
+    // visitor who is not signed in, on long polling.
+    const bob2 = await bob.context().newPage();
+    await bob2.goto(server.base);
+    await expect(bob2.getByTestId('bell')).toBeVisible();
+    const visitor = await open(browser, server.base, 'longpoll', 'cat');
+    for (const p of [ann, bob, bob2, visitor]) {
+      await expect(p.getByTestId('online')).toHaveText('2 online: ann, bob');
+    }
+    // Bob closes his browser: everyone else sees him go (the server's grace is 2 s).
+    const closed = Date.now();
+    await bob.context().close();
+    for (const p of [ann, visitor]) {
+      await expect(p.getByTestId('online')).toHaveText('1 online: ann', { timeout: 10_000 });
+    }
+    console.log(`presence: bob gone from the list ${Date.now() - closed} ms after his pages closed`);
+    // A reload is not a leave: the visitor's list never loses Ann (every text it shows is
+    // recorded), also past the grace.
+    await visitor.evaluate(() => {
+      const el = document.querySelector('[data-testid=online]')!;
+      const seen: string[] = [];
+      (window as any).onlineSeen = seen;
+      new MutationObserver(() => seen.push(el.textContent ?? '')).observe(el, {
+        subtree: true, childList: true, characterData: true,
+      });
+    });
+    await ann.reload();
+    await expect(ann.getByTestId('online')).toHaveText('1 online: ann');
+    await visitor.waitForTimeout(3_500);
+    const seen: string[] = await visitor.evaluate(() => (window as any).onlineSeen);
+    expect(seen.filter((t) => t !== '1 online: ann')).toEqual([]);
+    await expect(visitor.getByTestId('online')).toHaveText('1 online: ann');
+    for (const p of [ann, visitor]) expect((p as any).consoleErrors).toEqual([]);
+  } finally {
+    await server.stop();
+  }
+});

@@ -1111,3 +1111,163 @@ async fn an_unreadable_log_entry_is_read_past_not_spun_on() {
         vec![next.id]
     );
 }
+
+// ---------------------------------------------------------------- presence
+
+/// Signs `name` up on `base` and returns its token.
+async fn account(base: &str, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/signup"))
+        .json(&json!({"name": name, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "signup {name}: {}", r.status());
+    r.json::<app::protocol::Session>()
+        .await
+        .unwrap()
+        .token
+        .unwrap()
+}
+
+/// An SSE stream of `streams` on `base`, signed in with `token` when given.
+async fn sse(base: &str, streams: &str, token: Option<&str>) -> SseClient {
+    let mut req = reqwest::Client::new().get(format!("{base}/api/sse?streams={streams}"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    SseClient::from_response(r)
+}
+
+/// The next presence change on `watcher`: (account, online).
+async fn presence_change(watcher: &mut SseClient) -> (String, bool) {
+    match &watcher.events(1).await[0].payload {
+        app::protocol::Payload::Presence(p) => (p.user.clone(), p.online),
+        p => panic!("not presence: {p:?}"),
+    }
+}
+
+async fn no_presence_change(watcher: &mut SseClient, quiet: Duration) {
+    if let Ok(m) = tokio::time::timeout(quiet, watcher.next_data()).await {
+        panic!("expected no presence change, got {m:?}");
+    }
+}
+
+/// Presence across three servers behind nginx: an account connected to two servers is
+/// online once; closing one of its connections is no leave; kill -9 of the server holding
+/// accounts announces each offline exactly once, from a surviving server, within the
+/// entries' expiry (default 10 s). Prints the drop time (the figure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_cluster_and_survives_a_kill_9() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let mut c = Cluster::start(3);
+    let (s0, s1, s2) = (
+        c.instances[0].url(""),
+        c.instances[1].url(""),
+        c.instances[2].url(""),
+    );
+    let ann = account(&s0, "ann").await;
+    let bob = account(&s1, "bob").await;
+    let mut watcher = sse(&s2, "presence", None).await;
+
+    // Ann on servers 0 and 1, Bob on server 1 only.
+    let ann0 = sse(&s0, "chat", Some(&ann)).await;
+    assert_eq!(
+        within(presence_change(&mut watcher)).await,
+        ("ann".into(), true)
+    );
+    let _ann1 = sse(&s1, "feed,chat", Some(&ann)).await;
+    let _bob1 = sse(&s1, "chat", Some(&bob)).await;
+    assert_eq!(
+        within(presence_change(&mut watcher)).await,
+        ("bob".into(), true)
+    );
+    no_presence_change(&mut watcher, Duration::from_millis(500)).await;
+    let list: app::protocol::PresenceList =
+        common::get_json(&c.nginx.url("/api/presence"), None).await;
+    assert_eq!(list.online, vec!["ann", "bob"]);
+
+    // Ann leaves server 0 but is still on server 1: no leave, past the grace.
+    drop(ann0);
+    no_presence_change(&mut watcher, Duration::from_millis(3000)).await;
+
+    // Server 1 dies holding both: each leaves once, announced by a surviving server.
+    let victim = &mut c.instances[1];
+    victim.child.kill().unwrap(); // SIGKILL: no goodbye
+    let killed = Instant::now();
+    victim.child.wait().unwrap();
+    let mut left = Vec::new();
+    let deadline = Duration::from_secs(20);
+    while left.len() < 2 {
+        let change = tokio::time::timeout(deadline, presence_change(&mut watcher))
+            .await
+            .expect("a leave within 20 s of kill -9");
+        assert!(!change.1, "{change:?}");
+        left.push((change.0, killed.elapsed()));
+    }
+    left.sort();
+    assert_eq!(
+        left.iter().map(|(u, _)| u.as_str()).collect::<Vec<_>>(),
+        ["ann", "bob"]
+    );
+    no_presence_change(&mut watcher, Duration::from_millis(1500)).await;
+    let list: app::protocol::PresenceList =
+        common::get_json(&c.instances[0].url("/api/presence"), None).await;
+    assert!(list.online.is_empty(), "{:?}", list.online);
+    let drop_ms: Vec<u128> = left.iter().map(|(_, t)| t.as_millis()).collect();
+    // The bound: the expiry (10 s) from the last renewal, plus a sweep (1 s).
+    assert!(drop_ms.iter().all(|&ms| ms <= 11_500), "{drop_ms:?}");
+    println!(
+        "presence: offline after kill -9 of their server in {} ms (ann) and {} ms (bob); expiry 10 s, renewed every 3.3 s, swept every 1 s",
+        drop_ms[0], drop_ms[1]
+    );
+}
+
+/// Embedded mode: a server killed with accounts online announces them offline when it
+/// starts again (its presence table), so no client shows them online forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_server_killed_with_accounts_online_announces_them_offline_at_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut first = Instance::start_embedded(&data);
+    let ann = account(&first.url(""), "ann").await;
+    let before: app::protocol::PresenceList =
+        common::get_json(&first.url("/api/presence"), None).await;
+    let _ann = sse(&first.url(""), "chat", Some(&ann)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let l: app::protocol::PresenceList =
+            common::get_json(&first.url("/api/presence"), None).await;
+        if l.online == ["ann"] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ann never online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    drop(first);
+
+    let second = Instance::start_embedded(&data);
+    // A client resuming from before sees Ann come and go.
+    let mut resumed = SseClient::connect(
+        &second.url("/api/sse?streams=presence"),
+        Some(&before.cursor.to_string()),
+    )
+    .await;
+    assert_eq!(
+        within(presence_change(&mut resumed)).await,
+        ("ann".into(), true)
+    );
+    assert_eq!(
+        within(presence_change(&mut resumed)).await,
+        ("ann".into(), false)
+    );
+    let list: app::protocol::PresenceList =
+        common::get_json(&second.url("/api/presence"), None).await;
+    assert!(list.online.is_empty());
+}
