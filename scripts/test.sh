@@ -70,6 +70,8 @@ step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean not
 # Slow consumers and a publish flood with the server's real limits on (asserts: nothing lost,
 # stalled clients dropped by the write timeout, the flood refused with 429).
 step "abuse smoke run" "$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings "$TARGET_DIR/debug/tidings"
+# Mentions to signed-in accounts among anonymous readers (asserts: none lost or misdelivered).
+step "notification smoke run" "$TARGET_DIR/debug/tidings-bench" notify --smoke --tidings "$TARGET_DIR/debug/tidings"
 
 # One closing line for the whole run, from what the runners themselves reported.
 sum() { cat "$LOGS"/*.log | grep -Eo "$1" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}'; }

@@ -18,6 +18,7 @@ mod abuse;
 mod ceiling;
 mod lean;
 mod load;
+mod notify;
 mod parse;
 mod procstat;
 
@@ -151,6 +152,27 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// The notification service under load: A signed-in accounts among N connections, chat
+    /// at R messages/s to all, every k-th mentioning an account; mention-to-notification
+    /// delay p50/p99/max, lost and misdelivered notifications.
+    Notify {
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings: PathBuf,
+        /// Seconds and tiny N: checks the tool works, measures nothing meaningful.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value_t = 200)]
+        accounts: usize,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Every k-th chat message mentions a random account.
+        #[arg(long, default_value_t = 5)]
+        mention_every: usize,
+    },
     /// Parse the same client frames with our reader (`wire::ws::FrameReader`), tungstenite
     /// and fastwebsockets: ns/message, MB/s and idle memory per connection, with ratios.
     Parse {
@@ -259,6 +281,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pin,
             rounds,
         } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
+        Cmd::Notify {
+            tidings,
+            smoke,
+            accounts,
+            connections,
+            rate,
+            seconds,
+            mention_every,
+        } => {
+            notify::run(notify::Options {
+                tidings,
+                smoke,
+                accounts,
+                connections,
+                rate,
+                seconds,
+                mention_every,
+            })
+            .await?
+        }
         Cmd::Abuse {
             tidings,
             smoke,
