@@ -22,6 +22,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tidings_session";
+/// Its name with `--secure-cookies` (behind TLS): the `__Host-` prefix makes the browser
+/// accept it only with `Secure`, `Path=/` and no `Domain`, so neither a plain-HTTP page nor
+/// a sibling subdomain can set or replace it (RFC 6265bis, cookie prefixes).
+pub const SECURE_COOKIE: &str = "__Host-tidings_session";
 /// A secret shorter than this is refused: HS256 wants at least 256 bits of key.
 pub const MIN_SECRET_LEN: usize = 32;
 
@@ -30,13 +34,16 @@ const MAX_HASH_QUEUE: usize = 64;
 const HASH_WAIT: Duration = Duration::from_secs(5);
 
 /// A session token's claims (RFC 7519): `sub` the account name, `iat`/`exp` seconds since
-/// the Unix epoch.
+/// the Unix epoch; `auth_time` (OpenID Connect's name) when the password was last checked,
+/// carried over by refreshes, so a session cannot be renewed for ever.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Claims {
     pub sub: String,
     #[serde(default)]
     pub iat: u64,
     pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<u64>,
 }
 
 /// A signed-in account, as a valid token says.
@@ -45,6 +52,9 @@ pub struct Viewer {
     pub name: Arc<str>,
     /// When the session ends (seconds since the Unix epoch): streams end then.
     pub exp: u64,
+    /// When its password was checked (`auth_time`, else `iat`): refreshes stop
+    /// `--session-max-secs` after it.
+    pub auth_time: u64,
 }
 
 impl Viewer {
@@ -133,6 +143,12 @@ pub struct Auth {
     decoding: DecodingKey,
     validation: Validation,
     session: Duration,
+    /// The longest a session lasts through refreshes (`--session-max-secs`).
+    max_session: Duration,
+    /// The session cookie's name ([`COOKIE`], or [`SECURE_COOKIE`] behind TLS).
+    session_cookie: &'static str,
+    /// `"; Secure"` with `--secure-cookies`, else nothing.
+    secure: &'static str,
     /// Sign-in attempts per account name and per client address (a password guesser is
     /// slowed down whether it tries many passwords for one name or many names).
     by_name: DefaultKeyedRateLimiter<String>,
@@ -160,6 +176,19 @@ impl Auth {
             decoding: DecodingKey::from_secret(&secret),
             validation,
             session: Duration::from_secs(config.session_secs.max(1)),
+            max_session: Duration::from_secs(
+                config.session_max_secs.max(config.session_secs).max(1),
+            ),
+            session_cookie: if config.secure_cookies {
+                SECURE_COOKIE
+            } else {
+                COOKIE
+            },
+            secure: if config.secure_cookies {
+                "; Secure"
+            } else {
+                ""
+            },
             by_name: RateLimiter::keyed(
                 per_minute(10).allow_burst(NonZeroU32::new(5).expect("5 > 0")),
             ),
@@ -172,14 +201,19 @@ impl Auth {
         })
     }
 
-    /// A new session for `name`: the token and when it expires.
-    pub fn issue(&self, name: &str) -> (String, u64) {
+    /// A new session for `name`, whose password was checked at `auth_time` (now, for a
+    /// sign-in): the token and when it expires (never past the session's absolute limit).
+    pub fn issue(&self, name: &str, auth_time: Option<u64>) -> (String, u64) {
         let iat = now_secs();
-        let exp = iat.saturating_add(self.session.as_secs());
+        let auth_time = auth_time.unwrap_or(iat);
+        let exp = iat
+            .saturating_add(self.session.as_secs())
+            .min(auth_time.saturating_add(self.max_session.as_secs()));
         let claims = Claims {
             sub: name.to_owned(),
             iat,
             exp,
+            auth_time: Some(auth_time),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing does not fail");
@@ -192,6 +226,7 @@ impl Auth {
             // and a Redis key, and `*` is the broadcast audience.
             Ok(data) if app::protocol::validate_account_name(&data.claims.sub).is_ok() => {
                 Ok(Viewer {
+                    auth_time: data.claims.auth_time.unwrap_or(data.claims.iat),
                     name: Arc::from(data.claims.sub),
                     exp: data.claims.exp,
                 })
@@ -217,7 +252,7 @@ impl Auth {
         let presented = crate::api::bearer(headers)
             .filter(|t| !is_admin(t))
             .map(|t| (t, Via::Bearer))
-            .or_else(|| cookie(headers, COOKIE).map(|t| (t, Via::Cookie)))
+            .or_else(|| cookie(headers, self.session_cookie).map(|t| (t, Via::Cookie)))
             .or_else(|| {
                 query_token
                     .filter(|t| !is_admin(t))
@@ -322,21 +357,25 @@ impl Auth {
         .unwrap_or(false)
     }
 
-    /// The `Set-Cookie` value that starts a session in a browser.
-    pub fn cookie_for(&self, token: &str) -> String {
-        format!(
-            "{COOKIE}={token}; Max-Age={}; Path=/; HttpOnly; SameSite=Lax",
-            self.session.as_secs()
-        )
+    /// The `Set-Cookie` values that start a session in a browser: the HttpOnly session
+    /// and its hint, both for as long as the token (`expires`, seconds since the epoch).
+    pub fn cookies_for(&self, token: &str, name: &str, expires: u64) -> [String; 2] {
+        let age = expires.saturating_sub(now_secs());
+        let (session, secure) = (self.session_cookie, self.secure);
+        [
+            format!("{session}={token}; Max-Age={age}; Path=/; HttpOnly; SameSite=Lax{secure}"),
+            format!("{HINT_COOKIE}={name}; Max-Age={age}; Path=/; SameSite=Lax{secure}"),
+        ]
     }
-}
 
-/// The `Set-Cookie` values that end a session (the session and its hint).
-pub fn clear_cookies() -> [String; 2] {
-    [
-        format!("{COOKIE}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax"),
-        format!("{HINT_COOKIE}=; Max-Age=0; Path=/; SameSite=Lax"),
-    ]
+    /// The `Set-Cookie` values that end a session (the session and its hint).
+    pub fn clear_cookies(&self) -> [String; 2] {
+        let (session, secure) = (self.session_cookie, self.secure);
+        [
+            format!("{session}=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax{secure}"),
+            format!("{HINT_COOKIE}=; Max-Age=0; Path=/; SameSite=Lax{secure}"),
+        ]
+    }
 }
 
 /// Beside the HttpOnly session cookie, one scripts can read that says only that a session
@@ -462,13 +501,14 @@ async fn credentials(
     Ok(c)
 }
 
-fn session_response(state: &AppState, status: StatusCode, name: String) -> Response {
-    let (token, expires) = state.auth.issue(&name);
-    let cookie = state.auth.cookie_for(&token);
-    let hint = format!(
-        "{HINT_COOKIE}={name}; Max-Age={}; Path=/; SameSite=Lax",
-        state.auth.session.as_secs()
-    );
+fn session_response(
+    state: &AppState,
+    status: StatusCode,
+    name: String,
+    auth_time: Option<u64>,
+) -> Response {
+    let (token, expires) = state.auth.issue(&name, auth_time);
+    let cookies = state.auth.cookies_for(&token, &name, expires);
     let mut response = (
         status,
         axum::Json(Session {
@@ -478,7 +518,7 @@ fn session_response(state: &AppState, status: StatusCode, name: String) -> Respo
         }),
     )
         .into_response();
-    for c in [cookie, hint] {
+    for c in cookies {
         // Tokens are base64 and names are checked (`verify`): always valid header values.
         if let Ok(v) = HeaderValue::from_str(&c) {
             response.headers_mut().append(header::SET_COOKIE, v);
@@ -506,7 +546,7 @@ pub async fn signup(
         )));
     }
     tracing::info!(name = %c.name, "account created");
-    Ok(session_response(&state, StatusCode::CREATED, c.name))
+    Ok(session_response(&state, StatusCode::CREATED, c.name, None))
 }
 
 /// `POST /api/auth/signin` `{"name", "password"}`: 200 with a session (and its cookie); 401
@@ -531,7 +571,7 @@ pub async fn signin(
         return Err(ApiError::Unauthenticated("wrong name or password".into()));
     }
     let name = name.expect("a password only matches an account's hash");
-    Ok(session_response(&state, StatusCode::OK, name))
+    Ok(session_response(&state, StatusCode::OK, name, None))
 }
 
 /// `POST /api/auth/signout`: 204, and the browser's cookie cleared. A token stays valid
@@ -541,7 +581,7 @@ pub async fn signout(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return ApiError::Forbidden("this origin may not sign out here".into()).into_response();
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
-    for c in clear_cookies() {
+    for c in state.auth.clear_cookies() {
         response.headers_mut().append(
             header::SET_COOKIE,
             HeaderValue::from_str(&c).expect("a valid header value"),
@@ -562,8 +602,21 @@ pub async fn refresh(
         ));
     }
     let who = state.identify(&headers, None);
-    let name = who.require("renew your session")?.name.to_string();
-    Ok(session_response(&state, StatusCode::OK, name))
+    let viewer = who.require("renew your session")?;
+    // Renewals end `--session-max-secs` after the password was checked: a stolen token
+    // cannot be kept alive for ever by refreshing it.
+    if now_secs().saturating_sub(viewer.auth_time) >= state.auth.max_session.as_secs() {
+        return Err(ApiError::Unauthenticated(
+            "this session was signed in too long ago to renew; sign in again".into(),
+        ));
+    }
+    let name = viewer.name.to_string();
+    Ok(session_response(
+        &state,
+        StatusCode::OK,
+        name,
+        Some(viewer.auth_time),
+    ))
 }
 
 /// `POST /api/admin/broadcast` `{"text": "..."}` with the admin token: a notification for
@@ -694,7 +747,7 @@ mod tests {
     #[test]
     fn tokens_verify_and_tampered_ones_do_not() {
         let (a, _d) = auth(60);
-        let (t, _) = a.issue("bob");
+        let (t, _) = a.issue("bob", None);
         assert_eq!(&*a.verify(&t).unwrap().name, "bob");
         // Another account's name in the payload, the signature kept: refused.
         let parts: Vec<&str> = t.split('.').collect();
@@ -723,9 +776,59 @@ mod tests {
             sub: "bob".into(),
             iat: 1,
             exp: now_secs() - 1,
+            auth_time: None,
         };
         let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
         assert_eq!(a.verify(&t), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn renewals_never_outlast_the_sign_in_by_more_than_the_maximum() {
+        let (a, _d) = auth(3600);
+        let now = now_secs();
+        // Signed in now: a full session; the sign-in time is carried in the token.
+        let (t, exp) = a.issue("bob", None);
+        assert_eq!(exp, now + 3600);
+        assert_eq!(a.verify(&t).unwrap().auth_time, now);
+        // Renewed near the end of the maximum: the session ends with it, not an hour later.
+        let signed_in = now - a.max_session.as_secs() + 60;
+        let (t, exp) = a.issue("bob", Some(signed_in));
+        assert_eq!(exp, signed_in + a.max_session.as_secs());
+        assert_eq!(a.verify(&t).unwrap().auth_time, signed_in);
+    }
+
+    #[test]
+    fn secure_cookies_are_host_prefixed_and_secure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::for_tests(dir.path().to_path_buf());
+        c.secure_cookies = true;
+        let a = Auth::new(&c).unwrap();
+        let (t, exp) = a.issue("bob", None);
+        let [session, hint] = a.cookies_for(&t, "bob", exp);
+        assert!(session.starts_with("__Host-tidings_session="), "{session}");
+        for c in [&session, &hint] {
+            assert!(c.ends_with("; Secure") && c.contains("Path=/") && !c.contains("Domain"));
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            format!("tidings_session={t}").parse().unwrap(),
+        );
+        assert!(matches!(
+            a.identify(&headers, None, None),
+            Identity::Anonymous
+        ));
+        headers.insert(
+            header::COOKIE,
+            format!("__Host-tidings_session={t}").parse().unwrap(),
+        );
+        assert!(matches!(
+            a.identify(&headers, None, None),
+            Identity::User(..)
+        ));
+        let (plain, _d) = auth(60);
+        let [session, _] = plain.cookies_for(&t, "bob", exp);
+        assert!(session.starts_with("tidings_session=") && !session.contains("Secure"));
     }
 
     #[test]

@@ -111,6 +111,17 @@ pub struct Config {
     #[arg(long, env = "TIDINGS_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 
+    /// The longest a session may be renewed (`POST /api/auth/refresh`) after its password
+    /// was checked, in seconds; then the account signs in again.
+    #[arg(long, env = "TIDINGS_SESSION_MAX_SECS", default_value_t = 30 * 24 * 3600)]
+    pub session_max_secs: u64,
+
+    /// Behind TLS (a proxy that terminates HTTPS): the session cookie is named
+    /// `__Host-tidings_session` and both cookies are `Secure`, so a browser never sends them
+    /// over plain HTTP and no subdomain can plant one.
+    #[arg(long, env = "TIDINGS_SECURE_COOKIES")]
+    pub secure_cookies: bool,
+
     /// When set, `GET /metrics` needs `Authorization: Bearer <token>`.
     #[arg(long, env = "TIDINGS_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<Redacted>,

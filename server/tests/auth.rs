@@ -873,3 +873,53 @@ async fn subjects_guests_and_read_marks_are_held_to_the_rules() {
     assert!(limited, "read marks are rate-limited");
     s.stop().await;
 }
+
+/// Refreshing renews a session, but never past `--session-max-secs` after the password was
+/// checked (`auth_time`, else `iat`): a stolen token cannot be kept alive for ever.
+#[tokio::test]
+async fn refreshes_end_at_the_session_maximum() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.session_secs = 3600;
+        c.session_max_secs = 7200;
+    })
+    .await;
+    let refresh = |token: String| {
+        reqwest::Client::new()
+            .post(s.url("/api/auth/refresh"))
+            .bearer_auth(token)
+            .send()
+    };
+    let mint_signed_in = |auth_time: u64| {
+        let claims =
+            json!({"sub": "bob", "iat": now(), "exp": now() + 600, "auth_time": auth_time});
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    // Signed in 100 minutes ago: renewed, but only up to the 2-hour maximum.
+    let r = refresh(mint_signed_in(now() - 6000)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let renewed: Session = r.json().await.unwrap();
+    assert!(
+        renewed.expires <= now() - 6000 + 7200 + 1,
+        "{}",
+        renewed.expires
+    );
+    // Signed in longer ago than the maximum: refused (a renewal carries the sign-in time).
+    let r = refresh(mint_signed_in(now() - 7300)).await.unwrap();
+    assert!(error(r, 401, "unauthenticated")
+        .await
+        .contains("too long ago"));
+    // A token minted without `auth_time` counts from `iat`.
+    let r = refresh(mint("bob", now() + 600)).await.unwrap();
+    assert!(error(r, 401, "unauthenticated")
+        .await
+        .contains("too long ago"));
+    let fresh = signup(&s, "carl").await;
+    assert_eq!(refresh(fresh).await.unwrap().status(), 200);
+    s.stop().await;
+}
