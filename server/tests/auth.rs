@@ -318,23 +318,14 @@ async fn a_mention_reaches_only_its_account_on_every_transport() {
     }
     assert!(seen.iter().any(is_mention), "{seen:?}");
     // Short poll and history.
-    let polled: PollResponse = reqwest::Client::new()
-        .get(s.url(&format!("/api/poll?{streams}&since={cursor}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let polled: PollResponse = get_json(
+        &s.url(&format!("/api/poll?{streams}&since={cursor}")),
+        Some(&bob),
+    )
+    .await;
     assert!(polled.events.iter().any(is_mention));
-    let history = |token: &str| {
-        reqwest::Client::new()
-            .get(s.url("/api/history?stream=notifications"))
-            .bearer_auth(token)
-            .send()
-    };
-    let h: app::protocol::HistoryResponse = history(&bob).await.unwrap().json().await.unwrap();
+    let h: app::protocol::HistoryResponse =
+        get_json(&s.url("/api/history?stream=notifications"), Some(&bob)).await;
     assert!(h.events.len() == 1 && is_mention(&h.events[0]));
 
     // Eve: the chat message, then the next public one; never Bob's notification.
@@ -343,17 +334,14 @@ async fn a_mention_reaches_only_its_account_on_every_transport() {
     assert_eq!(ids(&got), vec![chat.id, after.id]);
     let got = within(ws_events(&mut eve_ws, 2)).await;
     assert_eq!(ids(&got), vec![chat.id, after.id]);
-    let eve_poll: PollResponse = reqwest::Client::new()
-        .get(s.url(&format!("/api/poll?{streams}&since={cursor}")))
-        .bearer_auth(&eve)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let eve_poll: PollResponse = get_json(
+        &s.url(&format!("/api/poll?{streams}&since={cursor}")),
+        Some(&eve),
+    )
+    .await;
     assert_eq!(ids(&eve_poll.events), vec![chat.id, after.id]);
-    let h: app::protocol::HistoryResponse = history(&eve).await.unwrap().json().await.unwrap();
+    let h: app::protocol::HistoryResponse =
+        get_json(&s.url("/api/history?stream=notifications"), Some(&eve)).await;
     assert!(h.events.is_empty());
     s.stop().await;
 }
@@ -574,15 +562,8 @@ async fn an_admin_broadcast_reaches_every_account_and_no_one_else() {
     assert_eq!(r.status(), 201);
     let sent: Event = r.json().await.unwrap();
     for token in [&bob, &eve] {
-        let h: app::protocol::HistoryResponse = client
-            .get(s.url("/api/history?stream=notifications"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let h: app::protocol::HistoryResponse =
+            get_json(&s.url("/api/history?stream=notifications"), Some(token)).await;
         assert_eq!(ids(&h.events), vec![sent.id]);
     }
     // Public readers never see it.
@@ -715,15 +696,7 @@ async fn a_price_alert_fires_once_per_crossing() {
     let rule: app::protocol::AlertRule = r.json().await.unwrap();
     assert_eq!((rule.symbol.as_str(), rule.armed), ("ACME", true));
     // Eve can neither see nor change it.
-    let eves: Vec<app::protocol::AlertRule> = client
-        .get(s.url("/api/alerts"))
-        .bearer_auth(&eve)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let eves: Vec<app::protocol::AlertRule> = get_json(&s.url("/api/alerts"), Some(&eve)).await;
     assert!(eves.is_empty());
     let r = client
         .delete(s.url(&format!("/api/alerts/{}", rule.id)))

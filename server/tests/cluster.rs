@@ -947,25 +947,17 @@ async fn notifications_cross_the_cluster_to_their_account_only() {
             .is_err(),
         "eve got something"
     );
-    let h: app::protocol::HistoryResponse = client
-        .get(c.nginx.url("/api/history?stream=notifications"))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: app::protocol::HistoryResponse = common::get_json(
+        &c.nginx.url("/api/history?stream=notifications"),
+        Some(&bob),
+    )
+    .await;
     assert_eq!(h.events.len(), 1);
-    let h: app::protocol::HistoryResponse = client
-        .get(c.nginx.url("/api/history?stream=notifications"))
-        .bearer_auth(&eve)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h: app::protocol::HistoryResponse = common::get_json(
+        &c.nginx.url("/api/history?stream=notifications"),
+        Some(&eve),
+    )
+    .await;
     assert!(h.events.is_empty());
 }
 
