@@ -1,8 +1,8 @@
 //! Checks shared by the publish targets (`client_frame`, `publish_body`).
 
 use app::protocol::{
-    parse_publish, Payload, MAX_AUTHOR_CHARS, MAX_CHAT_BODY_CHARS, MAX_FEED_BODY_CHARS,
-    MAX_FEED_TITLE_CHARS, MAX_SYMBOL_CHARS,
+    parse_publish, validate_account_name, Payload, MAX_AUTHOR_CHARS, MAX_CHAT_BODY_CHARS,
+    MAX_FEED_BODY_CHARS, MAX_FEED_TITLE_CHARS, MAX_SYMBOL_CHARS,
 };
 
 /// A text field that passed validation: trimmed, not empty, within its limit, and free of
@@ -44,6 +44,11 @@ pub fn check_valid(p: &Payload) {
         }
         Payload::Lab(_) => {}
         Payload::Notifications(n) => check_text("text", &n.text, MAX_CHAT_BODY_CHARS, true),
+        Payload::Presence(p) => assert!(
+            validate_account_name(&p.user).is_ok(),
+            "presence of {:?}",
+            p.user
+        ),
     }
 }
 
