@@ -50,6 +50,31 @@ impl Cursor {
     }
 }
 
+/// Applies to `online` (a list as of event `at`) the presence changes newer than `at`, in
+/// order, and moves `at` past them; whether anything was newer. Changes at or below `at` are
+/// already in the list, and applying an old join over a newer list could bring back someone
+/// who left.
+pub fn apply_presence(
+    online: &mut Vec<String>,
+    at: &mut u64,
+    changes: Vec<(u64, crate::protocol::PresenceChange)>,
+) -> bool {
+    let mut changed = false;
+    for (id, p) in changes {
+        if id <= *at {
+            continue;
+        }
+        *at = id;
+        changed = true;
+        online.retain(|u| *u != p.user);
+        if p.online {
+            online.push(p.user);
+        }
+    }
+    online.sort();
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +138,41 @@ mod tests {
         let mut c = Cursor(0);
         let f = c.take(vec![ev(1, 1_000), ev(2, 5_000)], 1_250.0);
         assert_eq!(f.latencies_ms, vec![250.0, 0.0]);
+    }
+
+    fn change(id: u64, user: &str, online: bool) -> (u64, crate::protocol::PresenceChange) {
+        let user = user.to_owned();
+        (id, crate::protocol::PresenceChange { user, online })
+    }
+
+    #[test]
+    fn a_presence_list_takes_only_newer_changes_whatever_the_arrival_order() {
+        // Live events 5 (ann joins) and 9 (bob joins, then 11 ann leaves) arrive; then a list
+        // taken at 9 ("ann", "bob") answers late. Applying everything received over the list
+        // skips 5 and 9 and ends with bob alone, as the server has it.
+        let received = vec![
+            change(5, "ann", true),
+            change(9, "bob", true),
+            change(11, "ann", false),
+        ];
+        let (mut online, mut at) = (vec!["ann".to_owned(), "bob".to_owned()], 9);
+        assert!(apply_presence(&mut online, &mut at, received.clone()));
+        assert_eq!((online, at), (vec!["bob".to_owned()], 11));
+        // Replaying the same events again changes nothing (a resume overlap).
+        let (mut online, mut at) = (vec!["bob".to_owned()], 11);
+        assert!(!apply_presence(&mut online, &mut at, received));
+        assert_eq!(online, vec!["bob"]);
+        // A list from before all of them: each applies, in order.
+        let (mut online, mut at) = (vec!["carl".to_owned()], 2);
+        apply_presence(
+            &mut online,
+            &mut at,
+            vec![
+                change(5, "ann", true),
+                change(7, "carl", false),
+                change(8, "ann", true),
+            ],
+        );
+        assert_eq!((online, at), (vec!["ann".to_owned()], 8));
     }
 }

@@ -642,21 +642,12 @@ impl LiveStore {
     }
 
     fn apply_presence(&self, changes: Vec<(u64, PresenceChange)>) {
-        let at = self.presence_at.get_value();
-        let newer: Vec<_> = changes.into_iter().filter(|(id, _)| *id > at).collect();
-        let Some((last, _)) = newer.last() else {
-            return;
-        };
-        self.presence_at.set_value(*last);
-        self.online.update(|online| {
-            for (_, p) in newer {
-                online.retain(|u| *u != p.user);
-                if p.online {
-                    online.push(p.user);
-                }
-            }
-            online.sort();
-        });
+        let mut at = self.presence_at.get_value();
+        let mut online = self.online.get_untracked();
+        if crate::resume::apply_presence(&mut online, &mut at, changes) {
+            self.presence_at.set_value(at);
+            self.online.set(online);
+        }
     }
 
     /// The server could not resume from our cursor (too old, or ahead of a wiped store):
