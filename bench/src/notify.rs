@@ -66,6 +66,9 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             "127.0.0.1",
             "--max-conns-per-ip",
             "0",
+            // The bench's one publisher stands for many chat users: no per-address limit.
+            "--publish-rate",
+            "0",
         ],
     )?;
     let base = server.base.clone();
