@@ -101,13 +101,13 @@ pub struct Config {
 
     /// Presence: milliseconds an account stays online after its last connection to this
     /// server closes (a page reload or a transport switch reconnects within it, so others
-    /// see no leave and join).
+    /// see no leave and join). At most 600,000 (ten minutes).
     #[arg(long, env = "TIDINGS_PRESENCE_GRACE_MS", default_value_t = 2_000)]
     pub presence_grace_ms: u64,
 
     /// Cluster mode: seconds a server's presence entries last in Redis unless renewed
     /// (every third of it). A server that dies without a word (kill -9) has its accounts
-    /// announced offline within about this long.
+    /// announced offline within about this long. 1 to 3,600.
     #[arg(long, env = "TIDINGS_PRESENCE_TTL_SECS", default_value_t = 10)]
     pub presence_ttl_secs: u64,
 

@@ -137,7 +137,9 @@ pub async fn run(
         log,
         engine: engine.clone(),
         auth: auth.clone(),
-        presence: presence::Presence::new(Duration::from_millis(config.presence_grace_ms)),
+        presence: presence::Presence::new(
+            Duration::from_millis(config.presence_grace_ms).min(presence::MAX_GRACE),
+        ),
         alert_queue,
         config,
         demo_leader,

@@ -32,6 +32,13 @@ const TICK: Duration = Duration::from_millis(250);
 /// finds none is one sorted-set range read.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Accounts per presence script (each one a few hash and set commands in Redis).
+const TOUCH_PAGE: usize = 500;
+
+/// The longest `--presence-ttl-secs` taken (an hour); the grace is held to ten minutes.
+const MAX_TTL_SECS: u64 = 3600;
+pub const MAX_GRACE: Duration = Duration::from_secs(600);
+
 /// This server's view: accounts it holds, and whether it has announced them.
 pub struct Presence {
     local: Mutex<HashMap<Arc<str>, Local>>,
@@ -183,10 +190,19 @@ impl Presence {
 pub async fn run(state: AppState) {
     let presence = state.presence.clone();
     let engine = &state.engine;
-    let ttl = Duration::from_secs(state.config.presence_ttl_secs.max(1));
+    let ttl = Duration::from_secs(state.config.presence_ttl_secs.clamp(1, MAX_TTL_SECS));
     // Renewal at a third of the expiry: two renewals may fail before entries run out.
     let renew_every = ttl / 3;
     let (mut renewed, mut swept) = (Instant::now(), Instant::now());
+    // When Redis last failed or was out of reach (cluster). No sweep for a renewal period
+    // after it: every server's entries may have run out meanwhile, and the others need a
+    // renewal to show they are alive (else a Redis pause longer than the expiry would
+    // announce everyone offline and then online again).
+    let mut troubled = Instant::now();
+    // Set when Redis no longer holds what this server announced (restarted without its
+    // data, flushed, or our entries ran out): announce every account again, pending leaves
+    // included, before any leave, so no leave is silent while clients show the join.
+    let mut announce_again = false;
     // Accounts a killed predecessor left online (embedded; cluster entries expire).
     match engine.presence_left_behind().await {
         Ok(users) => {
@@ -205,31 +221,65 @@ pub async fn run(state: AppState) {
             _ = state.shutdown.cancelled() => break,
         }
         let cluster = !engine.is_embedded();
-        let heartbeat = cluster && renewed.elapsed() >= renew_every;
+        if !engine.presence_ready() {
+            // Cluster: not caught up with Redis (it may have restarted and not yet have its
+            // id sequence back): events written now could take ids clients are past.
+            troubled = Instant::now();
+            announce_again = true;
+            continue;
+        }
+        let heartbeat = cluster && (announce_again || renewed.elapsed() >= renew_every);
         let (join, leave) = presence.due(heartbeat);
-        let touched = join.is_empty() || engine.presence_touch(&join, ttl).await.is_ok();
-        if touched {
-            presence.set_announced(&join);
-            if heartbeat {
-                renewed = Instant::now();
-            }
+        // Announced again: the ones about to leave too, so their leave is not silent.
+        let touch: Vec<Arc<str>> = if announce_again {
+            join.iter().chain(&leave).cloned().collect()
         } else {
-            tracing::warn!("presence: joins not announced; retrying");
+            join.clone()
+        };
+        let mut touched = true;
+        // In pages: Redis runs one script at a time, and thousands of accounts in one
+        // would hold everyone else's commands up.
+        for page in touch.chunks(TOUCH_PAGE) {
+            if let Err(e) = engine.presence_touch(page, ttl).await {
+                tracing::warn!(?e, "presence: joins not announced; retrying");
+                touched = false;
+                break;
+            }
+        }
+        if !touched {
+            troubled = Instant::now();
+            continue;
+        }
+        presence.set_announced(&join);
+        if heartbeat {
+            renewed = Instant::now();
+            announce_again = false;
         }
         let mut again = false;
         for user in &leave {
             match engine.presence_leave(user).await {
-                Ok(()) => again |= presence.left(user),
-                Err(e) => tracing::warn!(?e, "presence: a leave not announced; retrying"),
+                Ok(true) => again |= presence.left(user),
+                Ok(false) => {
+                    // Redis lost this server's announcements: again first, then leave.
+                    announce_again = true;
+                    again = true;
+                    break;
+                }
+                Err(e) => {
+                    troubled = Instant::now();
+                    tracing::warn!(?e, "presence: a leave not announced; retrying");
+                }
             }
         }
         if again {
             presence.wake.notify_one();
         }
-        if cluster && swept.elapsed() >= SWEEP_EVERY {
+        let calm = troubled.elapsed() >= renew_every + SWEEP_EVERY;
+        if cluster && calm && swept.elapsed() >= SWEEP_EVERY {
             // Every server sweeps; each removal is announced by the one script that made it.
             swept = Instant::now();
             if let Err(e) = engine.presence_sweep().await {
+                troubled = Instant::now();
                 tracing::warn!(?e, "presence: sweep failed");
             }
         }

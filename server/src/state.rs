@@ -106,6 +106,13 @@ impl AppState {
         caller: &Caller,
     ) -> Result<(Arc<StoredEvent>, bool), ApiError> {
         let stream = payload.stream();
+        if stream == Stream::Presence && caller.client.is_some() {
+            return Err(ApiError::Forbidden(
+                "presence is written by the servers as accounts connect and leave; it \
+                 cannot be published"
+                    .into(),
+            ));
+        }
         if stream == Stream::Notifications && caller.client.is_some() {
             return Err(ApiError::Forbidden(
                 "notifications are made by the server (mentions, alerts, broadcasts); they \
@@ -133,13 +140,6 @@ impl AppState {
         }
         if stream != Stream::Chat && self.config.admin_token.is_some() && !caller.admin {
             return Err(ApiError::Unauthorized);
-        }
-        if stream == Stream::Presence && caller.client.is_some() {
-            return Err(ApiError::Forbidden(
-                "presence is written by the servers as accounts connect and leave; it \
-                 cannot be published"
-                    .into(),
-            ));
         }
         if stream == Stream::Lab && caller.client.is_some() {
             return Err(ApiError::Forbidden(

@@ -1133,10 +1133,16 @@ async fn sse(base: &str, streams: &str, token: Option<&str>) -> SseClient {
     SseClient::from_response(r)
 }
 
-/// The next presence change on `watcher`: (account, online).
+/// The next presence change on `watcher`: (account, online). No deadline of its own (a
+/// leave after kill -9 takes about the expiry): callers bound it.
 async fn presence_change(watcher: &mut SseClient) -> (String, bool) {
-    match &watcher.events(1).await[0].payload {
-        app::protocol::Payload::Presence(p) => (p.user.clone(), p.online),
+    let m = watcher
+        .next_data()
+        .await
+        .expect("the watcher's stream ended");
+    let e: Event = serde_json::from_str(&m.data).unwrap();
+    match e.payload {
+        app::protocol::Payload::Presence(p) => (p.user, p.online),
         p => panic!("not presence: {p:?}"),
     }
 }
@@ -1262,4 +1268,149 @@ async fn an_embedded_server_killed_with_accounts_online_announces_them_offline_a
     let list: app::protocol::PresenceList =
         common::get_json(&second.url("/api/presence"), None).await;
     assert!(list.online.is_empty());
+}
+
+/// Redis restarted without its data while an account was online: its leave must not be
+/// silent (the online set is empty, clients still show the join). The server announces its
+/// accounts again, then the leave: clients end with the account offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_recovers_when_redis_loses_its_data() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let mut c = Cluster::start(2);
+    let (s0, s1) = (c.instances[0].url(""), c.instances[1].url(""));
+    let ann = account(&s0, "ann").await;
+    let mut watcher = sse(&s1, "presence", None).await;
+    let ann0 = sse(&s0, "chat", Some(&ann)).await;
+    assert_eq!(
+        within(presence_change(&mut watcher)).await,
+        ("ann".into(), true)
+    );
+
+    // Redis stops and comes back empty (its append-only files removed).
+    c.redis.stop();
+    for entry in std::fs::read_dir(&c.redis.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("appendonly"))
+        {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
+    }
+    c.redis.restart();
+    drop(ann0);
+
+    // Whatever comes first (a join again, as the server re-announces), Ann ends offline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = None;
+    while last != Some(false) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let change = tokio::time::timeout(left, presence_change(&mut watcher))
+            .await
+            .expect("ann's leave after Redis lost its data");
+        assert_eq!(change.0, "ann");
+        last = Some(change.1);
+    }
+    no_presence_change(&mut watcher, Duration::from_millis(1500)).await;
+    let list: app::protocol::PresenceList =
+        common::get_json(&format!("{s0}/api/presence"), None).await;
+    assert!(list.online.is_empty(), "{:?}", list.online);
+
+    // The same when the presence keys vanish while every connection to Redis stays up (the
+    // server's entries ran out, or someone deleted them): its marker is gone, so its leave
+    // announces Ann again first.
+    let ann0 = sse(&s0, "chat", Some(&ann)).await;
+    assert_eq!(
+        within(presence_change(&mut watcher)).await,
+        ("ann".into(), true)
+    );
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .arg("-s")
+            .arg(c.redis.socket())
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let keys = cli(&["--scan", "--pattern", "{tidings}:presence*"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(keys.len() >= 3, "{keys:?}");
+    cli(&[&["DEL"][..], &keys].concat());
+    drop(ann0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut last = None;
+    while last != Some(false) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let change = tokio::time::timeout(left, presence_change(&mut watcher))
+            .await
+            .expect("ann's leave after her presence keys vanished");
+        last = Some(change.1);
+    }
+}
+
+/// Many accounts on a server that dies: all announced offline within the expiry (the sweep
+/// takes them a page at a time, until none is due), not N/page seconds later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_server_with_many_accounts_has_them_all_offline_within_the_expiry() {
+    if cluster_tools_missing() {
+        return;
+    }
+    const N: usize = 1200;
+    let mut c = Cluster::start(2);
+    let (s0, s1) = (c.instances[0].url(""), c.instances[1].url(""));
+    let mut watcher = sse(&s1, "presence", None).await;
+    // Tokens another backend could mint (the names need not be accounts here); one short
+    // poll each makes them online on server 0.
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let client = reqwest::Client::new();
+    let polls = (0..N).map(|i| {
+        let claims = json!({"sub": format!("u{i}"), "exp": exp});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(CLUSTER_SECRET.as_bytes()),
+        )
+        .unwrap();
+        client
+            .get(format!("{s0}/api/poll?streams=chat"))
+            .bearer_auth(token)
+            .send()
+    });
+    for r in futures_util::future::join_all(polls).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    let mut joined = 0;
+    while joined < N {
+        let (_, online) = tokio::time::timeout(DEADLINE, presence_change(&mut watcher))
+            .await
+            .unwrap_or_else(|_| panic!("{joined} of {N} joins"));
+        assert!(online);
+        joined += 1;
+    }
+    let victim = &mut c.instances[0];
+    victim.child.kill().unwrap();
+    let killed = Instant::now();
+    victim.child.wait().unwrap();
+    let mut left = 0;
+    while left < N {
+        let (_, online) =
+            tokio::time::timeout(Duration::from_secs(20), presence_change(&mut watcher))
+                .await
+                .expect("every leave within 20 s");
+        assert!(!online);
+        left += 1;
+    }
+    let all = killed.elapsed();
+    println!(
+        "presence: {N} accounts offline {} ms after kill -9 of their server",
+        all.as_millis()
+    );
+    assert!(all <= Duration::from_millis(11_500), "{all:?}");
 }

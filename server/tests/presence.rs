@@ -131,6 +131,14 @@ async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() 
     let _anon = sse(&s, "chat", None).await;
     let _bot = sse(&s, "notifications", Some(&ann)).await;
     let _bad = sse(&s, "chat", Some("not.a.token")).await;
+    // A poll the server refuses (400) does not count either.
+    let r = reqwest::Client::new()
+        .get(s.url("/api/poll?streams=chat&since=0&wait=99"))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
     silent(&mut watcher, Duration::from_millis(500)).await;
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert!(list.online.is_empty());
@@ -247,4 +255,30 @@ async fn a_short_poll_makes_its_account_online() {
     silent(&mut watcher, GRACE * 2).await;
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert_eq!(list.online, vec!["bob"]);
+}
+
+/// With an admin token configured, publishing to `presence` is still a 403 that says why
+/// (not a 401 asking for the admin token, which would not help either).
+#[tokio::test]
+async fn presence_cannot_be_published_even_by_the_admin() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.admin_token = Some("sekrit".into());
+    })
+    .await;
+    for token in [None, Some("sekrit")] {
+        let mut req = reqwest::Client::new()
+            .post(s.url("/api/publish"))
+            .json(&json!({"stream": "presence", "data": {"user": "ann", "online": true}}));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("presence"),
+            "{body}"
+        );
+    }
 }

@@ -100,17 +100,19 @@ end
     };
 }
 
-/// KEYS: seq, log, presence history, presence set, then one hash per user. ARGV: ts, log
-/// max, history max, server id, expiry (ms from now), then the users (as KEYS[5..]).
-/// Marks each user online on this server until now + expiry; a user not online anywhere
-/// before gets a join event.
+/// KEYS: seq, log, presence history, presence set, this server's marker, then one hash per
+/// user. ARGV: ts, log max, history max, server id, expiry (ms from now), then the users (as
+/// KEYS[6..]). Marks each user online on this server until now + expiry; a user not online
+/// anywhere before gets a join event. The marker (same expiry) says Redis still holds what
+/// this server announced: see `PRESENCE_LEAVE`.
 const PRESENCE_TOUCH: &str = concat!(
     append_lua!(),
     presence_lua!(),
     r#"
 local until_ms = now_ms() + tonumber(ARGV[5])
+redis.call('SET', KEYS[5], '1', 'PX', ARGV[5])
 for i = 6, #ARGV do
-  local user, hash = ARGV[i], KEYS[i - 1]
+  local user, hash = ARGV[i], KEYS[i]
   redis.call('HSET', hash, ARGV[4], until_ms)
   if not redis.call('ZSCORE', KEYS[4], user) then
     announce(ARGV[1], user, 'true', ARGV[2], ARGV[3])
@@ -121,15 +123,21 @@ return 1
 "#
 );
 
-/// KEYS: seq, log, presence history, presence set, the user's hash. ARGV: ts, log max,
-/// history max, server id, user. This server's last connection of the user closed: its
-/// entry goes; when no other server holds the user, the leave event.
+/// KEYS: seq, log, presence history, presence set, this server's marker, the user's hash.
+/// ARGV: ts, log max, history max, server id, user. This server's last connection of the
+/// user closed: its entry goes; when no other server holds the user, the leave event.
+///
+/// Returns 0, changing nothing, when the marker is gone: Redis lost what this server
+/// announced (restarted without its data, flushed) or its entries ran out (it could not
+/// renew them). A leave now could be silent (the set no longer holds the user) while
+/// clients still show the join; the server announces its accounts again first, then leaves.
 const PRESENCE_LEAVE: &str = concat!(
     append_lua!(),
     presence_lua!(),
     r#"
-redis.call('HDEL', KEYS[5], ARGV[4])
-local best = renew_score(KEYS[5], now_ms())
+if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
+redis.call('HDEL', KEYS[6], ARGV[4])
+local best = renew_score(KEYS[6], now_ms())
 if best then
   redis.call('ZADD', KEYS[4], 'XX', best, ARGV[5])
 elseif redis.call('ZREM', KEYS[4], ARGV[5]) == 1 then
@@ -140,15 +148,15 @@ return 1
 );
 
 /// KEYS: seq, log, presence history, presence set. ARGV: ts, log max, history max, the
-/// prefix of the per-user hashes. Drops the entries that ran out (a server that died) and
-/// announces the users left with none. Returns how many went offline.
+/// prefix of the per-user hashes, the most users to look at. Drops the entries that ran out
+/// (a server that died) and announces the users left with none. Returns how many users it
+/// looked at (as many as asked: call again, more may be due).
 const PRESENCE_SWEEP: &str = concat!(
     append_lua!(),
     presence_lua!(),
     r#"
 local now = now_ms()
-local gone = 0
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 200)
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 for _, user in ipairs(due) do
   local best = renew_score(ARGV[4] .. user, now)
   if best then
@@ -156,10 +164,9 @@ for _, user in ipairs(due) do
   else
     redis.call('ZREM', KEYS[4], user)
     announce(ARGV[1], user, 'false', ARGV[2], ARGV[3])
-    gone = gone + 1
   end
 end
-return gone
+return #due
 "#
 );
 
@@ -465,7 +472,9 @@ impl Cluster {
         ttl: Duration,
     ) -> Result<(), EngineError> {
         let mut call = self.presence_call(0);
-        call.arg(&self.server_id).arg(ttl.as_millis() as u64);
+        call.key(self.presence_marker())
+            .arg(&self.server_id)
+            .arg(ttl.as_millis() as u64);
         for user in users {
             call.key(format!("{}{user}", self.keys.presence_of_prefix()))
                 .arg(&**user);
@@ -473,20 +482,41 @@ impl Cluster {
         self.presence_invoke::<i64>(call).await.map(|_| ())
     }
 
-    /// This server's last connection of `user` closed.
-    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
+    /// This server's last connection of `user` closed. `false`: Redis no longer holds what
+    /// this server announced (see `PRESENCE_LEAVE`); nothing was done.
+    pub async fn presence_leave(&self, user: &str) -> Result<bool, EngineError> {
         let mut call = self.presence_call(1);
-        call.key(format!("{}{user}", self.keys.presence_of_prefix()))
+        call.key(self.presence_marker())
+            .key(format!("{}{user}", self.keys.presence_of_prefix()))
             .arg(&self.server_id)
             .arg(user);
-        self.presence_invoke::<i64>(call).await.map(|_| ())
+        self.presence_invoke::<i64>(call)
+            .await
+            .map(|done| done == 1)
     }
 
-    /// Announces offline the users whose every server stopped renewing them; how many.
-    pub async fn presence_sweep(&self) -> Result<u64, EngineError> {
-        let mut call = self.presence_call(2);
-        call.arg(self.keys.presence_of_prefix());
-        self.presence_invoke(call).await
+    /// Announces offline the users whose every server stopped renewing them, a page of them
+    /// per script (Redis runs one script at a time), until none is due.
+    pub async fn presence_sweep(&self) -> Result<(), EngineError> {
+        const PAGE: u64 = 500;
+        // A bound, so a sweep never runs for ever: 100,000 accounts per second.
+        for _ in 0..200 {
+            let mut call = self.presence_call(2);
+            call.arg(self.keys.presence_of_prefix()).arg(PAGE);
+            if self.presence_invoke::<u64>(call).await? < PAGE {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the tail is connected and current (the sequence restored after a restart).
+    pub fn is_tailing(&self) -> bool {
+        self.tailing.load(Ordering::Relaxed)
+    }
+
+    fn presence_marker(&self) -> String {
+        format!("{}:presence-server:{}", self.keys.prefix, self.server_id)
     }
 
     /// Who is online, and a cursor the list is exact at: read in one transaction with the

@@ -195,8 +195,10 @@ impl Engine {
         }
     }
 
-    /// Presence: this server no longer holds `user`; a leave when no server does.
-    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
+    /// Presence: this server no longer holds `user`; a leave when no server does. `false`:
+    /// nothing was done, and this server must announce its accounts again first (cluster:
+    /// Redis lost them, or they ran out while Redis was out of reach).
+    pub async fn presence_leave(&self, user: &str) -> Result<bool, EngineError> {
         match self {
             Engine::Embedded(e) => e.presence_leave(user).await,
             Engine::Cluster(c) => c.presence_leave(user).await,
@@ -204,10 +206,19 @@ impl Engine {
     }
 
     /// Presence: leaves for the users of servers that stopped renewing them (cluster).
-    pub async fn presence_sweep(&self) -> Result<u64, EngineError> {
+    pub async fn presence_sweep(&self) -> Result<(), EngineError> {
         match self {
-            Engine::Embedded(_) => Ok(0),
+            Engine::Embedded(_) => Ok(()),
             Engine::Cluster(c) => c.presence_sweep().await,
+        }
+    }
+
+    /// Presence: whether the engine can take presence changes now (cluster: this server is
+    /// caught up with Redis, whose id sequence it restores after Redis lost its data).
+    pub fn presence_ready(&self) -> bool {
+        match self {
+            Engine::Embedded(_) => true,
+            Engine::Cluster(c) => c.is_tailing(),
         }
     }
 

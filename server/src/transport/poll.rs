@@ -23,9 +23,6 @@ pub async fn handler(
     crate::metrics::lab::POLLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let who = state.identify(&headers, p.token.as_deref());
     let filter = state.filter_for(super::streams(p.streams.as_deref())?, &who)?;
-    if let Some(user) = state.online_in_chat(&filter) {
-        state.presence.touch(&user);
-    }
     let wait = p.wait.unwrap_or(0);
     if wait > MAX_WAIT_SECS {
         return Err(ApiError::BadRequest(format!(
@@ -37,6 +34,10 @@ pub async fn handler(
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_LIMIT}"
         )));
+    }
+    // A valid poll by a signed-in reader of chat keeps its account online for a while.
+    if let Some(user) = state.online_in_chat(&filter) {
+        state.presence.touch(&user);
     }
     // No cursor: the client starts from "now" and gets no backlog.
     let Some(since) = p.since else {
