@@ -347,8 +347,9 @@ pub struct LiveStore {
     pub online: RwSignal<Vec<String>>,
     /// The presence list reflects every presence event up to this id.
     pub presence_at: StoredValue<u64>,
-    /// The latest presence events, to apply again over a list that arrives after them.
-    pub presence_recent: StoredValue<Vec<(u64, PresenceChange)>>,
+    /// The latest presence events, to apply again over a list that arrives after them, and
+    /// the newest id let go of (a list older than that is asked again).
+    pub presence_recent: StoredValue<(Vec<(u64, PresenceChange)>, u64)>,
     /// This tab shows what another tab's connection receives.
     pub follower: RwSignal<bool>,
     /// Wall clock, ticking once a second, for "12 s ago" and "in 3 s".
@@ -387,7 +388,7 @@ impl LiveStore {
             notices: RwSignal::new(Vec::new()),
             online: RwSignal::new(Vec::new()),
             presence_at: StoredValue::new(0),
-            presence_recent: StoredValue::new(Vec::new()),
+            presence_recent: StoredValue::new((Vec::new(), 0)),
             follower: RwSignal::new(false),
             auto: RwSignal::new(None),
             older_chat: RwSignal::new(false),
@@ -625,20 +626,29 @@ impl LiveStore {
         if changes.is_empty() {
             return;
         }
-        self.presence_recent.update_value(|r| {
+        self.presence_recent.update_value(|(r, dropped)| {
             r.extend(changes.iter().cloned());
             let excess = r.len().saturating_sub(PRESENCE_KEEP);
-            r.drain(..excess);
+            if let Some((id, _)) = r.drain(..excess).last() {
+                *dropped = id;
+            }
         });
         self.apply_presence(changes);
     }
 
     /// Takes `GET /api/presence`: the list as of its cursor, with the events received
     /// since applied on top (an event may arrive before the answer that predates it).
-    pub fn set_online(&self, list: PresenceList) {
+    /// `false` when it cannot be used: events newer than it were already let go (a burst
+    /// while it was on its way); ask again.
+    pub fn set_online(&self, list: PresenceList) -> bool {
+        let (recent, dropped) = self.presence_recent.get_value();
+        if dropped > list.cursor {
+            return false;
+        }
         self.online.set(list.online);
         self.presence_at.set_value(list.cursor);
-        self.apply_presence(self.presence_recent.get_value());
+        self.apply_presence(recent);
+        true
     }
 
     fn apply_presence(&self, changes: Vec<(u64, PresenceChange)>) {
@@ -657,6 +667,10 @@ impl LiveStore {
             relay(&Relay::Reset { cursor });
         }
         self.cursor.set(cursor);
+        // Presence starts again from the list `reload` fetches: ids may now run lower
+        // than the ones it was applied up to (a wiped store).
+        self.presence_at.set_value(0);
+        self.presence_recent.set_value((Vec::new(), 0));
         // Above the new cursor is only what the server no longer has (a wiped store); what
         // arrives live from here is kept by `load`, the rest is replaced by history.
         self.feed.update(|f| f.retain(|e| e.id <= cursor));

@@ -107,10 +107,18 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
     store.load(upto, snapshot.events);
 }
 
-/// Who is online in chat, as of now (the live `presence` events continue it).
+/// Who is online in chat, as of now (the live `presence` events continue it); asked again
+/// until an answer is taken (1, 2, 4 ... 30 s apart: the list is not worth a busy loop,
+/// and the connection's own status is not this request's to show).
 async fn load_presence(store: LiveStore) {
-    if let Ok(list) = api::presence().await {
-        store.set_online(list);
+    for attempt in 0u32.. {
+        if let Ok(list) = api::presence().await {
+            if store.set_online(list) {
+                return;
+            }
+        }
+        let wait = (1_000u32 << attempt.min(5)).min(30_000);
+        gloo_timers::future::TimeoutFuture::new(wait).await;
     }
 }
 
