@@ -7,7 +7,8 @@
 //! server they measured (6.9 s against 3.7 s for 500 events at 100/s). These readers do
 //! the same job for every server alike, and only understand what the servers measured here
 //! send: WebSocket text frames, pings and close (no fragmentation, no extensions); SSE over
-//! HTTP/1.1, chunked or not.
+//! HTTP/1.1, chunked or not; Socket.IO's Engine.IO v4 packets over WebSocket (see
+//! `load::socketio`).
 
 use std::io;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,6 +102,15 @@ impl WsClient {
     /// Waits for bytes. False when the connection has ended. Cancel-safe.
     pub async fn read(&mut self) -> bool {
         fill(&mut self.tcp, &mut self.buf).await
+    }
+
+    /// Sends a short text message (under 126 bytes: what the Socket.IO reader answers).
+    /// Masked, as a client's frames must be, with a zero key (the payload stays as it is).
+    pub async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        debug_assert!(text.len() < 126);
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(text.as_bytes());
+        self.tcp.write_all(&frame).await
     }
 
     /// Hands each complete text message received so far to `on_text` and answers pings.

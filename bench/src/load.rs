@@ -22,6 +22,8 @@ pub enum Transport {
     Sse,
     Poll,
     Longpoll,
+    /// Socket.IO 4 over its WebSocket transport (the Socket.IO peer only).
+    Socketio,
 }
 
 #[derive(Clone, Debug)]
@@ -173,6 +175,37 @@ async fn subscriber(
                 }
             }
         }
+        Transport::Socketio => {
+            let Some(mut client) = socketio(&f.base).await else {
+                return t;
+            };
+            t.requests += 1;
+            connected.fetch_add(1, Ordering::Relaxed);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    more = client.read() => {
+                        let before = t.deliveries;
+                        let mut pinged = false;
+                        // Engine.IO packets, one per text frame: `2` a ping (answered `3`,
+                        // or the server drops us after its timeout), `42[...]` an event.
+                        let open = client
+                            .process(|text| match text {
+                                "2" => pinged = true,
+                                _ => t.record(&clock, text),
+                            })
+                            .await;
+                        delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
+                        if pinged && client.send_text("3").await.is_err() {
+                            break;
+                        }
+                        if !more || !open {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
         Transport::Poll | Transport::Longpoll => {
             let client = reqwest::Client::new();
             let Some(mut cursor) = head_cursor(&client, &f.base).await else {
@@ -212,6 +245,40 @@ async fn subscriber(
         }
     }
     t
+}
+
+/// A Socket.IO 4 client on the WebSocket transport, connected to the default namespace:
+/// the Engine.IO open packet (`0{"sid":..}`) comes first, the client asks for the namespace
+/// (`40`) and the server confirms it (`40{"sid":..}`); from then on events arrive as
+/// `42["event",{...}]`. `None` if the server does not speak it.
+async fn socketio(base: &str) -> Option<WsClient> {
+    let mut c = WsClient::connect(base, "/socket.io/?EIO=4&transport=websocket")
+        .await
+        .ok()?;
+    let (mut opened, mut joined) = (false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // The open packet may have come with the upgrade's answer: look before reading.
+    let mut first = true;
+    while !joined {
+        if !first && !tokio::time::timeout_at(deadline, c.read()).await.ok()? {
+            return None;
+        }
+        first = false;
+        let mut was_open = false;
+        c.process(|text| {
+            if text.starts_with("40") {
+                joined = true;
+            } else if text.starts_with('0') {
+                was_open = true;
+            }
+        })
+        .await;
+        if was_open && !opened {
+            opened = true;
+            c.send_text("40").await.ok()?;
+        }
+    }
+    Some(c)
 }
 
 /// The current head of the log (`GET /api/poll` without `since`), where a poller starts.

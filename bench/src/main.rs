@@ -470,6 +470,14 @@ async fn compare(
         c.arg(&node_peer).arg("0");
         Server::start(c, None)
     };
+    // Beside node-peer.js: the Socket.IO 4.8 peer (WebSocket fan-out and latency only: it
+    // has no SSE, and Engine.IO's own framing is what its users get).
+    let socketio_peer = node_peer.with_file_name("socketio-peer.js");
+    let start_socketio = || {
+        let mut c = command("node".as_ref());
+        c.arg(&socketio_peer).arg("0");
+        Server::start(c, None)
+    };
     let start_raw = || {
         let mut c = command(me.as_os_str());
         c.args(["ceiling", "--bind", "127.0.0.1:0"]);
@@ -487,25 +495,36 @@ async fn compare(
         quiet: smoke,
     };
 
-    let servers: [(&str, &dyn Fn() -> std::io::Result<Server>); 3] = [
+    let servers: [(&str, &dyn Fn() -> std::io::Result<Server>); 4] = [
         ("tidings", &start_tidings),
         ("node", &start_node),
         ("raw", &start_raw),
+        ("socket.io", &start_socketio),
     ];
+    // What each server is measured on: its WebSocket (Socket.IO's own protocol over it for
+    // the Socket.IO peer), and SSE where it has it.
+    let transports = |name: &str| -> &'static [Transport] {
+        if name == "socket.io" {
+            &[Transport::Socketio]
+        } else {
+            &[Transport::Ws, Transport::Sse]
+        }
+    };
+    let websocket = |name: &str| transports(name)[0];
     // Every run of every server, rounds interleaved so that a slow minute of this shared
     // machine falls on all servers alike; the median run of each is reported.
     let (mut ws_runs, mut sse_runs, mut latency_runs) =
-        (vec![vec![]; 3], vec![vec![]; 3], vec![vec![]; 3]);
+        (vec![vec![]; 4], vec![vec![]; 4], vec![vec![]; 4]);
     for round in 1..=rounds {
         for (i, (name, start)) in servers.iter().enumerate() {
-            for t in [Transport::Ws, Transport::Sse] {
+            for &t in transports(name) {
                 let s = start()?;
                 eprintln!(
                     "[{round}/{rounds}] {name} {t:?} fan-out: {subs} subscribers, {events} events as fast as accepted"
                 );
                 let r = load::fanout(fan(&s.base, t, subs, 0, events, s.pid())).await;
                 print_fanout(&r);
-                let runs = if t == Transport::Ws {
+                let runs = if t != Transport::Sse {
                     &mut ws_runs
                 } else {
                     &mut sse_runs
@@ -516,8 +535,15 @@ async fn compare(
         for (i, (name, start)) in servers.iter().enumerate() {
             let s = start()?;
             eprintln!("[{round}/{rounds}] {name} latency: {lat_n} WS subscribers x 100 events/s");
-            let r =
-                load::fanout(fan(&s.base, Transport::Ws, lat_n, 100, lat_events, s.pid())).await;
+            let r = load::fanout(fan(
+                &s.base,
+                websocket(name),
+                lat_n,
+                100,
+                lat_events,
+                s.pid(),
+            ))
+            .await;
             print_fanout(&r);
             latency_runs[i].push(r);
         }
@@ -529,10 +555,12 @@ async fn compare(
             name.clone(),
             median(std::mem::take(&mut ws_runs[i]), by_rate),
         ));
-        report.sse_fanout.push((
-            name.clone(),
-            median(std::mem::take(&mut sse_runs[i]), by_rate),
-        ));
+        if !sse_runs[i].is_empty() {
+            report.sse_fanout.push((
+                name.clone(),
+                median(std::mem::take(&mut sse_runs[i]), by_rate),
+            ));
+        }
         report.latency.push((
             name,
             median(std::mem::take(&mut latency_runs[i]), |r| r.p99_ms),
@@ -677,6 +705,27 @@ fn print_table(r: &Report) {
         println!(
             "{:<44} {:>14.2} {:>14.2} {:>14.2}",
             "p50 latency ms", t.p50_ms, n.p50_ms, c.p50_ms
+        );
+    }
+    // Socket.IO: one more peer, its WebSocket fan-out and latency against Tidings'.
+    if let (Some(t), Some(sio)) = (get(&r.ws_fanout, "tidings"), get(&r.ws_fanout, "socket.io")) {
+        println!(
+            "{:<44} {:>14.0} {:>14.0} {:>14} {:>10}",
+            format!("WS fan-out x{}: tidings, socket.io", r.subscribers),
+            t.deliveries_per_sec,
+            sio.deliveries_per_sec,
+            "",
+            ratio(t.deliveries_per_sec, sio.deliveries_per_sec)
+        );
+    }
+    if let (Some(t), Some(sio)) = (get(&r.latency, "tidings"), get(&r.latency, "socket.io")) {
+        println!(
+            "{:<44} {:>14.2} {:>14.2} {:>14} {:>10}",
+            "p99 latency ms: tidings, socket.io",
+            t.p99_ms,
+            sio.p99_ms,
+            "",
+            ratio(sio.p99_ms, t.p99_ms)
         );
     }
     if let Some(t) = get(&r.latency_large, "tidings") {
