@@ -4,15 +4,18 @@
 # (see docs/performance.md) and writes bench-results.json. Takes a few minutes.
 # `scripts/bench.sh --pin` puts servers on CPU 0 and the load generator on CPU 1.
 # `scripts/bench.sh notify [flags]` runs the notification scenario instead (issue #10:
-# mentions to 200 signed-in accounts among 1,000 connections under 100 chat messages/s).
+# mentions to 200 signed-in accounts among 1,000 connections under 100 chat messages/s);
+# `scripts/bench.sh cluster [flags]` cluster mode (Redis and 3 servers) against embedded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --bench
 . scripts/env.sh
 cargo build --release -p server -p bench
-if [ "${1:-}" = notify ]; then
-  shift
-  exec "$TARGET_DIR/release/tidings-bench" notify --tidings "$TARGET_DIR/release/tidings" "$@"
-fi
+case "${1:-}" in
+  notify | cluster)
+    scenario=$1
+    shift
+    exec "$TARGET_DIR/release/tidings-bench" "$scenario" --tidings "$TARGET_DIR/release/tidings" "$@" ;;
+esac
 exec "$TARGET_DIR/release/tidings-bench" compare --tidings "$TARGET_DIR/release/tidings" \
   --node-peer bench/peers/node-peer.js --json bench-results.json "$@"

@@ -243,6 +243,7 @@ async fn run_once(
         interval: Duration::from_secs(1),
         pid: Some(s.pid()),
         quiet: smoke,
+        spread: vec![],
     })
     .await;
     let cpu_after = ProcStat::read(std::process::id());

@@ -42,6 +42,19 @@ pub struct Fanout {
     /// Server pid, for CPU and memory figures.
     pub pid: Option<u32>,
     pub quiet: bool,
+    /// More servers of the same cluster: subscribers are spread over `base` and these, round
+    /// robin (the publisher stays on `base`).
+    pub spread: Vec<String>,
+}
+
+impl Fanout {
+    /// Where subscriber `i` connects.
+    fn base_of(&self, i: usize) -> &str {
+        match i % (self.spread.len() + 1) {
+            0 => &self.base,
+            k => &self.spread[k - 1],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -136,6 +149,7 @@ fn ws_url(base: &str) -> String {
 
 /// Runs one subscriber until `done` says stop; returns its tally.
 async fn subscriber(
+    i: usize,
     f: Arc<Fanout>,
     clock: Arc<Clock>,
     connected: Arc<AtomicU64>,
@@ -143,16 +157,17 @@ async fn subscriber(
     delivered: Arc<AtomicU64>,
 ) -> Tally {
     let mut t = Tally::new(f.events);
+    let base = f.base_of(i);
     let stop = done.notified();
     tokio::pin!(stop);
     match f.transport {
         Transport::Ws | Transport::Sse => {
             let client = if f.transport == Transport::Ws {
-                WsClient::connect(&f.base, "/api/ws?streams=chat")
+                WsClient::connect(base, "/api/ws?streams=chat")
                     .await
                     .map(Subscriber::Ws)
             } else {
-                SseClient::connect(&f.base, "/api/sse?streams=chat")
+                SseClient::connect(base, "/api/sse?streams=chat")
                     .await
                     .map(Subscriber::Sse)
             };
@@ -176,7 +191,7 @@ async fn subscriber(
             }
         }
         Transport::Socketio => {
-            let Some(mut client) = socketio(&f.base).await else {
+            let Some(mut client) = socketio(base).await else {
                 return t;
             };
             t.requests += 1;
@@ -208,7 +223,7 @@ async fn subscriber(
         }
         Transport::Poll | Transport::Longpoll => {
             let client = reqwest::Client::new();
-            let Some(mut cursor) = head_cursor(&client, &f.base).await else {
+            let Some(mut cursor) = head_cursor(&client, base).await else {
                 return t;
             };
             t.requests += 1;
@@ -219,7 +234,7 @@ async fn subscriber(
                 ""
             };
             loop {
-                let url = format!("{}/api/poll?streams=chat&since={cursor}{wait}", f.base);
+                let url = format!("{base}/api/poll?streams=chat&since={cursor}{wait}");
                 let answer = tokio::select! {
                     _ = &mut stop => break,
                     r = async { client.get(url).send().await.ok()?.text().await.ok() } => r,
@@ -323,8 +338,9 @@ pub async fn fanout(f: Fanout) -> FanoutResult {
     let ramp = bar(f.quiet, f.subscribers as u64, "connecting");
     let mut subs = Vec::with_capacity(f.subscribers);
     let gap = Duration::from_secs_f64(1.0 / f.ramp.max(1) as f64);
-    for _ in 0..f.subscribers {
+    for i in 0..f.subscribers {
         subs.push(tokio::spawn(subscriber(
+            i,
             f.clone(),
             clock.clone(),
             connected.clone(),
@@ -599,6 +615,7 @@ pub async fn ramp(
             interval: Duration::from_secs(1),
             pid,
             quiet: true,
+            spread: vec![],
         })
         .await;
         eprintln!(

@@ -16,6 +16,7 @@
 
 mod abuse;
 mod ceiling;
+mod cluster;
 mod lean;
 mod load;
 mod notify;
@@ -152,6 +153,22 @@ enum Cmd {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Cluster mode (Redis and N servers, all started here) against embedded mode: publish
+    /// throughput, per-server fan-out, latency with subscribers spread over the servers.
+    Cluster {
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings: PathBuf,
+        /// Seconds and tiny N: checks the tool works, measures nothing meaningful.
+        #[arg(long)]
+        smoke: bool,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Cluster-mode servers.
+        #[arg(long, default_value_t = 3)]
+        servers: usize,
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// The notification service under load: A signed-in accounts among N connections, chat
     /// at R messages/s to all, every k-th mentioning an account; mention-to-notification
     /// delay p50/p99/max, lost and misdelivered notifications.
@@ -215,6 +232,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 interval: Duration::from_millis(interval_ms),
                 pid,
                 quiet: false,
+                spread: vec![],
             })
             .await;
             print_fanout(&r);
@@ -281,6 +299,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pin,
             rounds,
         } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
+        Cmd::Cluster {
+            tidings,
+            smoke,
+            rounds,
+            servers,
+            json,
+        } => {
+            cluster::run(cluster::Options {
+                tidings,
+                smoke,
+                rounds,
+                servers,
+                json,
+            })
+            .await?
+        }
         Cmd::Notify {
             tidings,
             smoke,
@@ -493,6 +527,7 @@ async fn compare(
         interval: Duration::from_secs(1),
         pid: Some(pid),
         quiet: smoke,
+        spread: vec![],
     };
 
     let servers: [(&str, &dyn Fn() -> std::io::Result<Server>); 4] = [
