@@ -73,6 +73,7 @@ step "abuse smoke run" "$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings
 # Mentions to signed-in accounts among anonymous readers (asserts: none lost or misdelivered).
 # Cluster mode against embedded (its own redis-server and servers), so the tool keeps working.
 step "cluster benchmark smoke run" "$TARGET_DIR/debug/tidings-bench" cluster --smoke --tidings "$TARGET_DIR/debug/tidings"
+step "capacity benchmark smoke run" "$TARGET_DIR/debug/tidings-bench" capacity --smoke --tidings "$TARGET_DIR/debug/tidings"
 step "notification smoke run" "$TARGET_DIR/debug/tidings-bench" notify --smoke --tidings "$TARGET_DIR/debug/tidings"
 
 # One closing line for the whole run, from what the runners themselves reported.

@@ -24,6 +24,8 @@ pub enum Transport {
     Longpoll,
     /// Socket.IO 4 over its WebSocket transport (the Socket.IO peer only).
     Socketio,
+    /// Half WebSocket, half SSE (subscriber i: WebSocket when i is even).
+    Mixed,
 }
 
 #[derive(Clone, Debug)]
@@ -161,8 +163,12 @@ async fn subscriber(
     let stop = done.notified();
     tokio::pin!(stop);
     match f.transport {
-        Transport::Ws | Transport::Sse => {
-            let client = if f.transport == Transport::Ws {
+        Transport::Ws | Transport::Sse | Transport::Mixed => {
+            let ws = match f.transport {
+                Transport::Mixed => i % 2 == 0,
+                t => t == Transport::Ws,
+            };
+            let client = if ws {
                 WsClient::connect(base, "/api/ws?streams=chat")
                     .await
                     .map(Subscriber::Ws)

@@ -15,6 +15,7 @@
 //! - `abuse`: what stalled readers and a publish flood cost the other subscribers.
 
 mod abuse;
+mod capacity;
 mod ceiling;
 mod cluster;
 mod lean;
@@ -152,6 +153,21 @@ enum Cmd {
         rounds: usize,
         #[arg(long)]
         json: Option<PathBuf>,
+    },
+    /// As many connections as this box allows (half WS, half SSE) on one server, a broadcast
+    /// to all: p50/p99/max, lost, server memory per connection.
+    Capacity {
+        #[arg(long, default_value = "target/release/tidings")]
+        tidings: PathBuf,
+        #[arg(long, default_value_t = 19_000)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        rate: u32,
+        #[arg(long, default_value_t = 300)]
+        events: usize,
+        /// Seconds and tiny N: checks the tool works, measures nothing meaningful.
+        #[arg(long)]
+        smoke: bool,
     },
     /// Cluster mode (Redis and N servers, all started here) against embedded mode: publish
     /// throughput, per-server fan-out, latency with subscribers spread over the servers.
@@ -299,6 +315,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             pin,
             rounds,
         } => compare(smoke, tidings, node_peer, json, pin, rounds).await?,
+        Cmd::Capacity {
+            tidings,
+            connections,
+            rate,
+            events,
+            smoke,
+        } => {
+            capacity::run(capacity::Options {
+                tidings,
+                connections,
+                rate,
+                events,
+                smoke,
+            })
+            .await?
+        }
         Cmd::Cluster {
             tidings,
             smoke,
