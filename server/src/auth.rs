@@ -29,6 +29,11 @@ pub const SECURE_COOKIE: &str = "__Host-tidings_session";
 /// A secret shorter than this is refused: HS256 wants at least 256 bits of key.
 pub const MIN_SECRET_LEN: usize = 32;
 
+/// How long an address that signed in as a name stays exempt from that name's lock, and
+/// how many such pairs are remembered (about 100 bytes each).
+const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+const MAX_KNOWN: usize = 100_000;
+
 /// Sign-ins that may wait for a hashing slot, and for how long.
 const MAX_HASH_QUEUE: usize = 64;
 const HASH_WAIT: Duration = Duration::from_secs(5);
@@ -155,6 +160,10 @@ pub struct Auth {
     by_addr: DefaultKeyedRateLimiter<IpAddr>,
     /// Names that failed too often, until when.
     blocked: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// (name, address) pairs that signed in successfully lately: a name locked by someone
+    /// else's failures still signs in from where its owner signed in before (OWASP's
+    /// advice against lockout as denial of service). Bounded: see [`MAX_KNOWN`].
+    known: std::sync::Mutex<std::collections::HashMap<(String, IpAddr), std::time::Instant>>,
     /// Sign-ins waiting for a hashing slot (bounded: see [`MAX_HASH_QUEUE`]).
     queued: std::sync::atomic::AtomicUsize,
     /// Password hashes computed at once: each takes ~19 MiB and tens of ms of a core, so a
@@ -197,6 +206,7 @@ impl Auth {
             ),
             hashing: tokio::sync::Semaphore::new(2),
             blocked: Default::default(),
+            known: Default::default(),
             queued: Default::default(),
         })
     }
@@ -273,6 +283,15 @@ impl Auth {
         let wait = |n: governor::NotUntil<_>| n.wait_time_from(DefaultClock::default().now());
         self.by_addr.check_key(&addr).map_err(wait)?;
         let key = name.to_ascii_lowercase();
+        let known = self
+            .known
+            .lock()
+            .expect("lock")
+            .get(&(key.clone(), addr))
+            .copied();
+        if known.is_some_and(|at| at.elapsed() < KNOWN_FOR) {
+            return Ok(());
+        }
         let blocked = self.blocked.lock().expect("lock").get(&key).copied();
         match blocked {
             Some(until) if until > std::time::Instant::now() => {
@@ -293,6 +312,26 @@ impl Auth {
             blocked.retain(|_, t| *t > std::time::Instant::now());
             blocked.insert(key, until);
         }
+    }
+
+    /// Remembers that `name` signed in from `addr` (see `known`).
+    pub fn succeeded(&self, name: &str, addr: IpAddr) {
+        let mut known = self.known.lock().expect("lock");
+        if known.len() >= MAX_KNOWN {
+            known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+            if known.len() >= MAX_KNOWN {
+                // Full of recent ones: the oldest goes (its owner is only back to the
+                // ordinary per-name limit).
+                if let Some(oldest) = known
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+                {
+                    known.remove(&oldest);
+                }
+            }
+        }
+        known.insert((name.to_ascii_lowercase(), addr), std::time::Instant::now());
     }
 
     /// Forgets full buckets (called periodically with the other limits).
@@ -546,6 +585,7 @@ pub async fn signup(
         )));
     }
     tracing::info!(name = %c.name, "account created");
+    state.auth.succeeded(&c.name, client);
     Ok(session_response(&state, StatusCode::CREATED, c.name, None))
 }
 
@@ -571,6 +611,7 @@ pub async fn signin(
         return Err(ApiError::Unauthenticated("wrong name or password".into()));
     }
     let name = name.expect("a password only matches an account's hash");
+    state.auth.succeeded(&name, client);
     Ok(session_response(&state, StatusCode::OK, name, None))
 }
 

@@ -160,13 +160,19 @@ async fn accounts_sign_up_in_and_out() {
 
 #[tokio::test]
 async fn sign_in_attempts_are_limited_per_name() {
-    let s = start().await;
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
     signup(&s, "bob").await;
     let client = reqwest::Client::new();
     let mut limited = None;
+    // From an address bob never signed in from (his own is exempt: see below).
     for _ in 0..8 {
         let r = client
             .post(s.url("/api/auth/signin"))
+            .header("x-forwarded-for", "10.9.9.9")
             .json(&json!({"name": "bob", "password": "guess guess"}))
             .send()
             .await
@@ -180,6 +186,58 @@ async fn sign_in_attempts_are_limited_per_name() {
     let r = limited.expect("the sixth attempt or so is refused");
     assert!(r.headers().contains_key("retry-after"));
     error(r, 429, "too_many_attempts").await;
+    s.stop().await;
+}
+
+/// Someone failing against a name from other addresses locks it for new addresses, not for
+/// the address its owner signed in from before (lockout must not be a denial of service).
+#[tokio::test]
+async fn a_locked_name_still_signs_in_from_where_its_owner_did() {
+    let s = TestServer::start_with(|c| {
+        c.secret = Some(SECRET.into());
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let sign = |path: &'static str, from: &'static str, password: &'static str| {
+        client
+            .post(s.url(path))
+            .header("x-forwarded-for", from)
+            .json(&json!({"name": "bob", "password": password}))
+            .send()
+    };
+    assert_eq!(
+        sign("/api/auth/signup", "10.0.0.1", "correct horse")
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    // Guesses from other addresses until the name is locked.
+    let mut locked = false;
+    for i in 0..10 {
+        let from: &'static str = Box::leak(format!("10.0.1.{i}").into_boxed_str());
+        let r = sign("/api/auth/signin", from, "guess guess").await.unwrap();
+        if r.status() == 429 {
+            locked = true;
+            break;
+        }
+        assert_eq!(r.status(), 401);
+    }
+    assert!(locked, "the name was never locked");
+    // The right password from a new address waits like the guesses...
+    let r = sign("/api/auth/signin", "10.0.2.1", "correct horse")
+        .await
+        .unwrap();
+    error(r, 429, "too_many_attempts").await;
+    // ...but from the owner's own address it signs in.
+    assert_eq!(
+        sign("/api/auth/signin", "10.0.0.1", "correct horse")
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     s.stop().await;
 }
 
