@@ -70,10 +70,11 @@ step "benchmark smoke run (tiny N: keeps tidings-bench working; figures mean not
 # Slow consumers and a publish flood with the server's real limits on (asserts: nothing lost,
 # stalled clients dropped by the write timeout, the flood refused with 429).
 step "abuse smoke run" "$TARGET_DIR/debug/tidings-bench" abuse --smoke --tidings "$TARGET_DIR/debug/tidings"
-# Mentions to signed-in accounts among anonymous readers (asserts: none lost or misdelivered).
-# Cluster mode against embedded (its own redis-server and servers), so the tool keeps working.
+# Cluster mode against embedded (its own redis-server and servers), and the capacity run
+# (raised open-file limit, half WS half SSE): tiny N, so the tools keep working.
 step "cluster benchmark smoke run" "$TARGET_DIR/debug/tidings-bench" cluster --smoke --tidings "$TARGET_DIR/debug/tidings"
 step "capacity benchmark smoke run" "$TARGET_DIR/debug/tidings-bench" capacity --smoke --tidings "$TARGET_DIR/debug/tidings"
+# Mentions to signed-in accounts among anonymous readers (asserts: none lost or misdelivered).
 step "notification smoke run" "$TARGET_DIR/debug/tidings-bench" notify --smoke --tidings "$TARGET_DIR/debug/tidings"
 
 # One closing line for the whole run, from what the runners themselves reported.

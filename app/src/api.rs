@@ -136,9 +136,9 @@ fn take_early_snapshot() -> Option<js_sys::Promise> {
         .filter(|_| base().is_empty())
 }
 
-/// Who is online in chat (`GET /api/presence`).
-pub async fn presence() -> ApiResult<crate::protocol::PresenceList> {
-    let (text, _) = get_text("/api/presence", 15_000).await?;
+/// Who is online in chat (`GET /api/presence`), as of `after` (the store's cursor) or later.
+pub async fn presence(after: u64) -> ApiResult<crate::protocol::PresenceList> {
+    let (text, _) = get_text(&format!("/api/presence?after={after}"), 15_000).await?;
     serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 

@@ -112,7 +112,7 @@ async fn load_snapshot(store: LiveStore, upto: Option<u64>) {
 /// and the connection's own status is not this request's to show).
 async fn load_presence(store: LiveStore) {
     for attempt in 0u32.. {
-        if let Ok(list) = api::presence().await {
+        if let Ok(list) = api::presence(store.cursor.get_untracked()).await {
             if store.set_online(list) {
                 return;
             }

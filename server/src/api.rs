@@ -253,17 +253,24 @@ pub async fn snapshot(
     Ok(axum::Json(Snapshot { cursor, events }).into_response())
 }
 
-/// `GET /api/presence`: who is online in chat, and the cursor the list is exact at (apply
-/// the `presence` events after it). Public: names of signed-in accounts only.
-pub async fn presence(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (cursor, online) = state
-        .engine
-        .presence()
+/// `GET /api/presence[?after=ID]`: who is online in chat, and the cursor the list is exact
+/// at (apply the `presence` events after it), never below `after` (the asker's stream
+/// cursor). Public: names of signed-in accounts only.
+pub async fn presence(
+    State(state): State<AppState>,
+    Query(p): Query<app::protocol::PresenceQuery>,
+) -> Result<Response, ApiError> {
+    let body = state
+        .presence
+        .list(&state.engine, p.after.unwrap_or(0))
         .await
         .map_err(|_| ApiError::Unavailable("presence is unavailable right now".into()))?;
     Ok((
-        [(header::CACHE_CONTROL, "no-store")],
-        axum::Json(app::protocol::PresenceList { cursor, online }),
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::CONTENT_TYPE, "application/json"),
+        ],
+        body,
     )
         .into_response())
 }

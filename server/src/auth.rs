@@ -33,6 +33,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// how many such pairs are remembered (about 100 bytes each).
 const KNOWN_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_KNOWN: usize = 100_000;
+const KNOWN_PER_NAME: usize = 8;
 
 /// Sign-ins that may wait for a hashing slot, and for how long.
 const MAX_HASH_QUEUE: usize = 64;
@@ -316,22 +317,28 @@ impl Auth {
 
     /// Remembers that `name` signed in from `addr` (see `known`).
     pub fn succeeded(&self, name: &str, addr: IpAddr) {
+        let key = (name.to_ascii_lowercase(), addr);
         let mut known = self.known.lock().expect("lock");
-        if known.len() >= MAX_KNOWN {
-            known.retain(|_, at| at.elapsed() < KNOWN_FOR);
-            if known.len() >= MAX_KNOWN {
-                // Full of recent ones: the oldest goes (its owner is only back to the
-                // ordinary per-name limit).
-                if let Some(oldest) = known
-                    .iter()
-                    .min_by_key(|(_, at)| **at)
-                    .map(|(k, _)| k.clone())
-                {
-                    known.remove(&oldest);
-                }
+        if known.contains_key(&key) {
+            known.insert(key, std::time::Instant::now());
+            return;
+        }
+        // At most a few addresses per name: the name's oldest goes, never another name's
+        // (someone signing in to many accounts of their own cannot push an owner out).
+        let of_name: Vec<_> = known.keys().filter(|(n, _)| *n == key.0).cloned().collect();
+        if of_name.len() >= KNOWN_PER_NAME {
+            if let Some(oldest) = of_name.iter().min_by_key(|k| known[*k]) {
+                known.remove(oldest);
             }
         }
-        known.insert((name.to_ascii_lowercase(), addr), std::time::Instant::now());
+        if known.len() >= MAX_KNOWN {
+            known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+        }
+        // Still full of recent pairs: this one is not remembered (its owner keeps the
+        // ordinary per-name limit).
+        if known.len() < MAX_KNOWN {
+            known.insert(key, std::time::Instant::now());
+        }
     }
 
     /// Forgets full buckets (called periodically with the other limits).
@@ -646,6 +653,13 @@ pub async fn refresh(
     let viewer = who.require("renew your session")?;
     // Renewals end `--session-max-secs` after the password was checked: a stolen token
     // cannot be kept alive for ever by refreshing it.
+    if viewer.auth_time == 0 {
+        return Err(ApiError::Unauthenticated(
+            "this session says neither when it signed in (`auth_time`) nor when it was issued \
+             (`iat`), so it cannot be renewed; sign in again"
+                .into(),
+        ));
+    }
     if now_secs().saturating_sub(viewer.auth_time) >= state.auth.max_session.as_secs() {
         return Err(ApiError::Unauthenticated(
             "this session was signed in too long ago to renew; sign in again".into(),

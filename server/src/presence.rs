@@ -21,9 +21,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// How long a short poll keeps its account online: the server does not know a poller's
-/// interval, and the app's longest is 30 s.
-pub const POLL_LEASE: Duration = Duration::from_secs(40);
+/// How long a poll keeps its account online after it is answered: the server does not
+/// know a poller's interval; the app's longest is 30 s, and a slow answer or a retry after
+/// a failure must not make it flap.
+pub const POLL_LEASE: Duration = Duration::from_secs(45);
 
 /// How often the task looks at leases that ran out (the grace is honoured to within this).
 const TICK: Duration = Duration::from_millis(250);
@@ -32,8 +33,9 @@ const TICK: Duration = Duration::from_millis(250);
 /// finds none is one sorted-set range read.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Accounts per presence script (each one a few hash and set commands in Redis).
-const TOUCH_PAGE: usize = 500;
+/// Accounts per presence script, joins or leaves (each a few hash and set commands in
+/// Redis; an embedded page is one account at a time).
+const PAGE: usize = 500;
 
 /// The longest `--presence-ttl-secs` taken (an hour); the grace is held to ten minutes.
 const MAX_TTL_SECS: u64 = 3600;
@@ -44,7 +46,14 @@ pub struct Presence {
     local: Mutex<HashMap<Arc<str>, Local>>,
     wake: tokio::sync::Notify,
     grace: Duration,
+    /// The last `GET /api/presence` answer and when it was read (see [`Presence::list`]).
+    list: tokio::sync::Mutex<Option<(Instant, u64, bytes::Bytes)>>,
 }
+
+/// How long one reading of the online list answers `GET /api/presence`: the list and its
+/// cursor stay exact together (a client applies the events after that cursor), so a page
+/// load storm or a client asking in a loop costs the engine one read per this, not one each.
+const LIST_FRESH: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Local {
@@ -54,6 +63,10 @@ struct Local {
     until: Option<Instant>,
     /// The engine was told it is online here (and not since told it left).
     announced: bool,
+    /// A join was attempted and its answer is unknown (Redis timed out after running the
+    /// script, a page of joins failed half way): the engine may hold it, so it gets a leave
+    /// when it goes (leaves are idempotent), and a join again while online.
+    maybe: bool,
 }
 
 impl Local {
@@ -92,7 +105,31 @@ impl Presence {
             local: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             grace,
+            list: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// `GET /api/presence`'s body: read from the engine at most once per [`LIST_FRESH`]
+    /// (one reader at a time; the others wait for its answer), unless the asker's stream is
+    /// already past the cached list's cursor (`after`): it would miss the presence events in
+    /// between, which its stream does not deliver again.
+    pub async fn list(
+        &self,
+        engine: &crate::engine::Engine,
+        after: u64,
+    ) -> Result<bytes::Bytes, crate::engine::EngineError> {
+        let mut cached = self.list.lock().await;
+        if let Some((at, cursor, body)) = cached.as_ref() {
+            if at.elapsed() < LIST_FRESH && *cursor >= after {
+                return Ok(body.clone());
+            }
+        }
+        let (cursor, online) = engine.presence().await?;
+        let body = serde_json::to_vec(&app::protocol::PresenceList { cursor, online })
+            .expect("the list serialises");
+        let body = bytes::Bytes::from(body);
+        *cached = Some((Instant::now(), cursor, body.clone()));
+        Ok(body)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Local>> {
@@ -139,12 +176,22 @@ impl Presence {
             let online = l.online(now);
             if online && (all || !l.announced) {
                 join.push(user.clone());
-            } else if !online && l.announced {
+            } else if !online && (l.announced || l.maybe) {
                 leave.push(user.clone());
             }
-            online || l.announced
+            online || l.announced || l.maybe
         });
         (join, leave)
+    }
+
+    /// Before joins are sent: they may be held by the engine from now on.
+    fn set_maybe(&self, users: &[Arc<str>]) {
+        let mut local = self.lock();
+        for user in users {
+            if let Some(l) = local.get_mut(user) {
+                l.maybe = true;
+            }
+        }
     }
 
     fn set_announced(&self, users: &[Arc<str>]) {
@@ -163,7 +210,7 @@ impl Presence {
         let mut local = self.lock();
         match local.get_mut(user) {
             Some(l) if l.online(now) => {
-                l.announced = false;
+                (l.announced, l.maybe) = (false, false);
                 true
             }
             _ => {
@@ -176,7 +223,7 @@ impl Presence {
     fn announced(&self) -> Vec<Arc<str>> {
         self.lock()
             .iter()
-            .filter(|(_, l)| l.announced)
+            .filter(|(_, l)| l.announced || l.maybe)
             .map(|(u, _)| u.clone())
             .collect()
     }
@@ -206,9 +253,10 @@ pub async fn run(state: AppState) {
     // Accounts a killed predecessor left online (embedded; cluster entries expire).
     match engine.presence_left_behind().await {
         Ok(users) => {
-            for user in users {
-                if let Err(e) = engine.presence_leave(&user).await {
-                    tracing::warn!(?e, "presence: an old leave could not be announced");
+            let users: Vec<Arc<str>> = users.into_iter().map(Arc::from).collect();
+            for page in users.chunks(PAGE) {
+                if let Err(e) = engine.presence_leave(page).await {
+                    tracing::warn!(?e, "presence: old leaves could not be announced");
                 }
             }
         }
@@ -238,27 +286,38 @@ pub async fn run(state: AppState) {
         };
         let mut touched = true;
         // In pages: Redis runs one script at a time, and thousands of accounts in one
-        // would hold everyone else's commands up.
-        for page in touch.chunks(TOUCH_PAGE) {
-            if let Err(e) = engine.presence_touch(page, ttl).await {
+        // would hold everyone else's commands up. Each page is marked as it is answered.
+        for page in touch.chunks(PAGE) {
+            presence.set_maybe(page);
+            let started = Instant::now();
+            let result = engine.presence_touch(page, ttl).await;
+            if started.elapsed() > renew_every {
+                // A stall without an error: others may have missed their renewals too.
+                troubled = Instant::now();
+            }
+            if let Err(e) = result {
                 tracing::warn!(?e, "presence: joins not announced; retrying");
                 touched = false;
                 break;
             }
+            presence.set_announced(page);
         }
         if !touched {
             troubled = Instant::now();
             continue;
         }
-        presence.set_announced(&join);
         if heartbeat {
             renewed = Instant::now();
             announce_again = false;
         }
         let mut again = false;
-        for user in &leave {
-            match engine.presence_leave(user).await {
-                Ok(true) => again |= presence.left(user),
+        for page in leave.chunks(PAGE) {
+            match engine.presence_leave(page).await {
+                Ok(true) => {
+                    for user in page {
+                        again |= presence.left(user);
+                    }
+                }
                 Ok(false) => {
                     // Redis lost this server's announcements: again first, then leave.
                     announce_again = true;
@@ -267,7 +326,8 @@ pub async fn run(state: AppState) {
                 }
                 Err(e) => {
                     troubled = Instant::now();
-                    tracing::warn!(?e, "presence: a leave not announced; retrying");
+                    tracing::warn!(?e, "presence: leaves not announced; retrying");
+                    break;
                 }
             }
         }
@@ -286,8 +346,8 @@ pub async fn run(state: AppState) {
     }
     // Shutting down: a bounded goodbye, so others do not wait for the entries to run out.
     let goodbye = async {
-        for user in presence.announced() {
-            let _ = engine.presence_leave(&user).await;
+        for page in presence.announced().chunks(PAGE) {
+            let _ = engine.presence_leave(page).await;
         }
     };
     if tokio::time::timeout(Duration::from_secs(3), goodbye)

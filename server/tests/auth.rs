@@ -945,11 +945,27 @@ async fn refreshes_end_at_the_session_maximum() {
     assert!(error(r, 401, "unauthenticated")
         .await
         .contains("too long ago"));
-    // A token minted without `auth_time` counts from `iat`.
-    let r = refresh(mint("bob", now() + 600)).await.unwrap();
+    // A token minted without `auth_time` counts from `iat`; without either it cannot be
+    // renewed, and says why.
+    let minted = |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let recent = minted(json!({"sub": "bob", "iat": now() - 100, "exp": now() + 600}));
+    assert_eq!(refresh(recent).await.unwrap().status(), 200);
+    let old = minted(json!({"sub": "bob", "iat": now() - 7300, "exp": now() + 600}));
+    let r = refresh(old).await.unwrap();
     assert!(error(r, 401, "unauthenticated")
         .await
         .contains("too long ago"));
+    let r = refresh(minted(json!({"sub": "bob", "exp": now() + 600})))
+        .await
+        .unwrap();
+    assert!(error(r, 401, "unauthenticated").await.contains("neither"));
     let fresh = signup(&s, "carl").await;
     assert_eq!(refresh(fresh).await.unwrap().status(), 200);
     s.stop().await;

@@ -230,6 +230,15 @@ pub struct PresenceChange {
     pub online: bool,
 }
 
+/// The query of `GET /api/presence`.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceQuery {
+    /// The asker's stream cursor: the answer's `cursor` is at least this (a list older than
+    /// the stream would miss the presence events in between).
+    pub after: Option<u64>,
+}
+
 /// `GET /api/presence` answer: who is online now. `cursor` is an event id such that the
 /// list reflects every presence event up to it: a client applies the presence events it
 /// receives with a higher id, and ignores the rest.

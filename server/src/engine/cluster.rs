@@ -123,9 +123,10 @@ return 1
 "#
 );
 
-/// KEYS: seq, log, presence history, presence set, this server's marker, the user's hash.
-/// ARGV: ts, log max, history max, server id, user. This server's last connection of the
-/// user closed: its entry goes; when no other server holds the user, the leave event.
+/// KEYS: seq, log, presence history, presence set, this server's marker, then one hash per
+/// user. ARGV: ts, log max, history max, server id, then the users (as KEYS[6..]). This
+/// server's last connection of each user closed: its entry goes; for a user no other
+/// server holds, the leave event.
 ///
 /// Returns 0, changing nothing, when the marker is gone: Redis lost what this server
 /// announced (restarted without its data, flushed) or its entries ran out (it could not
@@ -136,12 +137,16 @@ const PRESENCE_LEAVE: &str = concat!(
     presence_lua!(),
     r#"
 if redis.call('EXISTS', KEYS[5]) == 0 then return 0 end
-redis.call('HDEL', KEYS[6], ARGV[4])
-local best = renew_score(KEYS[6], now_ms())
-if best then
-  redis.call('ZADD', KEYS[4], 'XX', best, ARGV[5])
-elseif redis.call('ZREM', KEYS[4], ARGV[5]) == 1 then
-  announce(ARGV[1], ARGV[5], 'false', ARGV[2], ARGV[3])
+local now = now_ms()
+for i = 5, #ARGV do
+  local user, hash = ARGV[i], KEYS[i + 1]
+  redis.call('HDEL', hash, ARGV[4])
+  local best = renew_score(hash, now)
+  if best then
+    redis.call('ZADD', KEYS[4], 'XX', best, user)
+  elseif redis.call('ZREM', KEYS[4], user) == 1 then
+    announce(ARGV[1], user, 'false', ARGV[2], ARGV[3])
+  end
 end
 return 1
 "#
@@ -482,14 +487,15 @@ impl Cluster {
         self.presence_invoke::<i64>(call).await.map(|_| ())
     }
 
-    /// This server's last connection of `user` closed. `false`: Redis no longer holds what
+    /// This server's last connection of each of `users` closed. `false`: Redis no longer holds what
     /// this server announced (see `PRESENCE_LEAVE`); nothing was done.
-    pub async fn presence_leave(&self, user: &str) -> Result<bool, EngineError> {
+    pub async fn presence_leave(&self, users: &[Arc<str>]) -> Result<bool, EngineError> {
         let mut call = self.presence_call(1);
-        call.key(self.presence_marker())
-            .key(format!("{}{user}", self.keys.presence_of_prefix()))
-            .arg(&self.server_id)
-            .arg(user);
+        call.key(self.presence_marker()).arg(&self.server_id);
+        for user in users {
+            call.key(format!("{}{user}", self.keys.presence_of_prefix()))
+                .arg(&**user);
+        }
         self.presence_invoke::<i64>(call)
             .await
             .map(|done| done == 1)

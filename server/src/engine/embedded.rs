@@ -126,9 +126,8 @@ impl Embedded {
         Ok(())
     }
 
-    /// Announces `user` offline: the leave event, then the store's row. Always `true` (the
-    /// cluster's can ask for its accounts to be announced again first).
-    pub async fn presence_leave(&self, user: &str) -> Result<bool, EngineError> {
+    /// Announces `user` offline: the leave event, then the store's row.
+    pub async fn presence_leave(&self, user: &str) -> Result<(), EngineError> {
         let mut online = self.presence.lock().await;
         if online.contains(user) {
             self.presence_event(user, false).await?;
@@ -137,8 +136,7 @@ impl Embedded {
         self.store
             .presence_remove(user)
             .await
-            .map_err(presence_error)?;
-        Ok(true)
+            .map_err(presence_error)
     }
 
     /// The accounts a previous run announced online and never offline (it was killed):

@@ -195,13 +195,19 @@ impl Engine {
         }
     }
 
-    /// Presence: this server no longer holds `user`; a leave when no server does. `false`:
+    /// Presence: this server no longer holds `users`; a leave for each that no server holds.
+    /// `false`:
     /// nothing was done, and this server must announce its accounts again first (cluster:
     /// Redis lost them, or they ran out while Redis was out of reach).
-    pub async fn presence_leave(&self, user: &str) -> Result<bool, EngineError> {
+    pub async fn presence_leave(&self, users: &[Arc<str>]) -> Result<bool, EngineError> {
         match self {
-            Engine::Embedded(e) => e.presence_leave(user).await,
-            Engine::Cluster(c) => c.presence_leave(user).await,
+            Engine::Embedded(e) => {
+                for user in users {
+                    e.presence_leave(user).await?;
+                }
+                Ok(true)
+            }
+            Engine::Cluster(c) => c.presence_leave(users).await,
         }
     }
 

@@ -67,6 +67,10 @@ pub async fn handler(
             }
         }
     }
+    // The lease runs from the answer: a long wait or a slow one must not let it lapse.
+    if let Some(user) = state.online_in_chat(&filter) {
+        state.presence.touch(&user);
+    }
     match &read {
         Read::Events(Page { events, .. }) => {
             crate::metrics::lab::DELIVERED
