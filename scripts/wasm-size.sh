@@ -30,12 +30,12 @@ cd "$(dirname "$0")/.."
 # routes (wasm splitting) would move the panels out of the first download; trunk does not
 # split wasm today. (215,916 with the session-hint cookie check.) Then 226,000 for price
 # alerts in the panel (their list and form), the verified-author mark and the security
-# review's fixes: 224,756 measured (+8.8 KB). Then 233,000 for presence (the online list in
+# review's fixes: 224,756 measured (+8.8 KB). Then 234,000 for presence (the online list in
 # the chat panel, the presence event and list types, a list applied over events that came
-# first and asked again after a burst or a failure): 232,780 measured, +7.0 KB against
+# first and asked again after a burst or a failure): 232,898 measured, +7.1 KB against
 # 225,792 built the same day, most of it serde's code for the two new types (the lab, which
 # shares the event decoder, grew 4.1 KB too).
-BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-233000}
+BUDGET_GZIP=${TIDINGS_WASM_BUDGET:-234000}
 GOAL_GZIP=153600                              # 150 KiB: the product goal (docs/performance.md)
 wasm=$(ls app/dist/*_bg.wasm)
 js=$(ls app/dist/app-*.js)
