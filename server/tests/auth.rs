@@ -16,17 +16,6 @@ async fn start() -> TestServer {
     TestServer::start_with(|c| c.secret = Some(SECRET.into())).await
 }
 
-async fn signup(s: &TestServer, name: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(s.url("/api/auth/signup"))
-        .json(&json!({"name": name, "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    r.json::<Session>().await.unwrap().token.unwrap()
-}
-
 async fn error(r: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(r.status(), status);
     let body: serde_json::Value = r.json().await.unwrap();
@@ -165,7 +154,7 @@ async fn sign_in_attempts_are_limited_per_name() {
         c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
     })
     .await;
-    signup(&s, "bob").await;
+    signup(&s.base, "bob").await;
     let client = reqwest::Client::new();
     let mut limited = None;
     // From an address bob never signed in from (his own is exempt: see below).
@@ -244,7 +233,7 @@ async fn a_locked_name_still_signs_in_from_where_its_owner_did() {
 #[tokio::test]
 async fn chat_from_an_account_carries_its_verified_name() {
     let s = start().await;
-    let ann = signup(&s, "ann").await;
+    let ann = signup(&s.base, "ann").await;
     let client = reqwest::Client::new();
     let e: Event = client
         .post(s.url("/api/publish"))
@@ -295,9 +284,9 @@ async fn chat_from_an_account_carries_its_verified_name() {
 async fn a_mention_reaches_only_its_account_on_every_transport() {
     let s = start().await;
     let (ann, bob, eve) = (
-        signup(&s, "ann").await,
-        signup(&s, "bob").await,
-        signup(&s, "eve").await,
+        signup(&s.base, "ann").await,
+        signup(&s.base, "bob").await,
+        signup(&s.base, "eve").await,
     );
     let cursor = reqwest::get(s.url("/api/poll"))
         .await
@@ -413,7 +402,7 @@ async fn ws_connect_ok(url: String) -> Ws {
 #[tokio::test]
 async fn the_private_stream_refuses_missing_bad_and_expired_tokens() {
     let s = start().await;
-    let bob = signup(&s, "bob").await;
+    let bob = signup(&s.base, "bob").await;
     let b64 = |v: &str| {
         use base64::Engine as _;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
@@ -497,7 +486,7 @@ async fn cluster_mode_without_a_secret_says_so() {
 #[tokio::test]
 async fn the_generated_secret_survives_a_restart() {
     let s = TestServer::start().await;
-    let token = signup(&s, "bob").await;
+    let token = signup(&s.base, "bob").await;
     let dir = s.stop().await.unwrap();
     let s = TestServer::start_in(dir.path().to_path_buf(), |_| {}).await;
     let r = reqwest::Client::new()
@@ -520,7 +509,7 @@ async fn streams_end_when_their_session_does_and_resume_after_renewal() {
         c.session_secs = 2;
     })
     .await;
-    let bob = signup(&s, "bob").await;
+    let bob = signup(&s.base, "bob").await;
     let first = s.chat("before expiry").await;
     let mut sse = SseClient::from_response(
         reqwest::Client::new()
@@ -606,7 +595,7 @@ async fn an_admin_broadcast_reaches_every_account_and_no_one_else() {
         c.admin_token = Some("sekrit".into());
     })
     .await;
-    let (bob, eve) = (signup(&s, "bob").await, signup(&s, "eve").await);
+    let (bob, eve) = (signup(&s.base, "bob").await, signup(&s.base, "eve").await);
     let client = reqwest::Client::new();
     let send = |token: &str| {
         client
@@ -638,7 +627,7 @@ async fn an_admin_broadcast_reaches_every_account_and_no_one_else() {
 #[tokio::test]
 async fn read_marks_are_events_of_the_accounts_own_stream() {
     let s = start().await;
-    let (ann, bob) = (signup(&s, "ann").await, signup(&s, "bob").await);
+    let (ann, bob) = (signup(&s.base, "ann").await, signup(&s.base, "bob").await);
     let client = reqwest::Client::new();
     let mut bob_sse = SseClient::from_response(
         client
@@ -713,7 +702,7 @@ async fn a_price_alert_fires_once_per_crossing() {
         c.admin_token = Some("sekrit".into());
     })
     .await;
-    let (bob, eve) = (signup(&s, "bob").await, signup(&s, "eve").await);
+    let (bob, eve) = (signup(&s.base, "bob").await, signup(&s.base, "eve").await);
     let client = reqwest::Client::new();
     let alert = |token: &str, body: serde_json::Value| {
         client
@@ -862,7 +851,7 @@ async fn subjects_guests_and_read_marks_are_held_to_the_rules() {
             .unwrap();
         error(r, 401, "unauthenticated").await;
     }
-    let bob = signup(&s, "bob").await;
+    let bob = signup(&s.base, "bob").await;
     let client = reqwest::Client::new();
     let mut sse = SseClient::from_response(
         client
@@ -966,7 +955,7 @@ async fn refreshes_end_at_the_session_maximum() {
         .await
         .unwrap();
     assert!(error(r, 401, "unauthenticated").await.contains("neither"));
-    let fresh = signup(&s, "carl").await;
+    let fresh = signup(&s.base, "carl").await;
     assert_eq!(refresh(fresh).await.unwrap().status(), 200);
     s.stop().await;
 }

@@ -9,7 +9,7 @@
 mod common;
 
 use app::protocol::{Event, PollResponse, ServerFrame};
-use common::{within, SseClient, DEADLINE};
+use common::{no_presence_change, presence_change, signup, sse, within, SseClient, DEADLINE};
 use futures_util::StreamExt;
 use serde_json::json;
 use std::collections::BTreeSet;
@@ -1106,53 +1106,6 @@ async fn an_unreadable_log_entry_is_read_past_not_spun_on() {
 
 // ---------------------------------------------------------------- presence
 
-/// Signs `name` up on `base` and returns its token.
-async fn account(base: &str, name: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/auth/signup"))
-        .json(&json!({"name": name, "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "signup {name}: {}", r.status());
-    r.json::<app::protocol::Session>()
-        .await
-        .unwrap()
-        .token
-        .unwrap()
-}
-
-/// An SSE stream of `streams` on `base`, signed in with `token` when given.
-async fn sse(base: &str, streams: &str, token: Option<&str>) -> SseClient {
-    let mut req = reqwest::Client::new().get(format!("{base}/api/sse?streams={streams}"));
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
-    }
-    let r = req.send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    SseClient::from_response(r)
-}
-
-/// The next presence change on `watcher`: (account, online). No deadline of its own (a
-/// leave after kill -9 takes about the expiry): callers bound it.
-async fn presence_change(watcher: &mut SseClient) -> (String, bool) {
-    let m = watcher
-        .next_data()
-        .await
-        .expect("the watcher's stream ended");
-    let e: Event = serde_json::from_str(&m.data).unwrap();
-    match e.payload {
-        app::protocol::Payload::Presence(p) => (p.user, p.online),
-        p => panic!("not presence: {p:?}"),
-    }
-}
-
-async fn no_presence_change(watcher: &mut SseClient, quiet: Duration) {
-    if let Ok(m) = tokio::time::timeout(quiet, watcher.next_data()).await {
-        panic!("expected no presence change, got {m:?}");
-    }
-}
-
 /// Presence across three servers behind nginx: an account connected to two servers is
 /// online once; closing one of its connections is no leave; kill -9 of the server holding
 /// accounts announces each offline exactly once, from a surviving server, within the
@@ -1168,8 +1121,8 @@ async fn presence_spans_the_cluster_and_survives_a_kill_9() {
         c.instances[1].url(""),
         c.instances[2].url(""),
     );
-    let ann = account(&s0, "ann").await;
-    let bob = account(&s1, "bob").await;
+    let ann = signup(&s0, "ann").await;
+    let bob = signup(&s1, "bob").await;
     let mut watcher = sse(&s2, "presence", None).await;
 
     // Ann on servers 0 and 1, Bob on server 1 only.
@@ -1232,7 +1185,7 @@ async fn an_embedded_server_killed_with_accounts_online_announces_them_offline_a
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let mut first = Instance::start_embedded(&data);
-    let ann = account(&first.url(""), "ann").await;
+    let ann = signup(&first.url(""), "ann").await;
     let before: app::protocol::PresenceList =
         common::get_json(&first.url("/api/presence"), None).await;
     let _ann = sse(&first.url(""), "chat", Some(&ann)).await;
@@ -1280,7 +1233,7 @@ async fn presence_recovers_when_redis_loses_its_data() {
     }
     let mut c = Cluster::start(2);
     let (s0, s1) = (c.instances[0].url(""), c.instances[1].url(""));
-    let ann = account(&s0, "ann").await;
+    let ann = signup(&s0, "ann").await;
     let mut watcher = sse(&s1, "presence", None).await;
     let ann0 = sse(&s0, "chat", Some(&ann)).await;
     assert_eq!(

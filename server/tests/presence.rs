@@ -4,7 +4,7 @@
 
 mod common;
 
-use app::protocol::{Event, Payload, PresenceChange, PresenceList, Session};
+use app::protocol::PresenceList;
 use common::*;
 use futures_util::SinkExt;
 use serde_json::json;
@@ -21,59 +21,23 @@ async fn start() -> TestServer {
     .await
 }
 
-async fn signup(s: &TestServer, name: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(s.url("/api/auth/signup"))
-        .json(&json!({"name": name, "password": "correct horse"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201, "{:?}", r.text().await);
-    r.json::<Session>().await.unwrap().token.unwrap()
-}
-
-/// An SSE stream of `streams` signed in with `token`.
-async fn sse(s: &TestServer, streams: &str, token: Option<&str>) -> SseClient {
-    let mut req = reqwest::Client::new().get(s.url(&format!("/api/sse?streams={streams}")));
-    if let Some(token) = token {
-        req = req.bearer_auth(token);
-    }
-    let r = req.send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    SseClient::from_response(r)
-}
-
-fn change(e: &Event) -> (String, bool) {
-    match &e.payload {
-        Payload::Presence(PresenceChange { user, online }) => (user.clone(), *online),
-        p => panic!("not a presence event: {p:?}"),
-    }
-}
-
-/// Asserts that `watcher` receives nothing (but heartbeats) for `quiet`.
-async fn silent(watcher: &mut SseClient, quiet: Duration) {
-    if let Ok(m) = tokio::time::timeout(quiet, watcher.next_data()).await {
-        panic!("expected no presence event, got {m:?}");
-    }
-}
-
 #[tokio::test]
 async fn an_account_is_online_once_whatever_its_connections_and_leaves_after_the_grace() {
     let s = start().await;
-    let ann = signup(&s, "ann").await;
-    let bob = signup(&s, "bob").await;
-    let mut watcher = sse(&s, "presence", None).await;
+    let ann = signup(&s.base, "ann").await;
+    let bob = signup(&s.base, "bob").await;
+    let mut watcher = sse(&s.base, "presence", None).await;
 
     // Three connections of Ann on three transports: one join.
-    let a1 = sse(&s, "chat", Some(&ann)).await;
+    let a1 = sse(&s.base, "chat", Some(&ann)).await;
     let joined = within(watcher.events(1)).await;
-    assert_eq!(change(&joined[0]), ("ann".into(), true));
-    let a2 = sse(&s, "feed,chat,ticker", Some(&ann)).await;
+    assert_eq!(presence_of(&joined[0]), ("ann".into(), true));
+    let a2 = sse(&s.base, "feed,chat,ticker", Some(&ann)).await;
     let (mut a3, _) =
         tokio_tungstenite::connect_async(s.ws_url(&format!("/api/ws?streams=chat&token={ann}")))
             .await
             .unwrap();
-    silent(&mut watcher, Duration::from_millis(300)).await;
+    no_presence_change(&mut watcher, Duration::from_millis(300)).await;
 
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert_eq!(list.online, vec!["ann"]);
@@ -93,31 +57,31 @@ async fn an_account_is_online_once_whatever_its_connections_and_leaves_after_the
         })
     };
     let joined = within(watcher.events(1)).await;
-    assert_eq!(change(&joined[0]), ("bob".into(), true));
+    assert_eq!(presence_of(&joined[0]), ("bob".into(), true));
     assert_eq!(poll.await.unwrap().status(), 200);
 
     // Closing two of Ann's three: nothing.
     drop(a2);
     a3.close(None).await.unwrap();
     drop(a3);
-    silent(&mut watcher, GRACE * 2).await;
+    no_presence_change(&mut watcher, GRACE * 2).await;
     // Her last one closes and she reconnects inside the grace (a reload): nothing.
     drop(a1);
     tokio::time::sleep(GRACE / 4).await;
-    let a1 = sse(&s, "chat", Some(&ann)).await;
-    silent(&mut watcher, GRACE * 2).await;
+    let a1 = sse(&s.base, "chat", Some(&ann)).await;
+    no_presence_change(&mut watcher, GRACE * 2).await;
 
     // Her last one closes for good: one leave, after the grace.
     drop(a1);
     let closed = Instant::now();
     let left = within(watcher.events(1)).await;
     let after = closed.elapsed();
-    assert_eq!(change(&left[0]), ("ann".into(), false));
+    assert_eq!(presence_of(&left[0]), ("ann".into(), false));
     assert!(
         after >= GRACE && after < GRACE + Duration::from_secs(1),
         "leave after {after:?}"
     );
-    silent(&mut watcher, Duration::from_millis(300)).await;
+    no_presence_change(&mut watcher, Duration::from_millis(300)).await;
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert_eq!(list.online, vec!["bob"]);
     assert!(list.cursor >= left[0].id);
@@ -126,13 +90,13 @@ async fn an_account_is_online_once_whatever_its_connections_and_leaves_after_the
 #[tokio::test]
 async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() {
     let s = start().await;
-    let ann = signup(&s, "ann").await;
-    let mut watcher = sse(&s, "presence", None).await;
+    let ann = signup(&s.base, "ann").await;
+    let mut watcher = sse(&s.base, "presence", None).await;
     // Anonymous readers of chat, an account that reads only its notifications, and a
     // token that is not valid (ignored on public streams): nobody is online.
-    let _anon = sse(&s, "chat", None).await;
-    let _bot = sse(&s, "notifications", Some(&ann)).await;
-    let _bad = sse(&s, "chat", Some("not.a.token")).await;
+    let _anon = sse(&s.base, "chat", None).await;
+    let _bot = sse(&s.base, "notifications", Some(&ann)).await;
+    let _bad = sse(&s.base, "chat", Some("not.a.token")).await;
     // A poll the server refuses (400) does not count either.
     let r = reqwest::Client::new()
         .get(s.url("/api/poll?streams=chat&since=0&wait=99"))
@@ -141,7 +105,7 @@ async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() 
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    silent(&mut watcher, Duration::from_millis(500)).await;
+    no_presence_change(&mut watcher, Duration::from_millis(500)).await;
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert!(list.online.is_empty());
 
@@ -176,7 +140,7 @@ async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() 
             f => panic!("unexpected {f:?}"),
         }
     }
-    silent(&mut watcher, Duration::from_millis(200)).await;
+    no_presence_change(&mut watcher, Duration::from_millis(200)).await;
 }
 
 /// A client that was away resumes presence like any stream: the joins and leaves it
@@ -184,14 +148,14 @@ async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() 
 #[tokio::test]
 async fn presence_resumes_after_a_reconnect() {
     let s = start().await;
-    let ann = signup(&s, "ann").await;
-    let bob = signup(&s, "bob").await;
+    let ann = signup(&s.base, "ann").await;
+    let bob = signup(&s.base, "bob").await;
     let before: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert!(before.online.is_empty());
 
     // While the client is away: Ann comes and goes, Bob comes.
-    let a = sse(&s, "chat", Some(&ann)).await;
-    let _b = sse(&s, "chat", Some(&bob)).await;
+    let a = sse(&s.base, "chat", Some(&ann)).await;
+    let _b = sse(&s.base, "chat", Some(&bob)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(a);
     tokio::time::sleep(GRACE + Duration::from_millis(600)).await;
@@ -205,7 +169,7 @@ async fn presence_resumes_after_a_reconnect() {
         None,
     )
     .await;
-    let changes: Vec<(String, bool)> = poll.events.iter().map(change).collect();
+    let changes: Vec<(String, bool)> = poll.events.iter().map(presence_of).collect();
     assert_eq!(changes.len(), 3, "{changes:?}");
     assert!(changes.contains(&("ann".into(), true)) && changes.contains(&("bob".into(), true)));
     assert_eq!(changes[2], ("ann".into(), false));
@@ -218,7 +182,7 @@ async fn presence_resumes_after_a_reconnect() {
         within(resumed.events(3))
             .await
             .iter()
-            .map(change)
+            .map(presence_of)
             .collect::<Vec<_>>(),
         changes
     );
@@ -228,7 +192,7 @@ async fn presence_resumes_after_a_reconnect() {
         ws_events(&mut ws, 3)
             .await
             .iter()
-            .map(change)
+            .map(presence_of)
             .collect::<Vec<_>>(),
         changes
     );
@@ -248,13 +212,13 @@ async fn presence_resumes_after_a_reconnect() {
 #[tokio::test]
 async fn a_short_poll_makes_its_account_online() {
     let s = start().await;
-    let bob = signup(&s, "bob").await;
-    let mut watcher = sse(&s, "presence", None).await;
+    let bob = signup(&s.base, "bob").await;
+    let mut watcher = sse(&s.base, "presence", None).await;
     let _: app::protocol::PollResponse =
         get_json(&s.url("/api/poll?streams=feed,chat&since=0"), Some(&bob)).await;
     let joined = within(watcher.events(1)).await;
-    assert_eq!(change(&joined[0]), ("bob".into(), true));
-    silent(&mut watcher, GRACE * 2).await;
+    assert_eq!(presence_of(&joined[0]), ("bob".into(), true));
+    no_presence_change(&mut watcher, GRACE * 2).await;
     let list: PresenceList = get_json(&s.url("/api/presence"), None).await;
     assert_eq!(list.online, vec!["bob"]);
 }

@@ -112,16 +112,30 @@ impl Embedded {
     /// the other order could leave a join that no leave ever follows).
     pub async fn presence_touch(&self, users: &[Arc<str>]) -> Result<(), EngineError> {
         let mut online = self.presence.lock().await;
-        for user in users {
-            if online.contains(&**user) {
-                continue;
+        let new: Vec<&str> = users
+            .iter()
+            .map(|u| &**u)
+            .filter(|u| !online.contains(*u))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.store
+            .presence_add(&new)
+            .await
+            .map_err(presence_error)?;
+        // Published together: the writer stores them in one commit (group commit).
+        let joins = new.iter().map(|user| self.presence_event(user, true));
+        let results = futures_util::future::join_all(joins).await;
+        for (user, result) in new.iter().zip(results) {
+            if result.is_ok() {
+                online.insert(user.to_string());
             }
-            self.store
-                .presence_add(user)
-                .await
-                .map_err(presence_error)?;
-            self.presence_event(user, true).await?;
-            online.insert(user.to_string());
+        }
+        // A join that failed is retried by the presence task (its row is already there,
+        // so a crash now still ends in a leave).
+        if new.iter().any(|u| !online.contains(*u)) {
+            return Err(EngineError::Store);
         }
         Ok(())
     }

@@ -296,13 +296,18 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Presence: records `user` as announced online (before its join event is published).
-    pub async fn presence_add(&self, user: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT OR IGNORE INTO presence (user) VALUES (?)")
-            .bind(user)
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+    /// Presence: records `users` as announced online (before their join events are published).
+    pub async fn presence_add(&self, users: &[&str]) -> Result<(), sqlx::Error> {
+        // One transaction for the page: a reconnect storm after a restart is not one commit
+        // per account.
+        let mut tx = self.pool.begin().await?;
+        for user in users {
+            sqlx::query("INSERT OR IGNORE INTO presence (user) VALUES (?)")
+                .bind(*user)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
     }
 
     /// Presence: forgets `user` (after its leave event is published).

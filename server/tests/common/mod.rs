@@ -266,3 +266,55 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(url: &str, token: Option<&
     assert_eq!(r.status(), 200, "GET {url}");
     r.json().await.unwrap()
 }
+
+/// Signs `name` up on the server at `base` (password "correct horse"); its session token.
+pub async fn signup(base: &str, name: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/signup"))
+        .json(&serde_json::json!({"name": name, "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "signup {name}: {:?}", r.text().await);
+    r.json::<app::protocol::Session>()
+        .await
+        .unwrap()
+        .token
+        .unwrap()
+}
+
+/// An SSE stream of `streams` on `base`, signed in with `token` when given.
+pub async fn sse(base: &str, streams: &str, token: Option<&str>) -> SseClient {
+    let mut req = reqwest::Client::new().get(format!("{base}/api/sse?streams={streams}"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    SseClient::from_response(r)
+}
+
+/// The (account, online) of a presence event.
+pub fn presence_of(e: &Event) -> (String, bool) {
+    match &e.payload {
+        app::protocol::Payload::Presence(p) => (p.user.clone(), p.online),
+        p => panic!("not a presence event: {p:?}"),
+    }
+}
+
+/// The next presence change on `watcher`. No deadline of its own (a leave after kill -9
+/// takes about the expiry): callers bound it.
+pub async fn presence_change(watcher: &mut SseClient) -> (String, bool) {
+    let m = watcher
+        .next_data()
+        .await
+        .expect("the watcher's stream ended");
+    presence_of(&serde_json::from_str(&m.data).unwrap())
+}
+
+/// Asserts that `watcher` receives nothing but heartbeats for `quiet`.
+pub async fn no_presence_change(watcher: &mut SseClient, quiet: Duration) {
+    if let Ok(m) = tokio::time::timeout(quiet, watcher.next_data()).await {
+        panic!("expected no presence change, got {m:?}");
+    }
+}
