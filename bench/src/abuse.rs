@@ -460,24 +460,10 @@ impl Flood {
                         let body = format!(
                             r#"{{"stream":"feed","data":{{"title":"flood","body":"f{i}-{n}","author":"flood"}}}}"#
                         );
-                        let r = client
-                            .post(&url)
-                            .header("content-type", "application/json")
-                            .body(body)
-                            .send()
-                            .await;
-                        let slot = match r {
-                            Ok(r) => {
-                                let slot = match r.status().as_u16() {
-                                    201 => 0,
-                                    429 => 1,
-                                    _ => 2,
-                                };
-                                // Read the answer so the connection is reused.
-                                let _ = r.bytes().await;
-                                slot
-                            }
-                            Err(_) => 2,
+                        let slot = match crate::load::post_publish(&client, &url, body).await {
+                            Some(201) => 0,
+                            Some(429) => 1,
+                            _ => 2,
                         };
                         counts[slot].fetch_add(1, Ordering::Relaxed);
                     }

@@ -145,13 +145,7 @@ async fn publish_rate(bases: &[String], concurrency: usize, secs: f64) -> f64 {
                     let body = format!(
                         r#"{{"stream":"chat","data":{{"author":"bench","body":"p{w}-{seq}"}}}}"#
                     );
-                    let r = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await;
-                    if r.is_ok_and(|r| r.status().as_u16() == 201) {
+                    if load::post_publish(&client, &url, body).await == Some(201) {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                 }

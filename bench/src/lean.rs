@@ -50,28 +50,43 @@ async fn fill(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
     matches!(tcp.read_buf(buf).await, Ok(n) if n > 0)
 }
 
-/// A fan-out subscriber on either streaming transport.
+/// A fan-out subscriber on either streaming transport, or Socket.IO's protocol over a
+/// WebSocket (the Socket.IO peer).
 pub enum Subscriber {
     Ws(WsClient),
     Sse(SseClient),
+    /// A WebSocket past Socket.IO's handshake (`load::socketio`).
+    SocketIo(WsClient),
 }
 
 impl Subscriber {
     /// Waits for bytes. False when the connection has ended. Cancel-safe.
     pub async fn read(&mut self) -> bool {
         match self {
-            Subscriber::Ws(c) => c.read().await,
+            Subscriber::Ws(c) | Subscriber::SocketIo(c) => c.read().await,
             Subscriber::Sse(c) => c.read().await,
         }
     }
 
     /// Hands what was received to `on_text`. False once the server has closed the stream.
-    pub async fn process(&mut self, on_text: impl FnMut(&str)) -> bool {
+    pub async fn process(&mut self, mut on_text: impl FnMut(&str)) -> bool {
         match self {
             Subscriber::Ws(c) => c.process(on_text).await,
             Subscriber::Sse(c) => {
                 c.process(on_text);
                 true
+            }
+            Subscriber::SocketIo(c) => {
+                // Engine.IO packets, one per text frame: `2` a ping (answered `3`, or the
+                // server drops us after its timeout), `42[...]` an event.
+                let mut pinged = false;
+                let open = c
+                    .process(|text| match text {
+                        "2" => pinged = true,
+                        _ => on_text(text),
+                    })
+                    .await;
+                open && !(pinged && c.send_text("3").await.is_err())
             }
         }
     }

@@ -163,21 +163,17 @@ async fn subscriber(
     let stop = done.notified();
     tokio::pin!(stop);
     match f.transport {
-        Transport::Ws | Transport::Sse | Transport::Mixed => {
-            let ws = match f.transport {
-                Transport::Mixed => i % 2 == 0,
-                t => t == Transport::Ws,
-            };
-            let client = if ws {
-                WsClient::connect(base, "/api/ws?streams=chat")
+        Transport::Ws | Transport::Sse | Transport::Mixed | Transport::Socketio => {
+            let client = match f.transport {
+                Transport::Socketio => socketio(base).await.map(Subscriber::SocketIo),
+                Transport::Ws => ws(base).await,
+                Transport::Mixed if i % 2 == 0 => ws(base).await,
+                _ => SseClient::connect(base, "/api/sse?streams=chat")
                     .await
-                    .map(Subscriber::Ws)
-            } else {
-                SseClient::connect(base, "/api/sse?streams=chat")
-                    .await
-                    .map(Subscriber::Sse)
+                    .ok()
+                    .map(Subscriber::Sse),
             };
-            let Ok(mut client) = client else {
+            let Some(mut client) = client else {
                 return t;
             };
             t.requests += 1;
@@ -189,37 +185,6 @@ async fn subscriber(
                         let before = t.deliveries;
                         let open = client.process(|text| t.record(&clock, text)).await;
                         delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
-                        if !more || !open {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Transport::Socketio => {
-            let Some(mut client) = socketio(base).await else {
-                return t;
-            };
-            t.requests += 1;
-            connected.fetch_add(1, Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => break,
-                    more = client.read() => {
-                        let before = t.deliveries;
-                        let mut pinged = false;
-                        // Engine.IO packets, one per text frame: `2` a ping (answered `3`,
-                        // or the server drops us after its timeout), `42[...]` an event.
-                        let open = client
-                            .process(|text| match text {
-                                "2" => pinged = true,
-                                _ => t.record(&clock, text),
-                            })
-                            .await;
-                        delivered.fetch_add(t.deliveries - before, Ordering::Relaxed);
-                        if pinged && client.send_text("3").await.is_err() {
-                            break;
-                        }
                         if !more || !open {
                             break;
                         }
@@ -268,6 +233,13 @@ async fn subscriber(
     t
 }
 
+async fn ws(base: &str) -> Option<Subscriber> {
+    WsClient::connect(base, "/api/ws?streams=chat")
+        .await
+        .ok()
+        .map(Subscriber::Ws)
+}
+
 /// A Socket.IO 4 client on the WebSocket transport, connected to the default namespace:
 /// the Engine.IO open packet (`0{"sid":..}`) comes first, the client asks for the namespace
 /// (`40`) and the server confirms it (`40{"sid":..}`); from then on events arrive as
@@ -300,6 +272,21 @@ async fn socketio(base: &str) -> Option<WsClient> {
         }
     }
     Some(c)
+}
+
+/// `POST` of a publish body (JSON) to `url`; the answer's status, `None` without an answer.
+/// The answer is read to its end, so the connection is reused.
+pub async fn post_publish(client: &reqwest::Client, url: &str, body: String) -> Option<u16> {
+    let r = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let _ = r.bytes().await;
+    Some(status)
 }
 
 /// The current head of the log (`GET /api/poll` without `since`), where a poller starts.
@@ -468,13 +455,7 @@ async fn publish(f: &Fanout, clock: &Arc<Clock>) -> (u64, u64) {
             let body =
                 format!(r#"{{"stream":"chat","data":{{"author":"bench","body":"b{seq}"}}}}"#);
             clock.sent[seq].store(clock.now_ns(), Ordering::Release);
-            let r = client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            if r.is_ok_and(|r| r.status().as_u16() == 201) {
+            if post_publish(&client, &url, body).await == Some(201) {
                 ok.fetch_add(1, Ordering::Relaxed);
             }
             drop(permit);
