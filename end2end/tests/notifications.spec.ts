@@ -23,6 +23,15 @@ async function openSignedUp(browser: Browser, base: string, transport: Transport
   return page;
 }
 
+/** Another tab of the same browser (signed in: it shares the cookie and follows the
+ * first tab's connection). */
+async function secondTab(page: Page, base: string) {
+  const tab = await page.context().newPage();
+  await tab.goto(base);
+  await expect(tab.getByTestId('bell')).toBeVisible();
+  return tab;
+}
+
 test('a mention rings the bell on every transport, for its account only', async ({ browser }) => {
   const server = await Server.start();
   try {
@@ -58,9 +67,7 @@ test('read state is the account’s: marked in one tab, the other tab’s count 
   try {
     const ann = await openSignedUp(browser, server.base, 'ws', 'ann');
     const bob = await openSignedUp(browser, server.base, 'sse', 'bob');
-    const bob2 = await bob.context().newPage();
-    await bob2.goto(server.base);
-    await expect(bob2.getByTestId('bell')).toBeVisible();
+    const bob2 = await secondTab(bob, server.base);
     await send(ann, '@bob first');
     await send(ann, '@bob second');
     for (const p of [bob, bob2]) await expect(p.getByTestId('unread')).toHaveText('2');
@@ -132,9 +139,7 @@ test('presence: who is online in chat, each account once, and gone when its page
     const bob = await openSignedUp(browser, server.base, 'sse', 'bob');
     // Bob's second tab (the same browser: it follows the first tab's connection) and a
     // visitor who is not signed in, on long polling.
-    const bob2 = await bob.context().newPage();
-    await bob2.goto(server.base);
-    await expect(bob2.getByTestId('bell')).toBeVisible();
+    const bob2 = await secondTab(bob, server.base);
     const visitor = await open(browser, server.base, 'longpoll', 'cat');
     for (const p of [ann, bob, bob2, visitor]) {
       await expect(p.getByTestId('online')).toHaveText('2 online: ann, bob');

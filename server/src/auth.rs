@@ -666,11 +666,14 @@ pub async fn refresh(
         ));
     }
     let name = viewer.name.to_string();
+    // Never later than now: a sign-in time in the future (a minting backend's clock or
+    // bug) must not stretch the maximum.
+    let auth_time = viewer.auth_time.min(now_secs());
     Ok(session_response(
         &state,
         StatusCode::OK,
         name,
-        Some(viewer.auth_time),
+        Some(auth_time),
     ))
 }
 

@@ -955,6 +955,20 @@ async fn refreshes_end_at_the_session_maximum() {
         .await
         .unwrap();
     assert!(error(r, 401, "unauthenticated").await.contains("neither"));
+    // A sign-in time in the future is renewed as now, never later (it would stretch the
+    // maximum for every renewal after).
+    let r = refresh(mint_signed_in(now() + 864_000)).await.unwrap();
+    let renewed: Session = r.json().await.unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.set_required_spec_claims(&["exp"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        renewed.token.as_deref().unwrap(),
+        &jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes()),
+        &v,
+    )
+    .unwrap()
+    .claims;
+    assert!(claims["auth_time"].as_u64().unwrap() <= now(), "{claims}");
     let fresh = signup(&s.base, "carl").await;
     assert_eq!(refresh(fresh).await.unwrap().status(), 200);
     s.stop().await;

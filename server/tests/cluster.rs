@@ -1256,16 +1256,7 @@ async fn presence_recovers_when_redis_loses_its_data() {
     drop(ann0);
 
     // Whatever comes first (a join again, as the server re-announces), Ann ends offline.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = None;
-    while last != Some(false) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let change = tokio::time::timeout(left, presence_change(&mut watcher))
-            .await
-            .expect("ann's leave after Redis lost its data");
-        assert_eq!(change.0, "ann");
-        last = Some(change.1);
-    }
+    until_offline(&mut watcher, "ann", Duration::from_secs(20)).await;
     no_presence_change(&mut watcher, Duration::from_millis(1500)).await;
     let list: app::protocol::PresenceList =
         common::get_json(&format!("{s0}/api/presence"), None).await;
@@ -1293,14 +1284,21 @@ async fn presence_recovers_when_redis_loses_its_data() {
     assert!(keys.len() >= 3, "{keys:?}");
     cli(&[&["DEL"][..], &keys].concat());
     drop(ann0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut last = None;
-    while last != Some(false) {
+    until_offline(&mut watcher, "ann", Duration::from_secs(10)).await;
+}
+
+/// Reads `user`'s presence changes (no one else's) until one says offline, within `bound`.
+async fn until_offline(watcher: &mut SseClient, user: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let change = tokio::time::timeout(left, presence_change(&mut watcher))
+        let (who, online) = tokio::time::timeout(left, presence_change(watcher))
             .await
-            .expect("ann's leave after her presence keys vanished");
-        last = Some(change.1);
+            .unwrap_or_else(|_| panic!("{user} not offline within {bound:?}"));
+        assert_eq!(who, user);
+        if !online {
+            return;
+        }
     }
 }
 

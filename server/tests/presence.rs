@@ -110,16 +110,7 @@ async fn only_signed_in_readers_of_chat_count_and_nobody_can_publish_presence() 
     assert!(list.online.is_empty());
 
     for token in [None, Some(ann.as_str())] {
-        let mut req = reqwest::Client::new()
-            .post(s.url("/api/publish"))
-            .json(&json!({"stream": "presence", "data": {"user": "ann", "online": true}}));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 403);
-        let body: serde_json::Value = r.json().await.unwrap();
-        assert_eq!(body["code"], "forbidden", "{body}");
+        assert_eq!(publish_presence(&s, token).await["code"], "forbidden");
     }
     // Not on a WebSocket either: an error frame, and the socket serves on.
     let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url("/api/ws?streams=feed"))
@@ -233,18 +224,45 @@ async fn presence_cannot_be_published_even_by_the_admin() {
     })
     .await;
     for token in [None, Some("sekrit")] {
-        let mut req = reqwest::Client::new()
-            .post(s.url("/api/publish"))
-            .json(&json!({"stream": "presence", "data": {"user": "ann", "online": true}}));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let r = req.send().await.unwrap();
-        assert_eq!(r.status(), 403);
-        let body: serde_json::Value = r.json().await.unwrap();
+        let body = publish_presence(&s, token).await;
         assert!(
             body["error"].as_str().unwrap().contains("presence"),
             "{body}"
         );
     }
+}
+
+/// Tries to publish a presence change (with `token` as bearer); expects a 403 and returns
+/// its JSON body.
+async fn publish_presence(s: &TestServer, token: Option<&str>) -> serde_json::Value {
+    let mut req = reqwest::Client::new()
+        .post(s.url("/api/publish"))
+        .json(&json!({"stream": "presence", "data": {"user": "ann", "online": true}}));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    r.json().await.unwrap()
+}
+
+/// A malformed `GET /api/presence` query is a 400 with a JSON error, not a list.
+#[tokio::test]
+async fn a_malformed_presence_query_is_a_clear_400() {
+    let s = start().await;
+    for query in [
+        "?after=x",
+        "?after=-1",
+        "?after=99999999999999999999999",
+        "?who=ann",
+    ] {
+        let r = reqwest::get(s.url(&format!("/api/presence{query}")))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{query}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "bad_request", "{query}: {body}");
+    }
+    let ok: PresenceList = get_json(&s.url("/api/presence?after=0"), None).await;
+    assert!(ok.online.is_empty());
 }
