@@ -467,7 +467,7 @@ fn load_secret(config: &Config) -> Result<Vec<u8>, String> {
         }
         return Ok(s.as_bytes().to_vec());
     }
-    if config.redis_url.is_some() {
+    if config.redis().is_some() {
         return Err(
             "cluster mode needs --secret (TIDINGS_SECRET), the same on every server: each \
              one checks the session tokens the others sign"

@@ -51,6 +51,40 @@ pub struct Config {
     #[arg(long = "redis", env = "TIDINGS_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Cluster mode through Redis Sentinel, instead of `--redis`: the sentinels' addresses
+    /// (`host:port`, comma-separated). Servers find the primary through them and follow
+    /// a failover; publishes are acknowledged only once a replica holds them (see
+    /// `--redis-wait-replicas`).
+    #[arg(
+        long = "redis-sentinel",
+        env = "TIDINGS_REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with = "redis_url"
+    )]
+    pub redis_sentinels: Vec<String>,
+
+    /// With `--redis-sentinel`: the name the sentinels monitor the primary under (`sentinel
+    /// monitor <name> ...` in their configuration).
+    #[arg(long, env = "TIDINGS_REDIS_SERVICE", default_value = "mymaster")]
+    pub redis_service: String,
+
+    /// Cluster mode: replicas that must hold a publish (or a new account) before it is
+    /// acknowledged (Redis `WAIT`), so a failover cannot lose it. Default: 1 with
+    /// `--redis-sentinel`, 0 (off) with `--redis`. 0 turns it off: faster, but an
+    /// acknowledged event can be lost when the primary dies before its replica copied it.
+    #[arg(long, env = "TIDINGS_REDIS_WAIT_REPLICAS")]
+    pub redis_wait_replicas: Option<u32>,
+
+    /// Cluster mode: how long a publish waits for those replicas, in milliseconds (1 to
+    /// 1,500); past it, the answer is 503 (retry with the same `Idempotency-Key`).
+    #[arg(
+        long,
+        env = "TIDINGS_REDIS_WAIT_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=1500)
+    )]
+    pub redis_wait_ms: u64,
+
     /// Cluster mode: the prefix of every Redis key (several deployments can share a Redis).
     #[arg(long, env = "TIDINGS_REDIS_PREFIX", default_value = "tidings")]
     pub redis_prefix: String,
@@ -198,6 +232,25 @@ impl From<&str> for Redacted {
 }
 
 impl Config {
+    /// Where cluster mode finds Redis; `None` in the embedded mode.
+    pub fn redis(&self) -> Option<crate::engine::primary::Source> {
+        use crate::engine::primary::Source;
+        match &self.redis_url {
+            Some(url) => Some(Source::Fixed(url.clone())),
+            None if !self.redis_sentinels.is_empty() => Some(Source::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                service: self.redis_service.clone(),
+            }),
+            None => None,
+        }
+    }
+
+    /// Replicas a write waits for in cluster mode (`--redis-wait-replicas`).
+    pub fn wait_replicas(&self) -> u32 {
+        self.redis_wait_replicas
+            .unwrap_or(if self.redis_sentinels.is_empty() { 0 } else { 1 })
+    }
+
     /// Defaults for tests and embedding: a free port, the given data dir, no demo.
     pub fn for_tests(data_dir: PathBuf) -> Config {
         let mut c = Config::parse_from(["tidings", "--no-demo"]);

@@ -129,6 +129,12 @@ impl From<crate::engine::EngineError> for ApiError {
                 "the shared event log (Redis) is unavailable; nothing was published, try again"
                     .into()
             }
+            EngineError::NotReplicated => {
+                "Redis stored this, but no replica confirmed it in time, so a failover could \
+                 still lose it; retry with the same Idempotency-Key (a retry of a stored \
+                 publish is answered with the event)"
+                    .into()
+            }
         })
     }
 }

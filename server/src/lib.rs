@@ -115,7 +115,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let token = CancellationToken::new();
-    let demo_leader = Arc::new(AtomicBool::new(config.redis_url.is_none()));
+    let demo_leader = Arc::new(AtomicBool::new(config.redis().is_none()));
     // Before the engine: a server that cannot check sessions must not start (and says why).
     let auth = Arc::new(auth::Auth::new(&config)?);
     let (alert_queue, prices) = tokio::sync::mpsc::channel(alerts::QUEUE);

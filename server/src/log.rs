@@ -235,6 +235,17 @@ impl EventLog {
         }
     }
 
+    /// Moves the latest id to `id` with no events: the ids up to it will never be used (a
+    /// Redis failover skipped them; see `engine::cluster::FAILOVER_GAP`). Readers move past
+    /// them as past events of other streams: no reset, nothing skipped that exists.
+    pub fn skip_to(&self, id: u64) {
+        let _w = self.window.write().expect("log lock poisoned");
+        if id > self.latest() {
+            self.head.store(id, Ordering::Release);
+            self.latest.send_replace(id);
+        }
+    }
+
     /// The event `id`, if the window still holds it.
     pub fn get(&self, id: u64) -> Option<Arc<StoredEvent>> {
         let w = self.window.read().expect("log lock poisoned");
@@ -315,9 +326,10 @@ impl EventLog {
                 }
             }
         }
-        // The window may end below `latest` only transiently; report what was scanned.
+        // The whole window was walked, under the lock: every event up to `latest` that
+        // exists was seen (the window ends below `latest` after `skip_to`).
         Read::Events(Walked {
-            cursor,
+            cursor: latest,
             last,
             more: false,
         })
@@ -679,6 +691,32 @@ mod tests {
             ids(&log.read(8, &StreamSet::ALL.into(), 100)).0,
             vec![9, 10]
         );
+    }
+
+    /// A failover's skipped ids are no hole: readers on either side of the gap (even one
+    /// holding an id the lost primary handed out, inside it) go on with no reset.
+    #[test]
+    fn a_skip_moves_readers_past_the_gap_without_a_reset() {
+        let log = log_with(5, 100);
+        let mut sub = log.subscribe(StreamSet::ALL.into(), 5);
+        log.skip_to(1_005);
+        log.skip_to(7); // an older view changes nothing
+        assert_eq!(log.latest(), 1_005);
+        // Nothing to read, but the reader moves to the head (its next heartbeat says so).
+        assert!(sub.try_next(BATCH).is_none());
+        assert_eq!(sub.cursor(), 1_005);
+        log.append(&[ev(1_006, Stream::Chat)]);
+        for cursor in [5, 6, 1_005] {
+            assert_eq!(
+                ids(&log.read(cursor, &StreamSet::ALL.into(), 100)).0,
+                vec![1_006],
+                "from {cursor}"
+            );
+        }
+        match sub.try_next(BATCH) {
+            Some(Read::Events(e)) => assert_eq!(e[0].id, 1_006),
+            d => panic!("{d:?}"),
+        }
     }
 
     #[test]

@@ -11,14 +11,18 @@
 //! - `{p}:idem:<key>`: the event a publish with that idempotency key stored, expiring after
 //!   [`IDEMPOTENCY_TTL`](crate::engine::IDEMPOTENCY_TTL).
 //!
+//! - `{p}:epoch`: with Sentinel, the failover epoch of the primary the log is on.
+//!
 //! Publishing is one Lua script (INCR + XADD + XADD), atomic in Redis: ids are assigned and
-//! appended in the same order, so the log is ordered by id and has no holes.
+//! appended in the same order, so the log is ordered by id and has no holes, but one: after
+//! a failover, the ids a lost primary may have handed out are skipped (see [`FAILOVER`]).
 
+use super::primary::{Primary, Source, REDIS_TIMEOUT};
 use super::{now_ms, EngineError};
 use crate::log::{EventLog, StoredEvent};
 use app::protocol::{AlertRule, Event, NewAlert, Notice, Payload, Stream};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Script};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +188,38 @@ if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1]) end
 return 1
 "#;
 
+/// How many ids a failover skips. Events the dead primary had stored but its replica had
+/// not yet copied are gone, yet servers tailing it may have delivered them (and clients
+/// hold their ids as cursors). Were the new primary to hand those ids out again, a server
+/// that delivered the lost event would skip the new one as already read: an acknowledged
+/// event lost. So the first server to find a new primary moves the sequence this far on.
+/// A replica's backlog of unreplicated events is bounded by its output buffer (256 MB by
+/// default, about a million events), far below this; at one gap per failover, JavaScript's
+/// exact integers (2^53) last nine hundred million failovers.
+pub const FAILOVER_GAP: u64 = 10_000_000;
+
+/// KEYS: seq, log, epoch. ARGV: Sentinel's epoch for the primary this runs on, the gap,
+/// log max. Run by each server on each primary it finds, before anything else: the first
+/// to arrive after a failover (a newer epoch than the one recorded) moves the sequence on
+/// by the gap and writes a gap entry in the log (field `gap`: the sequence it skipped
+/// from), so servers tailing the log move their cursor past it instead of seeing a hole.
+/// The epoch only ever rises, so servers arriving later (or with an older view) do nothing.
+const FAILOVER: &str = r#"
+local known = redis.call('GET', KEYS[3])
+local epoch = tonumber(ARGV[1])
+if not known then
+  redis.call('SET', KEYS[3], epoch)
+  return 0
+end
+if epoch <= tonumber(known) then return 0 end
+redis.call('SET', KEYS[3], epoch)
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local to = seq + tonumber(ARGV[2])
+redis.call('SET', KEYS[1], to)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], to .. '-0', 'gap', seq)
+return to
+"#;
+
 const LEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -193,13 +229,22 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 "#;
 
-/// How long a publish may wait for Redis before it is answered 503.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Cluster mode's settings (from `Config`).
+pub struct Options {
+    pub prefix: String,
+    pub retention: usize,
+    pub history_max: usize,
+    /// Replicas a publish or a new account waits for (`WAIT`); 0: none.
+    pub wait_replicas: u32,
+    pub wait: Duration,
+}
 
 pub struct Cluster {
-    conn: ConnectionManager,
+    conn: Primary,
     keys: Keys,
     publish: Script,
+    wait_replicas: u32,
+    wait: Duration,
     presence_scripts: [Script; 3],
     /// This process's name in the presence hashes: random per start, so a restarted
     /// server never renews what its killed predecessor held (that runs out and is swept).
@@ -215,6 +260,7 @@ pub struct Cluster {
 struct Keys {
     seq: String,
     log: String,
+    epoch: String,
     prefix: String,
 }
 
@@ -224,6 +270,7 @@ impl Keys {
         Keys {
             seq: format!("{p}:seq"),
             log: format!("{p}:log"),
+            epoch: format!("{p}:epoch"),
             prefix: p,
         }
     }
@@ -275,8 +322,15 @@ struct StoredAlert {
     price: f64,
 }
 
-/// Parses a `{p}:log` entry (`<id>-0`, fields `s` stream, `e` event JSON).
-fn parse_entry((id, fields): Entry) -> Option<StoredEvent> {
+/// What a `{p}:log` entry holds.
+enum LogEntry {
+    Event(StoredEvent),
+    /// Ids up to this one are skipped (a failover: see [`FAILOVER`]).
+    Gap(u64),
+}
+
+/// Parses a `{p}:log` entry (`<id>-0`, fields `s` stream, `e` event JSON; or `gap`).
+fn parse_entry((id, fields): Entry) -> Option<LogEntry> {
     let id: u64 = id.split('-').next()?.parse().ok()?;
     let mut stream = None;
     let mut json = None;
@@ -284,31 +338,65 @@ fn parse_entry((id, fields): Entry) -> Option<StoredEvent> {
         match pair {
             [k, v] if k == "s" => stream = Stream::parse(v),
             [k, v] if k == "e" => json = Some(v.clone()),
+            [k, _] if k == "gap" => return Some(LogEntry::Gap(id)),
             _ => {}
         }
     }
-    StoredEvent::from_json(id, stream?, json?).ok()
+    StoredEvent::from_json(id, stream?, json?)
+        .ok()
+        .map(LogEntry::Event)
 }
 
 impl Cluster {
     /// Connects, loads the resume window from Redis and starts the tail (and the demo
     /// lease when `demo_leader` is given). Fails if Redis cannot be reached at start.
     pub async fn start(
-        url: &str,
-        prefix: &str,
-        retention: usize,
-        history_max: usize,
+        source: Source,
+        options: Options,
         shutdown: CancellationToken,
         demo_leader: Option<Arc<AtomicBool>>,
     ) -> Result<(Arc<EventLog>, Cluster), redis::RedisError> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = client.get_connection_manager_with_config(config).await?;
-        let keys = Keys::new(prefix);
+        let Options {
+            prefix,
+            retention,
+            history_max,
+            wait_replicas,
+            wait,
+        } = options;
+        let keys = Keys::new(&prefix);
+        let log_maxlen = retention.saturating_mul(2).max(1000);
+        let failover = {
+            let keys = keys.clone();
+            let script = Script::new(FAILOVER);
+            move |mut conn: ConnectionManager, epoch: u64| {
+                let (keys, script) = (keys.clone(), script.clone());
+                Box::pin(async move {
+                    let skipped_to: u64 = script
+                        .key(&keys.seq)
+                        .key(&keys.log)
+                        .key(&keys.epoch)
+                        .arg(epoch)
+                        .arg(FAILOVER_GAP)
+                        .arg(log_maxlen)
+                        .invoke_async(&mut conn)
+                        .await?;
+                    if skipped_to > 0 {
+                        tracing::warn!(
+                            epoch,
+                            skipped_to,
+                            "Redis failed over: ids skipped past what the lost primary may have handed out"
+                        );
+                    }
+                    Ok(())
+                }) as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+            }
+        };
+        let on_found: super::primary::OnFound = if matches!(source, Source::Sentinel { .. }) {
+            Box::new(failover)
+        } else {
+            Box::new(|_, _| Box::pin(async { Ok(()) }))
+        };
+        let mut conn = Primary::connect(source, on_found).await?;
 
         let entries: Vec<Entry> = redis::cmd("XREVRANGE")
             .arg(&keys.log)
@@ -321,8 +409,10 @@ impl Cluster {
         let recent: Vec<Arc<StoredEvent>> = entries
             .into_iter()
             .rev()
-            .filter_map(parse_entry)
-            .map(Arc::new)
+            .filter_map(|e| match parse_entry(e)? {
+                LogEntry::Event(e) => Some(Arc::new(e)),
+                LogEntry::Gap(_) => None,
+            })
             .collect();
         let seq: Option<u64> = redis::cmd("GET")
             .arg(&keys.seq)
@@ -338,7 +428,7 @@ impl Cluster {
 
         let tailing = Arc::new(AtomicBool::new(false));
         tokio::spawn(tail(
-            client.clone(),
+            conn.clone(),
             keys.clone(),
             log.clone(),
             tailing.clone(),
@@ -357,9 +447,11 @@ impl Cluster {
                 Script::new(PRESENCE_SWEEP),
             ],
             server_id: format!("{:016x}", rand::random::<u64>()),
-            log_maxlen: retention.saturating_mul(2).max(1000),
+            log_maxlen,
             history_max,
             tailing,
+            wait_replicas,
+            wait,
         };
         Ok((log, cluster))
     }
@@ -372,32 +464,28 @@ impl Cluster {
         let stream = payload.stream();
         let ts = now_ms();
         let data = payload.data_json();
-        let mut conn = self.conn.clone();
         let ttl = match key {
             Some(_) => crate::engine::IDEMPOTENCY_TTL.as_secs().to_string(),
             None => String::new(),
         };
-        let (id, replayed): (u64, String) = self
-            .publish
-            .key(&self.keys.seq)
-            .key(&self.keys.log)
-            .key(match &payload {
+        let mut script = redis::cmd("EVALSHA");
+        script
+            .arg(self.publish.get_hash())
+            .arg(4)
+            .arg(&self.keys.seq)
+            .arg(&self.keys.log)
+            .arg(match &payload {
                 Payload::Notifications(n) => self.keys.private_history(stream, &n.to),
                 _ => self.keys.history(stream),
             })
-            .key(self.keys.idempotency(key.as_deref().unwrap_or("")))
+            .arg(self.keys.idempotency(key.as_deref().unwrap_or("")))
             .arg(ts)
             .arg(stream.as_str())
             .arg(&data)
             .arg(self.log_maxlen)
             .arg(self.history_max)
-            .arg(ttl)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|err| {
-                tracing::warn!(%err, "publish to Redis failed");
-                EngineError::Unavailable
-            })?;
+            .arg(ttl);
+        let (id, replayed): (u64, String) = self.write(&script, Some(PUBLISH), "publish").await?;
         if id == 0 {
             // "<id> <stream> <json>", as the script stored it.
             let mut parts = replayed.splitn(3, ' ');
@@ -525,6 +613,75 @@ impl Cluster {
         format!("{}:presence-server:{}", self.keys.prefix, self.server_id)
     }
 
+    /// Runs `write` and, when replicas are asked for (`--redis-wait-replicas`), `WAIT`
+    /// right behind it in one pipeline: `WAIT` covers what its connection wrote before it,
+    /// so it must go on the same connection as the write (two separate requests could land
+    /// on two connections after a reconnect, and the second would answer for nothing).
+    /// A `script`'s source is loaded and the write sent again if Redis does not know it
+    /// (a new primary after a failover, a restart): `EVALSHA` refused ran nothing.
+    async fn write<T: redis::FromRedisValue>(
+        &self,
+        write: &redis::Cmd,
+        script: Option<&str>,
+        what: &str,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.conn.clone();
+        let failed = |err: redis::RedisError| {
+            tracing::warn!(%err, "{what} in Redis failed");
+            EngineError::Unavailable
+        };
+        for attempt in 0..2 {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors().add_command(write.clone());
+            if self.wait_replicas > 0 {
+                pipe.cmd("WAIT")
+                    .arg(self.wait_replicas)
+                    .arg(self.wait.as_millis() as u64);
+            }
+            let (answer, replicas): (redis::RedisResult<T>, Option<redis::RedisResult<u32>>) =
+                if self.wait_replicas > 0 {
+                    let (a, r) = pipe.query_async(&mut conn).await.map_err(failed)?;
+                    (a, Some(r))
+                } else {
+                    let (a,) = pipe.query_async(&mut conn).await.map_err(failed)?;
+                    (a, None)
+                };
+            match answer {
+                Err(err)
+                    if attempt == 0
+                        && err.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    let Some(source) = script else {
+                        return Err(failed(err));
+                    };
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(source)
+                        .query_async::<String>(&mut conn)
+                        .await
+                        .map_err(failed)?;
+                }
+                Err(err) => return Err(failed(err)),
+                Ok(answer) => {
+                    if let Some(replicas) = replicas {
+                        let replicas = replicas.map_err(failed)?;
+                        if replicas < self.wait_replicas {
+                            tracing::warn!(
+                                replicas,
+                                wanted = self.wait_replicas,
+                                "{what}: too few Redis replicas confirmed it in time"
+                            );
+                            return Err(EngineError::NotReplicated);
+                        }
+                    }
+                    return Ok(answer);
+                }
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
     /// Who is online, and a cursor the list is exact at: read in one transaction with the
     /// id sequence, and every presence change publishes its event in the same script.
     pub async fn presence(&self) -> Result<(u64, Vec<String>), EngineError> {
@@ -571,18 +728,12 @@ impl Cluster {
     /// Accounts live in Redis in cluster mode (`SET NX`: two servers cannot both create one
     /// name). Durability is Redis': see the cluster notes in docs/scaling and the README.
     pub async fn create_account(&self, name: &str, hash: &str) -> Result<bool, EngineError> {
-        let mut conn = self.conn.clone();
         let record = serde_json::json!({ "name": name, "hash": hash, "created": super::now_ms() });
-        let created: Option<String> = redis::cmd("SET")
-            .arg(self.keys.account(name))
+        let mut set = redis::cmd("SET");
+        set.arg(self.keys.account(name))
             .arg(record.to_string())
-            .arg("NX")
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| {
-                tracing::warn!(%err, "creating an account in Redis failed");
-                EngineError::Unavailable
-            })?;
+            .arg("NX");
+        let created: Option<String> = self.write(&set, None, "creating an account").await?;
         Ok(created.is_some())
     }
 
@@ -795,7 +946,7 @@ impl Cluster {
 /// README). If Redis trimmed entries this server never saw, the window notices the hole and
 /// clients resuming across it are reset.
 async fn tail(
-    client: Client,
+    primary: Primary,
     keys: Keys,
     log: Arc<EventLog>,
     tailing: Arc<AtomicBool>,
@@ -817,10 +968,15 @@ async fn tail(
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        let mut conn: MultiplexedConnection = match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
+        let connected = async {
+            let (client, generation) = primary.client().await?;
+            let conn = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .inspect_err(|err| primary.failed(generation, err))?;
+            Ok::<_, redis::RedisError>((conn, generation))
+        };
+        let (mut conn, generation): (MultiplexedConnection, u64) = match connected.await {
             Ok(c) => c,
             Err(err) => {
                 tailing.store(false, Ordering::Relaxed);
@@ -836,6 +992,7 @@ async fn tail(
             .await
         {
             tracing::warn!(%err, "cannot restore the id sequence; retrying");
+            primary.failed(generation, &err);
             failures += 1;
             continue;
         }
@@ -878,14 +1035,22 @@ async fn tail(
                         skipped = skipped.max(newest);
                     }
                     let n = entries.len();
-                    let events: Vec<Arc<StoredEvent>> = entries
-                        .into_iter()
-                        .filter_map(parse_entry)
-                        .map(Arc::new)
-                        .collect();
-                    if events.len() < n {
+                    let mut read = 0;
+                    let mut events: Vec<Arc<StoredEvent>> = Vec::with_capacity(n);
+                    for entry in entries.into_iter().filter_map(parse_entry) {
+                        read += 1;
+                        match entry {
+                            LogEntry::Event(e) => events.push(Arc::new(e)),
+                            LogEntry::Gap(to) => {
+                                log.append(&events);
+                                events.clear();
+                                log.skip_to(to);
+                            }
+                        }
+                    }
+                    if read < n {
                         tracing::error!(
-                            unreadable = n - events.len(),
+                            unreadable = n - read,
                             "skipping log entries this server cannot read"
                         );
                     }
@@ -893,6 +1058,7 @@ async fn tail(
                 }
                 Err(err) => {
                     tracing::warn!(%err, "Redis tail interrupted; reconnecting");
+                    primary.failed(generation, &err);
                     tailing.store(false, Ordering::Relaxed);
                     failures += 1;
                     continue 'connect;
@@ -906,7 +1072,7 @@ async fn tail(
 /// period three times over, so one slow renewal does not hand the simulators over, and a
 /// dead leader is replaced within its expiry.
 async fn lease(
-    mut conn: ConnectionManager,
+    mut conn: Primary,
     key: String,
     leader: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -940,9 +1106,15 @@ mod tests {
         let e = parse_entry((
             "12-0".into(),
             vec!["s".into(), "chat".into(), "e".into(), "{}".into()],
-        ))
-        .unwrap();
+        ));
+        let Some(LogEntry::Event(e)) = e else {
+            panic!("an event")
+        };
         assert_eq!((e.id, e.stream), (12, Stream::Chat));
+        assert!(matches!(
+            parse_entry(("40-0".into(), vec!["gap".into(), "30".into()])),
+            Some(LogEntry::Gap(40))
+        ));
         assert!(parse_entry(("x".into(), vec![])).is_none());
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod embedded;
+pub mod primary;
 mod sqlite;
 
 use crate::log::{EventLog, StoredEvent};
@@ -35,6 +36,9 @@ pub enum EngineError {
     Closed,
     /// Cluster mode: Redis did not answer (or this server is not caught up with it).
     Unavailable,
+    /// Cluster mode: the primary stored the write, but not enough replicas confirmed it in
+    /// time (`--redis-wait-replicas`, `--redis-wait-ms`); a failover now could lose it.
+    NotReplicated,
 }
 
 pub enum Engine {
@@ -53,24 +57,28 @@ impl Engine {
         shutdown: CancellationToken,
         demo_leader: Arc<AtomicBool>,
     ) -> Result<(Arc<EventLog>, Engine), Box<dyn std::error::Error + Send + Sync>> {
-        match &config.redis_url {
+        match config.redis() {
             None => {
                 let (log, embedded) =
                     embedded::Embedded::open(&config.data_dir, config.retention).await?;
                 Ok((log, Engine::Embedded(embedded)))
             }
-            Some(url) => {
+            Some(source) => {
                 let lease = (!config.no_demo).then_some(demo_leader);
                 let (log, cluster) = cluster::Cluster::start(
-                    url,
-                    &config.redis_prefix,
-                    config.retention,
-                    config.history_max,
+                    source.clone(),
+                    cluster::Options {
+                        prefix: config.redis_prefix.clone(),
+                        retention: config.retention,
+                        history_max: config.history_max,
+                        wait_replicas: config.wait_replicas(),
+                        wait: std::time::Duration::from_millis(config.redis_wait_ms),
+                    },
                     shutdown,
                     lease,
                 )
                 .await
-                .map_err(|e| format!("cannot start in cluster mode: Redis at {url}: {e}"))?;
+                .map_err(|e| format!("cannot start in cluster mode: Redis ({source}): {e}"))?;
                 Ok((log, Engine::Cluster(cluster)))
             }
         }

@@ -1,0 +1,318 @@
+//! Where the Redis primary is: one fixed address (`--redis`), or whatever Redis Sentinel
+//! says (`--redis-sentinel`), followed across failovers.
+//!
+//! [`Primary`] is a connection like any other to the code above it (it implements the
+//! redis crate's `ConnectionLike`, so scripts and commands run on it unchanged). With a
+//! fixed address it is one auto-reconnecting `ConnectionManager`. With Sentinel it holds a
+//! `ConnectionManager` to the primary it last found and, after an error that says the
+//! primary may have moved (refused or dropped connection, timeout, `READONLY`,
+//! `MASTERDOWN`), asks the sentinels again before the next command.
+//!
+//! Finding the primary follows the Sentinel client guidelines (redis.io, "Sentinel client
+//! spec"): ask the sentinels for the service, then check with `ROLE` that the address given
+//! really is a primary. It is done here rather than with the redis crate's `SentinelClient`
+//! because the failover *epoch* must come with the address, from the same answer: every
+//! server skips the ids a lost primary may have handed out exactly once per failover (see
+//! `Cluster`'s `FAILOVER` script), and the epoch says which failover that is.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// How long a command may wait for Redis (and a connection attempt may take).
+pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a sentinel may take to answer: it is asked during a failover, when some of
+/// them may be down; one slow sentinel must not hold the search up for long.
+const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// After a search that found no primary, callers get the error at once for this long
+/// rather than each asking the sentinels again (a failover takes seconds; hundreds of
+/// publishes a second would otherwise each ask).
+const SEARCH_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where to find the primary.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// `--redis URL`.
+    Fixed(String),
+    /// `--redis-sentinel host:port,...` and the service name the sentinels monitor.
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+    },
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Fixed(url) => write!(f, "at {url}"),
+            Source::Sentinel { sentinels, service } => {
+                write!(f, "{service:?} through the sentinels {}", sentinels.join(","))
+            }
+        }
+    }
+}
+
+/// The primary now in use.
+#[derive(Clone)]
+struct Current {
+    conn: ConnectionManager,
+    client: Client,
+    /// Counts the primaries found, so an error seen on an old one does not drop a newer one.
+    generation: u64,
+}
+
+/// Run on each newly found primary before anything else uses it: `epoch` is Sentinel's
+/// configuration epoch for it (0 with a fixed address).
+pub type OnFound = Box<
+    dyn Fn(ConnectionManager, u64) -> Pin<Box<dyn Future<Output = Result<(), RedisError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+struct Inner {
+    source: Source,
+    current: RwLock<Option<Current>>,
+    /// One search at a time; the others wait for its result.
+    search: tokio::sync::Mutex<Search>,
+    on_found: OnFound,
+}
+
+#[derive(Default)]
+struct Search {
+    /// When the last search failed, and why.
+    failed: Option<(Instant, String)>,
+    /// Primaries found so far.
+    generation: u64,
+}
+
+/// A cheap handle (clone it per task) to the Redis primary.
+#[derive(Clone)]
+pub struct Primary(Arc<Inner>);
+
+impl Primary {
+    /// Finds the primary and connects. Fails if it cannot be found now (at start-up a
+    /// misconfiguration should stop the server, not leave it answering 503).
+    pub async fn connect(source: Source, on_found: OnFound) -> Result<Primary, RedisError> {
+        let primary = Primary(Arc::new(Inner {
+            source,
+            current: RwLock::new(None),
+            search: tokio::sync::Mutex::new(Search::default()),
+            on_found,
+        }));
+        primary.current().await?;
+        Ok(primary)
+    }
+
+    /// Whether the primary is found through Sentinel (and can move).
+    pub fn follows_failovers(&self) -> bool {
+        matches!(self.0.source, Source::Sentinel { .. })
+    }
+
+    /// A client for the primary now in use (for a dedicated connection, as the tail needs),
+    /// and its generation for [`Primary::failed`].
+    pub async fn client(&self) -> Result<(Client, u64), RedisError> {
+        let c = self.current().await?;
+        Ok((c.client, c.generation))
+    }
+
+    /// Reports an error seen on a connection to the primary of `generation`: if it says
+    /// the primary may have moved, the sentinels are asked again before the next command.
+    pub fn failed(&self, generation: u64, err: &RedisError) {
+        if !self.follows_failovers() || !may_have_moved(err) {
+            return;
+        }
+        let mut current = self.0.current.write().expect("primary lock poisoned");
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            tracing::warn!(%err, "the Redis primary may have moved; asking the sentinels");
+            *current = None;
+        }
+    }
+
+    async fn current(&self) -> Result<Current, RedisError> {
+        if let Some(c) = self.0.current.read().expect("primary lock poisoned").clone() {
+            return Ok(c);
+        }
+        let mut search = self.0.search.lock().await;
+        // Someone else may have found it while this one waited.
+        if let Some(c) = self.0.current.read().expect("primary lock poisoned").clone() {
+            return Ok(c);
+        }
+        if let Some((at, why)) = &search.failed {
+            if at.elapsed() < SEARCH_BACKOFF {
+                return Err(unavailable(why.clone()));
+            }
+        }
+        let found = async {
+            let (client, epoch) = self.find().await?;
+            let conn = manager(&client).await?;
+            (self.0.on_found)(conn.clone(), epoch).await?;
+            Ok::<_, RedisError>((client, conn))
+        };
+        match found.await {
+            Ok((client, conn)) => {
+                search.generation += 1;
+                search.failed = None;
+                let c = Current {
+                    conn,
+                    client,
+                    generation: search.generation,
+                };
+                *self.0.current.write().expect("primary lock poisoned") = Some(c.clone());
+                Ok(c)
+            }
+            Err(err) => {
+                search.failed = Some((Instant::now(), err.to_string()));
+                Err(err)
+            }
+        }
+    }
+
+    /// The primary's client and Sentinel's epoch for it.
+    async fn find(&self) -> Result<(Client, u64), RedisError> {
+        match &self.0.source {
+            Source::Fixed(url) => Ok((Client::open(url.as_str())?, 0)),
+            Source::Sentinel { sentinels, service } => {
+                let answers = futures_util::future::join_all(
+                    sentinels.iter().map(|s| ask_sentinel(s, service)),
+                )
+                .await;
+                // The primary of the newest epoch any sentinel reports as up: a sentinel cut
+                // off from the others may still name the old one.
+                let mut best: Option<(u64, String, u16)> = None;
+                let mut why = String::from("(all of them answered)");
+                for (sentinel, answer) in sentinels.iter().zip(answers) {
+                    match answer {
+                        Ok(Some(found)) if best.as_ref().is_none_or(|b| found.0 > b.0) => {
+                            best = Some(found)
+                        }
+                        Ok(_) => {}
+                        Err(err) => why = format!("(sentinel {sentinel}: {err})"),
+                    }
+                }
+                let Some((epoch, ip, port)) = best else {
+                    return Err(unavailable(format!(
+                        "no sentinel names an available primary for {service:?} {why}"
+                    )));
+                };
+                let client = Client::open(format!("redis://{ip}:{port}/"))?;
+                // The guidelines' check: a sentinel's view may lag a failover.
+                let mut conn = tokio::time::timeout(
+                    SENTINEL_TIMEOUT,
+                    client.get_multiplexed_async_connection(),
+                )
+                .await
+                .map_err(|_| unavailable(format!("the primary at {ip}:{port} does not answer")))??;
+                let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+                if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
+                    return Err(unavailable(format!(
+                        "{ip}:{port}, named primary by the sentinels, is not one (yet)"
+                    )));
+                }
+                tracing::info!(%ip, port, epoch, "Redis primary found through Sentinel");
+                Ok((client, epoch))
+            }
+        }
+    }
+}
+
+/// What one sentinel says of `service`: its epoch, address and whether it is up
+/// (`None` when it reports it down or failing over).
+async fn ask_sentinel(
+    sentinel: &str,
+    service: &str,
+) -> Result<Option<(u64, String, u16)>, RedisError> {
+    let client = Client::open(format!("redis://{sentinel}/"))?;
+    let ask = async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SENTINEL")
+            .arg("MASTER")
+            .arg(service)
+            .query_async::<HashMap<String, String>>(&mut conn)
+            .await
+    };
+    let info = tokio::time::timeout(SENTINEL_TIMEOUT, ask)
+        .await
+        .map_err(|_| unavailable(format!("sentinel {sentinel} does not answer")))??;
+    let flags = info.get("flags").map_or("", String::as_str);
+    // As the redis crate's own check: a primary flagged down (subjectively or objectively)
+    // or disconnected is not one to write to.
+    if flags
+        .split(',')
+        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected" | "failover_in_progress"))
+    {
+        return Ok(None);
+    }
+    let (Some(ip), Some(port), Some(epoch)) = (
+        info.get("ip"),
+        info.get("port").and_then(|p| p.parse().ok()),
+        info.get("config-epoch").and_then(|e| e.parse().ok()),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some((epoch, ip.clone(), port)))
+}
+
+async fn manager(client: &Client) -> Result<ConnectionManager, RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(REDIS_TIMEOUT))
+        .set_connection_timeout(Some(REDIS_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    client.get_connection_manager_with_config(config).await
+}
+
+/// Whether an error may mean that the primary is no longer where it was.
+fn may_have_moved(err: &RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    err.is_io_error()
+        || err.is_connection_refusal()
+        || err.is_connection_dropped()
+        || err.is_timeout()
+        || matches!(
+            err.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+fn unavailable(why: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::Io, "Redis primary unavailable", why))
+}
+
+impl ConnectionLike for Primary {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let mut c = self.current().await?;
+            let answer = c.conn.req_packed_command(cmd).await;
+            if let Err(err) = &answer {
+                self.failed(c.generation, err);
+            }
+            answer
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let mut c = self.current().await?;
+            let answer = c.conn.req_packed_commands(pipeline, offset, count).await;
+            if let Err(err) = &answer {
+                self.failed(c.generation, err);
+            }
+            answer
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
