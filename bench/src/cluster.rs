@@ -5,7 +5,9 @@
 //! release `tidings` servers in cluster mode on it, beside one in embedded mode. Rounds
 //! interleaved, medians reported:
 //! - publish throughput: publishes/s accepted from 32 concurrent publishers, embedded, one
-//!   cluster server, and N cluster servers with the publishers spread over them;
+//!   cluster server, and N cluster servers with the publishers spread over them; then one
+//!   cluster server on a Redis with a replica, without and with `--redis-wait-replicas 1`
+//!   (what Sentinel mode does by default: the cost of an ack that survives a failover);
 //! - per-server fan-out: 1,000 WebSocket subscribers on one server, events as fast as
 //!   accepted, embedded against one cluster server (the cluster path's own cost);
 //! - latency: 1,000 WebSocket subscribers x 100 events/s, embedded against N cluster servers
@@ -41,22 +43,65 @@ struct Report {
     latency: Vec<(String, FanoutResult)>,
 }
 
-/// A redis-server of our own on a unix socket in `dir`.
+/// A redis-server of our own on a unix socket in `dir` (and, with a replica, on a TCP port
+/// for it: replication runs over TCP only).
 struct Redis {
     child: Child,
+    replica: Option<Child>,
     dir: PathBuf,
 }
 
+/// Starts a redis-server with AOF (fsync always) in `dir` with `args` added.
+fn redis_server(dir: &Path, args: &[&str]) -> std::io::Result<Child> {
+    std::fs::create_dir_all(dir)?;
+    Command::new("redis-server")
+        .arg("--dir")
+        .arg(dir)
+        .args([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ])
+        .args(["--repl-diskless-sync-delay", "0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| {
+            std::io::Error::other(format!("redis-server: {e} (apt-get install redis-server)"))
+        })
+}
+
+fn redis_cli(socket_or_port: &[&str], args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .args(socket_or_port)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
 impl Redis {
-    fn start() -> std::io::Result<Redis> {
+    fn start(with_replica: bool) -> std::io::Result<Redis> {
         let dir = std::env::temp_dir().join(format!("tidings-bench-redis-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
+        let port = if with_replica {
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port()
+        } else {
+            0
+        };
+        let port_arg = port.to_string();
         let child = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
+            .args(["--port", &port_arg, "--bind", "127.0.0.1", "--unixsocket"])
             .arg(dir.join("r.sock"))
             .args(["--unixsocketperm", "700", "--dir"])
             .arg(&dir)
+            .args(["--repl-diskless-sync-delay", "0"])
             .args([
                 "--appendonly",
                 "yes",
@@ -70,20 +115,42 @@ impl Redis {
             .map_err(|e| {
                 std::io::Error::other(format!("redis-server: {e} (apt-get install redis-server)"))
             })?;
-        let r = Redis { child, dir };
+        let mut r = Redis {
+            child,
+            replica: None,
+            dir,
+        };
+        let socket = r.socket().display().to_string();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            let pong = Command::new("redis-cli")
-                .arg("-s")
-                .arg(r.socket())
-                .arg("PING")
-                .output();
-            if pong.is_ok_and(|o| o.stdout.starts_with(b"PONG")) {
-                return Ok(r);
+        while !redis_cli(&["-s", &socket], &["PING"]).starts_with("PONG") {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("redis-server did not start"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(std::io::Error::other("redis-server did not start"))
+        if with_replica {
+            // A socket of its own: Redis refuses to start listening nowhere.
+            let own = r.dir.join("replica.sock").display().to_string();
+            r.replica = Some(redis_server(
+                &r.dir.join("replica"),
+                &[
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    &own,
+                    "--replicaof",
+                    "127.0.0.1",
+                    &port_arg,
+                ],
+            )?);
+            while !redis_cli(&["-s", &socket], &["INFO", "replication"]).contains("state=online") {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other("the Redis replica did not sync"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(r)
     }
 
     fn socket(&self) -> PathBuf {
@@ -93,8 +160,10 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(&mut self.replica) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -117,10 +186,30 @@ fn embedded(tidings: &Path) -> std::io::Result<Server> {
 
 /// Redis and `n` cluster-mode servers on it.
 fn cluster(tidings: &Path, n: usize) -> std::io::Result<(Redis, Vec<Server>)> {
-    let redis = Redis::start()?;
+    cluster_with(tidings, n, Replica::None)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Replica {
+    None,
+    /// A replica, and the servers acknowledge without waiting for it.
+    NoWait,
+    /// A replica, and `--redis-wait-replicas 1`.
+    Wait,
+}
+
+fn cluster_with(
+    tidings: &Path,
+    n: usize,
+    replica: Replica,
+) -> std::io::Result<(Redis, Vec<Server>)> {
+    let redis = Redis::start(replica != Replica::None)?;
     let url = format!("redis+unix://{}", redis.socket().display());
     let mut flags: Vec<&str> = FLAGS.to_vec();
     flags.extend(["--redis", &url]);
+    if replica == Replica::Wait {
+        flags.extend(["--redis-wait-replicas", "1"]);
+    }
     let servers = (0..n)
         .map(|i| crate::tidings_server(Command::new(tidings), &format!("cluster{i}"), &flags))
         .collect::<std::io::Result<Vec<_>>>()?;
@@ -190,12 +279,14 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (1000, 1000, 1000, 32, 5.0)
     };
-    let mut publish: [Vec<f64>; 3] = Default::default();
+    let mut publish: [Vec<f64>; 5] = Default::default();
     let (mut fan, mut lat): ([Vec<FanoutResult>; 2], [Vec<FanoutResult>; 2]) = Default::default();
     let labels_publish = [
         "embedded".to_string(),
         "cluster x1".into(),
         format!("cluster x{n}"),
+        "x1 +replica".into(),
+        "x1 +replica, WAIT 1".into(),
     ];
     for round in 1..=rounds {
         eprintln!("[{round}/{rounds}] publish throughput: {conc} publishers, {secs} s each");
@@ -212,9 +303,13 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             let bases: Vec<String> = s.iter().map(|s| s.base.clone()).collect();
             publish[2].push(publish_rate(&bases, conc, secs).await);
         }
+        for (i, replica) in [(3, Replica::NoWait), (4, Replica::Wait)] {
+            let (_redis, s) = cluster_with(&o.tidings, 1, replica)?;
+            publish[i].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
+        }
         eprintln!(
             "  {}",
-            (0..3)
+            (0..publish.len())
                 .map(|i| format!("{} {:.0}/s", labels_publish[i], publish[i].last().unwrap()))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -291,9 +386,11 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     );
     let e = report.publish[0].1;
     for (label, v) in &report.publish {
+        // With `conc` publishers always waiting, the mean time to an answer is conc / rate.
         println!(
-            "publish throughput, {label:<12} {v:>10.0} publishes/s  {:>6}",
-            crate::ratio(*v, e)
+            "publish throughput, {label:<20} {v:>10.0} publishes/s  {:>6}  (mean answer {:.2} ms)",
+            crate::ratio(*v, e),
+            conc as f64 * 1000.0 / v
         );
     }
     let fe = report.fanout[0].1.deliveries_per_sec;

@@ -331,7 +331,8 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
             match err {
                 crate::engine::EngineError::Store => "not ready: the store does not answer",
                 crate::engine::EngineError::Closed => "not ready: shutting down",
-                crate::engine::EngineError::Unavailable | crate::engine::EngineError::NotReplicated => {
+                crate::engine::EngineError::Unavailable
+                | crate::engine::EngineError::NotReplicated => {
                     "not ready: Redis is unreachable, or this server has not caught up with it"
                 }
             }

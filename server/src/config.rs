@@ -248,7 +248,11 @@ impl Config {
     /// Replicas a write waits for in cluster mode (`--redis-wait-replicas`).
     pub fn wait_replicas(&self) -> u32 {
         self.redis_wait_replicas
-            .unwrap_or(if self.redis_sentinels.is_empty() { 0 } else { 1 })
+            .unwrap_or(if self.redis_sentinels.is_empty() {
+                0
+            } else {
+                1
+            })
     }
 
     /// Defaults for tests and embedding: a free port, the given data dir, no demo.

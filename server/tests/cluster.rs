@@ -1463,7 +1463,11 @@ impl Sentinels {
         let replica = Daemon::start(
             &dir("replica"),
             None,
-            &[REDIS_NODE, &["--replicaof", "127.0.0.1", &primary.port.to_string()]].concat(),
+            &[
+                REDIS_NODE,
+                &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+            ]
+            .concat(),
         );
         let sentinels: Vec<Daemon> = (0..3)
             .map(|i| {
@@ -1487,7 +1491,10 @@ impl Sentinels {
         // sentinel knows the replica and the two other sentinels (they
         // find each other through the primary, every two seconds).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !primary.cli(&["INFO", "replication"]).contains("state=online") {
+        while !primary
+            .cli(&["INFO", "replication"])
+            .contains("state=online")
+        {
             assert!(Instant::now() < deadline, "the replica did not sync");
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1502,7 +1509,10 @@ impl Sentinels {
                 if field("num-slaves") == "1" && field("num-other-sentinels") == "2" {
                     break;
                 }
-                assert!(Instant::now() < deadline, "sentinels did not settle: {info}");
+                assert!(
+                    Instant::now() < deadline,
+                    "sentinels did not settle: {info}"
+                );
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
@@ -1631,7 +1641,10 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
     // Both servers follow the new primary (their tails read from it: /readyz is 200).
     for s in &servers {
         while !ready(&s.url("/readyz")).await {
-            assert!(Instant::now() < deadline, "the servers did not find the new primary");
+            assert!(
+                Instant::now() < deadline,
+                "the servers did not find the new primary"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -1673,11 +1686,18 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
     for (kind, seen) in &followers {
         let seen = seen.lock().unwrap();
         let (lost, dup, extra) = audit(&seen, &acked_ids);
-        assert_eq!((lost, dup), (0, 0), "{kind:?}: lost {lost}, duplicated {dup}");
+        assert_eq!(
+            (lost, dup),
+            (0, 0),
+            "{kind:?}: lost {lost}, duplicated {dup}"
+        );
         // Seen but never acknowledged: a publish the dead primary stored and a server
         // delivered before its answer failed. Only failed publishes can be that.
         assert!(extra <= failures, "{kind:?}: {extra} unacknowledged events");
-        assert_eq!(seen.connects, 1, "{kind:?} stayed connected through the failover");
+        assert_eq!(
+            seen.connects, 1,
+            "{kind:?} stayed connected through the failover"
+        );
     }
     // Every acknowledged event survived: the promoted replica's history holds it.
     let history = history_ids(&servers[0].url("")).await;
@@ -1732,7 +1752,11 @@ async fn a_publish_no_replica_confirmed_is_refused_with_a_clear_503() {
         Err((503, body)) => assert!(body.contains("replica"), "{body}"),
         other => panic!("expected a 503, got {other:?}"),
     }
-    assert!(t.elapsed() < Duration::from_millis(1500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
     // Turned off (the default with --redis), the same Redis acknowledges at once.
     let off = Instance::spawn(&["--redis", &redis.url()], &tmp.path().join("data2"));
     publish(&off.url("/api/publish"), "plain").await.unwrap();

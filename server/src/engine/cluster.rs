@@ -243,8 +243,9 @@ pub struct Cluster {
     conn: Primary,
     keys: Keys,
     publish: Script,
-    wait_replicas: u32,
-    wait: Duration,
+    /// Writes that must reach replicas before they are answered (`--redis-wait-replicas`
+    /// above 0): see [`committer`]. `None`: answered when the primary has them.
+    replicated: Option<tokio::sync::mpsc::Sender<Pending>>,
     presence_scripts: [Script; 3],
     /// This process's name in the presence hashes: random per start, so a restarted
     /// server never renews what its killed predecessor held (that runs out and is swept).
@@ -437,6 +438,11 @@ impl Cluster {
         if let Some(flag) = demo_leader {
             tokio::spawn(lease(conn.clone(), keys.leader(), flag, shutdown));
         }
+        let replicated = (wait_replicas > 0).then(|| {
+            let (tx, rx) = tokio::sync::mpsc::channel(COMMIT_QUEUE);
+            tokio::spawn(committer(conn.clone(), rx, wait_replicas, wait));
+            tx
+        });
         let cluster = Cluster {
             conn,
             keys,
@@ -450,8 +456,7 @@ impl Cluster {
             log_maxlen,
             history_max,
             tailing,
-            wait_replicas,
-            wait,
+            replicated,
         };
         Ok((log, cluster))
     }
@@ -485,7 +490,7 @@ impl Cluster {
             .arg(self.log_maxlen)
             .arg(self.history_max)
             .arg(ttl);
-        let (id, replayed): (u64, String) = self.write(&script, Some(PUBLISH), "publish").await?;
+        let (id, replayed): (u64, String) = self.write(script, Some(PUBLISH), "publish").await?;
         if id == 0 {
             // "<id> <stream> <json>", as the script stored it.
             let mut parts = replayed.splitn(3, ' ');
@@ -613,73 +618,53 @@ impl Cluster {
         format!("{}:presence-server:{}", self.keys.prefix, self.server_id)
     }
 
-    /// Runs `write` and, when replicas are asked for (`--redis-wait-replicas`), `WAIT`
-    /// right behind it in one pipeline: `WAIT` covers what its connection wrote before it,
-    /// so it must go on the same connection as the write (two separate requests could land
-    /// on two connections after a reconnect, and the second would answer for nothing).
-    /// A `script`'s source is loaded and the write sent again if Redis does not know it
-    /// (a new primary after a failover, a restart): `EVALSHA` refused ran nothing.
+    /// Runs `write` and answers once the primary holds it or, with `--redis-wait-replicas`,
+    /// once replicas hold it too (through the [`committer`]). A `script`'s source is loaded
+    /// and the write sent again if Redis does not know it (a new primary after a failover,
+    /// a restart): an `EVALSHA` refused ran nothing.
     async fn write<T: redis::FromRedisValue>(
         &self,
-        write: &redis::Cmd,
-        script: Option<&str>,
-        what: &str,
+        write: redis::Cmd,
+        script: Option<&'static str>,
+        what: &'static str,
     ) -> Result<T, EngineError> {
-        let mut conn = self.conn.clone();
         let failed = |err: redis::RedisError| {
             tracing::warn!(%err, "{what} in Redis failed");
             EngineError::Unavailable
         };
-        for attempt in 0..2 {
-            let mut pipe = redis::pipe();
-            pipe.ignore_errors().add_command(write.clone());
-            if self.wait_replicas > 0 {
-                pipe.cmd("WAIT")
-                    .arg(self.wait_replicas)
-                    .arg(self.wait.as_millis() as u64);
-            }
-            let (answer, replicas): (redis::RedisResult<T>, Option<redis::RedisResult<u32>>) =
-                if self.wait_replicas > 0 {
-                    let (a, r) = pipe.query_async(&mut conn).await.map_err(failed)?;
-                    (a, Some(r))
-                } else {
-                    let (a,) = pipe.query_async(&mut conn).await.map_err(failed)?;
-                    (a, None)
+        let value = match &self.replicated {
+            Some(committer) => {
+                let (answer, answered) = tokio::sync::oneshot::channel();
+                let pending = Pending {
+                    cmd: write,
+                    script,
+                    retried: false,
+                    what,
+                    answer,
                 };
-            match answer {
-                Err(err)
-                    if attempt == 0
-                        && err.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    let Some(source) = script else {
-                        return Err(failed(err));
-                    };
-                    redis::cmd("SCRIPT")
-                        .arg("LOAD")
-                        .arg(source)
-                        .query_async::<String>(&mut conn)
-                        .await
-                        .map_err(failed)?;
-                }
-                Err(err) => return Err(failed(err)),
-                Ok(answer) => {
-                    if let Some(replicas) = replicas {
-                        let replicas = replicas.map_err(failed)?;
-                        if replicas < self.wait_replicas {
-                            tracing::warn!(
-                                replicas,
-                                wanted = self.wait_replicas,
-                                "{what}: too few Redis replicas confirmed it in time"
-                            );
-                            return Err(EngineError::NotReplicated);
-                        }
+                committer
+                    .send(pending)
+                    .await
+                    .map_err(|_| EngineError::Closed)?;
+                answered.await.map_err(|_| EngineError::Closed)??
+            }
+            None => {
+                let mut conn = self.conn.clone();
+                match write.query_async::<redis::Value>(&mut conn).await {
+                    Err(err) if is_noscript(&err) && script.is_some() => {
+                        load_script(&mut conn, script.unwrap_or_default())
+                            .await
+                            .map_err(failed)?;
+                        write.query_async(&mut conn).await.map_err(failed)?
                     }
-                    return Ok(answer);
+                    answer => answer.map_err(failed)?,
                 }
             }
-        }
-        unreachable!("the second attempt returns")
+        };
+        redis::from_redis_value(value).map_err(|err| {
+            tracing::warn!(%err, "{what}: unexpected answer from Redis");
+            EngineError::Unavailable
+        })
     }
 
     /// Who is online, and a cursor the list is exact at: read in one transaction with the
@@ -733,7 +718,7 @@ impl Cluster {
         set.arg(self.keys.account(name))
             .arg(record.to_string())
             .arg("NX");
-        let created: Option<String> = self.write(&set, None, "creating an account").await?;
+        let created: Option<String> = self.write(set, None, "creating an account").await?;
         Ok(created.is_some())
     }
 
@@ -937,6 +922,122 @@ impl Cluster {
             .await
             .ok()?;
         seq
+    }
+}
+
+/// Writes queued for the committer at most (more wait for room: publishers slow down
+/// rather than the queue growing without bound).
+const COMMIT_QUEUE: usize = 4096;
+
+/// Writes sent ahead of one `WAIT` at most.
+const COMMIT_BATCH: usize = 256;
+
+/// A write waiting for replicas, and where its answer goes.
+struct Pending {
+    cmd: redis::Cmd,
+    script: Option<&'static str>,
+    /// Sent again once already (after loading its script).
+    retried: bool,
+    what: &'static str,
+    answer: tokio::sync::oneshot::Sender<Result<redis::Value, EngineError>>,
+}
+
+fn is_noscript(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+async fn load_script(conn: &mut Primary, source: &str) -> Result<(), redis::RedisError> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(source)
+        .query_async::<String>(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Group commit for `--redis-wait-replicas`: sends every write waiting, then one `WAIT`,
+/// in one pipeline, and answers them all when it returns; the writes arriving meanwhile
+/// make the next batch. `WAIT` blocks its connection until the replicas have everything
+/// that connection wrote before it, so one `WAIT` per write on a shared connection would
+/// allow one publish per replica round trip (measured: 1,454 publishes/s against 16,496
+/// without `WAIT`); one per batch covers them all. The writes and their `WAIT` go in one
+/// pipeline because they must share one connection: a `WAIT` on another (say, after a
+/// reconnect) would answer for nothing.
+async fn committer(
+    mut conn: Primary,
+    mut queue: tokio::sync::mpsc::Receiver<Pending>,
+    replicas: u32,
+    wait: Duration,
+) {
+    let mut batch: Vec<Pending> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match queue.recv().await {
+                Some(p) => batch.push(p),
+                None => return,
+            }
+        }
+        while batch.len() < COMMIT_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for p in &batch {
+            pipe.add_command(p.cmd.clone());
+        }
+        pipe.cmd("WAIT").arg(replicas).arg(wait.as_millis() as u64);
+        let answers: Vec<redis::RedisResult<redis::Value>> = match pipe.query_async(&mut conn).await
+        {
+            Ok(answers) => answers,
+            Err(err) => {
+                tracing::warn!(%err, writes = batch.len(), "writes to Redis failed");
+                for p in batch.drain(..) {
+                    let _ = p.answer.send(Err(EngineError::Unavailable));
+                }
+                continue;
+            }
+        };
+        let mut answers = answers.into_iter();
+        let confirmed = answers
+            .next_back()
+            .and_then(|r| r.ok())
+            .and_then(|v| redis::from_redis_value::<u32>(v).ok())
+            .unwrap_or(0);
+        if confirmed < replicas {
+            tracing::warn!(
+                confirmed,
+                wanted = replicas,
+                writes = batch.len(),
+                "too few Redis replicas confirmed the writes in time"
+            );
+        }
+        let mut again = Vec::new();
+        for (mut p, answer) in batch.drain(..).zip(answers) {
+            let answer = match answer {
+                Err(err) if is_noscript(&err) && !p.retried => {
+                    if let Some(source) = p.script {
+                        if load_script(&mut conn, source).await.is_ok() {
+                            p.retried = true;
+                            again.push(p);
+                            continue;
+                        }
+                    }
+                    tracing::warn!(%err, "{} in Redis failed", p.what);
+                    Err(EngineError::Unavailable)
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "{} in Redis failed", p.what);
+                    Err(EngineError::Unavailable)
+                }
+                Ok(_) if confirmed < replicas => Err(EngineError::NotReplicated),
+                Ok(value) => Ok(value),
+            };
+            let _ = p.answer.send(answer);
+        }
+        batch = again;
     }
 }
 

@@ -52,7 +52,11 @@ impl std::fmt::Display for Source {
         match self {
             Source::Fixed(url) => write!(f, "at {url}"),
             Source::Sentinel { sentinels, service } => {
-                write!(f, "{service:?} through the sentinels {}", sentinels.join(","))
+                write!(
+                    f,
+                    "{service:?} through the sentinels {}",
+                    sentinels.join(",")
+                )
             }
         }
     }
@@ -135,12 +139,24 @@ impl Primary {
     }
 
     async fn current(&self) -> Result<Current, RedisError> {
-        if let Some(c) = self.0.current.read().expect("primary lock poisoned").clone() {
+        if let Some(c) = self
+            .0
+            .current
+            .read()
+            .expect("primary lock poisoned")
+            .clone()
+        {
             return Ok(c);
         }
         let mut search = self.0.search.lock().await;
         // Someone else may have found it while this one waited.
-        if let Some(c) = self.0.current.read().expect("primary lock poisoned").clone() {
+        if let Some(c) = self
+            .0
+            .current
+            .read()
+            .expect("primary lock poisoned")
+            .clone()
+        {
             return Ok(c);
         }
         if let Some((at, why)) = &search.failed {
@@ -207,7 +223,9 @@ impl Primary {
                     client.get_multiplexed_async_connection(),
                 )
                 .await
-                .map_err(|_| unavailable(format!("the primary at {ip}:{port} does not answer")))??;
+                .map_err(|_| {
+                    unavailable(format!("the primary at {ip}:{port} does not answer"))
+                })??;
                 let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
                 if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
                     return Err(unavailable(format!(
@@ -242,10 +260,12 @@ async fn ask_sentinel(
     let flags = info.get("flags").map_or("", String::as_str);
     // As the redis crate's own check: a primary flagged down (subjectively or objectively)
     // or disconnected is not one to write to.
-    if flags
-        .split(',')
-        .any(|f| matches!(f, "s_down" | "o_down" | "disconnected" | "failover_in_progress"))
-    {
+    if flags.split(',').any(|f| {
+        matches!(
+            f,
+            "s_down" | "o_down" | "disconnected" | "failover_in_progress"
+        )
+    }) {
         return Ok(None);
     }
     let (Some(ip), Some(port), Some(epoch)) = (
