@@ -193,7 +193,10 @@ async fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     tcp.write_all(&out).await?;
+    // The head is written: its buffer and the response's header map would otherwise live
+    // as long as the stream (hours), on every connection.
     drop(out);
+    drop(parts);
     let mut chunks = body.into_data_stream();
     loop {
         tokio::select! {
