@@ -585,7 +585,18 @@ pub async fn signup(
     validate_account_name(&c.name).map_err(ApiError::Unprocessable)?;
     validate_password(&c.password).map_err(ApiError::Unprocessable)?;
     let hash = state.auth.hash(c.password).await?;
-    if !state.engine.create_account(&c.name, &hash).await? {
+    let created = match state.engine.create_account(&c.name, &hash).await {
+        Err(crate::engine::EngineError::NotReplicated) => {
+            return Err(ApiError::Unavailable(
+                "the account may have been created, but no Redis replica confirmed it in \
+                 time: sign in with this name and password to check (if that fails, sign up \
+                 again)"
+                    .into(),
+            ))
+        }
+        created => created?,
+    };
+    if !created {
         return Err(ApiError::NameTaken(format!(
             "the name '{}' is taken; choose another",
             c.name

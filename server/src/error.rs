@@ -126,13 +126,14 @@ impl From<crate::engine::EngineError> for ApiError {
             }
             EngineError::Closed => "the server is shutting down".into(),
             EngineError::Unavailable => {
-                "the shared event log (Redis) is unavailable; nothing was published, try again"
+                "the shared event log (Redis) did not answer, so this was not stored or not \
+                 confirmed; retry (with the same Idempotency-Key it is stored at most once)"
                     .into()
             }
             EngineError::NotReplicated => {
-                "Redis stored this, but no replica confirmed it in time, so a failover could \
-                 still lose it; retry with the same Idempotency-Key (a retry of a stored \
-                 publish is answered with the event)"
+                "no Redis replica confirmed this in time (or a Redis failover is under way), so \
+                 it may be lost; retry with the same Idempotency-Key (a retry of a publish that \
+                 was kept is answered with its event)"
                     .into()
             }
         })

@@ -164,6 +164,10 @@ pub struct EventLog {
     latest: watch::Sender<u64>,
     /// How many events the window keeps.
     retention: usize,
+    /// The last skip (see [`EventLog::skip_to`]): ids after `gap_from` up to `gap_to` were
+    /// never used. Written under the window's write lock, read under its read lock.
+    gap_from: AtomicU64,
+    gap_to: AtomicU64,
 }
 
 impl EventLog {
@@ -180,6 +184,8 @@ impl EventLog {
             head: AtomicU64::new(latest),
             latest: watch::Sender::new(latest),
             retention,
+            gap_from: AtomicU64::new(0),
+            gap_to: AtomicU64::new(0),
         }
     }
 
@@ -241,6 +247,8 @@ impl EventLog {
     pub fn skip_to(&self, id: u64) {
         let _w = self.window.write().expect("log lock poisoned");
         if id > self.latest() {
+            self.gap_from.store(self.latest(), Ordering::Relaxed);
+            self.gap_to.store(id, Ordering::Relaxed);
             self.head.store(id, Ordering::Release);
             self.latest.send_replace(id);
         }
@@ -303,7 +311,12 @@ impl EventLog {
         // on an empty log and was away while more than the window went by has missed events
         // 1.. and is told so. (It once meant "from the start of the window", which let such a
         // client skip them silently: found by the transport lab.)
-        if after + 1 < oldest {
+        // Unless what lies between is a skipped range: a reader at (or inside) a failover's
+        // gap, once the window holds only events after it, missed nothing (found by the
+        // adversarial review: such readers were reset).
+        let in_gap = after >= self.gap_from.load(Ordering::Relaxed)
+            && oldest <= self.gap_to.load(Ordering::Relaxed) + 1;
+        if after + 1 < oldest && !in_gap {
             return Read::Reset { cursor: latest };
         }
         let start = w.partition_point(|e| e.id <= after);
@@ -717,6 +730,27 @@ mod tests {
             Some(Read::Events(e)) => assert_eq!(e[0].id, 1_006),
             d => panic!("{d:?}"),
         }
+        // Once the window holds only events after the gap, a reader from before it is
+        // reset only if it missed events before the gap.
+        let small = log_with(5, 3);
+        small.skip_to(1_005);
+        small.append(
+            &(1_006..=1_008)
+                .map(|i| ev(i, Stream::Chat))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(small.oldest(), 1_006);
+        for cursor in [5, 7, 1_005] {
+            assert_eq!(
+                ids(&small.read(cursor, &StreamSet::ALL.into(), 100)).0,
+                vec![1_006, 1_007, 1_008],
+                "from {cursor}"
+            );
+        }
+        assert!(matches!(
+            small.read(4, &StreamSet::ALL.into(), 100),
+            Read::Reset { cursor: 1_008 }
+        ));
     }
 
     #[test]

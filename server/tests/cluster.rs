@@ -1442,17 +1442,17 @@ const REDIS_NODE: &[&str] = &[
     "0",
 ];
 
-/// A primary, one replica and three sentinels (quorum 2), all on this box: the smallest
-/// setup that survives losing its primary.
+/// A primary, replicas and three sentinels (quorum 2), all on this box; with one replica,
+/// the smallest setup that survives losing its primary.
 struct Sentinels {
     primary: Option<Daemon>,
-    replica: Daemon,
+    replicas: Vec<Daemon>,
     sentinels: Vec<Daemon>,
     _tmp: tempfile::TempDir,
 }
 
 impl Sentinels {
-    fn start() -> Sentinels {
+    fn start(n_replicas: usize) -> Sentinels {
         let tmp = tempfile::tempdir().unwrap();
         let dir = |name: &str| {
             let d = tmp.path().join(name);
@@ -1460,15 +1460,19 @@ impl Sentinels {
             d
         };
         let primary = Daemon::start(&dir("primary"), None, REDIS_NODE);
-        let replica = Daemon::start(
-            &dir("replica"),
-            None,
-            &[
-                REDIS_NODE,
-                &["--replicaof", "127.0.0.1", &primary.port.to_string()],
-            ]
-            .concat(),
-        );
+        let replicas: Vec<Daemon> = (0..n_replicas)
+            .map(|i| {
+                Daemon::start(
+                    &dir(&format!("replica{i}")),
+                    None,
+                    &[
+                        REDIS_NODE,
+                        &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+                    ]
+                    .concat(),
+                )
+            })
+            .collect();
         let sentinels: Vec<Daemon> = (0..3)
             .map(|i| {
                 let d = dir(&format!("sentinel{i}"));
@@ -1491,9 +1495,11 @@ impl Sentinels {
         // sentinel knows the replica and the two other sentinels (they
         // find each other through the primary, every two seconds).
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !primary
+        while primary
             .cli(&["INFO", "replication"])
-            .contains("state=online")
+            .matches("state=online")
+            .count()
+            < n_replicas
         {
             assert!(Instant::now() < deadline, "the replica did not sync");
             std::thread::sleep(Duration::from_millis(50));
@@ -1506,7 +1512,9 @@ impl Sentinels {
                     lines.find(|l| *l == name);
                     lines.next().unwrap_or("").to_string()
                 };
-                if field("num-slaves") == "1" && field("num-other-sentinels") == "2" {
+                if field("num-slaves") == n_replicas.to_string()
+                    && field("num-other-sentinels") == "2"
+                {
                     break;
                 }
                 assert!(
@@ -1518,7 +1526,7 @@ impl Sentinels {
         }
         Sentinels {
             primary: Some(primary),
-            replica,
+            replicas,
             sentinels,
             _tmp: tmp,
         }
@@ -1562,66 +1570,14 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
     if cluster_tools_missing() {
         return;
     }
-    let mut redis = Sentinels::start();
+    let mut redis = Sentinels::start(1);
     let tmp = tempfile::tempdir().unwrap();
-    let sentinel = redis.addresses();
-    let servers: Vec<Instance> = (0..2)
-        .map(|i| {
-            Instance::spawn(
-                &[
-                    "--redis-sentinel",
-                    &sentinel,
-                    "--redis-service",
-                    "mymaster",
-                    "--publish-rate",
-                    "0",
-                ],
-                &tmp.path().join(format!("data{i}")),
-            )
-        })
-        .collect();
+    let servers = sentinel_servers(&redis, tmp.path());
     let stop = CancellationToken::new();
-    let mut followers = Vec::new();
-    for s in &servers {
-        followers.extend(spawn_followers(&s.url(""), &stop, 2, &[Kind::Ws, Kind::Sse]).await);
-    }
-
-    // Two publishers, one per server, as fast as they are answered.
-    let started = Instant::now();
-    let done = CancellationToken::new();
-    // (acknowledged id, when it was sent), and when each failure was answered.
-    let acked = Arc::new(Mutex::new(Vec::<(u64, Duration)>::new()));
-    let failed = Arc::new(Mutex::new(Vec::<Duration>::new()));
-    let publishers: Vec<_> = servers
-        .iter()
-        .enumerate()
-        .map(|(n, s)| {
-            let (url, done) = (s.url("/api/publish"), done.clone());
-            let (acked, failed) = (acked.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut i = 0;
-                while !done.is_cancelled() {
-                    let sent = started.elapsed();
-                    match publish(&url, &format!("p{n}-{i}")).await {
-                        Ok(e) => acked.lock().unwrap().push((e.id, sent)),
-                        Err((status, body)) => {
-                            assert!(status == 503, "{status} {body}");
-                            failed.lock().unwrap().push(started.elapsed());
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let followers = follow_each(&servers, &stop).await;
+    let load = Publishing::start(&servers).await;
+    let (started, acked) = (load.started, load.acked.clone());
     let before_kill = acked.lock().unwrap().len();
-    assert!(
-        before_kill > 10,
-        "publishing works before the failover: {before_kill} acknowledged, {} failed",
-        failed.lock().unwrap().len()
-    );
     let killed_at = started.elapsed();
     let mut primary = redis.primary.take().unwrap();
     primary.child.kill().unwrap(); // SIGKILL: no goodbye to the replica or the sentinels
@@ -1633,7 +1589,7 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
     let old_port = primary.port;
     drop(primary);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !redis.replica.cli(&["ROLE"]).starts_with("master") {
+    while !redis.replicas[0].cli(&["ROLE"]).starts_with("master") {
         assert!(Instant::now() < deadline, "the sentinels did not fail over");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1674,42 +1630,8 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    done.cancel();
-    for p in publishers {
-        p.await.unwrap();
-    }
-
-    let acked_ids: BTreeSet<u64> = acked.lock().unwrap().iter().map(|(id, _)| *id).collect();
-    let failures = failed.lock().unwrap().len();
-    let last = *acked_ids.last().unwrap();
-    settle(&followers, last, stop).await;
-    for (kind, seen) in &followers {
-        let seen = seen.lock().unwrap();
-        let (lost, dup, extra) = audit(&seen, &acked_ids);
-        assert_eq!(
-            (lost, dup),
-            (0, 0),
-            "{kind:?}: lost {lost}, duplicated {dup}"
-        );
-        // Seen but never acknowledged: a publish the dead primary stored and a server
-        // delivered before its answer failed. Only failed publishes can be that.
-        assert!(extra <= failures, "{kind:?}: {extra} unacknowledged events");
-        assert_eq!(
-            seen.connects, 1,
-            "{kind:?} stayed connected through the failover"
-        );
-    }
-    // Every acknowledged event survived: the promoted replica's history holds it.
-    let history = history_ids(&servers[0].url("")).await;
-    let missing: Vec<u64> = acked_ids.difference(&history).copied().collect();
-    assert!(missing.is_empty(), "acknowledged but gone: {missing:?}");
-    // The ids after the failover start past the gap (ids the dead primary may have handed
-    // out are never handed out again).
-    let ids: Vec<u64> = acked_ids.iter().copied().collect();
-    assert!(
-        ids.windows(2).any(|w| w[1] - w[0] > 1_000_000),
-        "a failover gap in {ids:?}"
-    );
+    let (acked_ids, failures) = load.stop().await;
+    audit_failover(&servers, &followers, stop, &acked_ids, failures).await;
     println!(
         "sentinel failover: kill -9 of the primary; replica promoted {} ms after it, both servers following it {} ms after it, publishing resumed {} ms after it (the old primary restarted as a replica on promotion); {} acknowledged ({} before the kill), {} refused with 503 meanwhile; {} followers: 0 lost, 0 duplicated, 0 reconnects; all acknowledged in the promoted replica's history",
         promoted.as_millis(),
@@ -1726,6 +1648,210 @@ async fn a_sentinel_failover_loses_no_acknowledged_event() {
     assert!(following < Duration::from_secs(15), "{following:?}");
     assert!(resumed < Duration::from_secs(30), "{resumed:?}");
 }
+
+/// Two cluster servers that find Redis through `redis`'s sentinels (with their defaults:
+/// `WAIT 1`).
+fn sentinel_servers(redis: &Sentinels, dir: &Path) -> Vec<Instance> {
+    let sentinel = redis.addresses();
+    (0..2)
+        .map(|i| {
+            Instance::spawn(
+                &[
+                    "--redis-sentinel",
+                    &sentinel,
+                    "--redis-service",
+                    "mymaster",
+                    "--publish-rate",
+                    "0",
+                ],
+                &dir.join(format!("data{i}")),
+            )
+        })
+        .collect()
+}
+
+/// Two WebSocket and two SSE followers on each server, directly (no balancer: they must
+/// stay connected through a Redis failover).
+async fn follow_each(
+    servers: &[Instance],
+    stop: &CancellationToken,
+) -> Vec<(Kind, Arc<Mutex<Seen>>)> {
+    let mut followers = Vec::new();
+    for s in servers {
+        followers.extend(spawn_followers(&s.url(""), stop, 2, &[Kind::Ws, Kind::Sse]).await);
+    }
+    followers
+}
+
+/// One publisher per server, as fast as they are answered; every answer a 201 or a 503.
+struct Publishing {
+    started: Instant,
+    done: CancellationToken,
+    /// (acknowledged id, when it was sent).
+    acked: Arc<Mutex<Vec<(u64, Duration)>>>,
+    /// How many were refused.
+    failed: Arc<Mutex<usize>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Publishing {
+    /// Starts, and returns once publishing has worked for a second.
+    async fn start(servers: &[Instance]) -> Publishing {
+        let started = Instant::now();
+        let done = CancellationToken::new();
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(0));
+        let tasks = servers
+            .iter()
+            .enumerate()
+            .map(|(n, s)| {
+                let (url, done) = (s.url("/api/publish"), done.clone());
+                let (acked, failed) = (acked.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let mut i = 0;
+                    while !done.is_cancelled() {
+                        let sent = started.elapsed();
+                        match publish(&url, &format!("p{n}-{i}")).await {
+                            Ok(e) => acked.lock().unwrap().push((e.id, sent)),
+                            Err((status, body)) => {
+                                assert!(status == 503, "{status} {body}");
+                                *failed.lock().unwrap() += 1;
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let n = acked.lock().unwrap().len();
+        assert!(
+            n > 10,
+            "publishing works before the failover: {n} acknowledged, {} failed",
+            failed.lock().unwrap()
+        );
+        Publishing {
+            started,
+            done,
+            acked,
+            failed,
+            tasks,
+        }
+    }
+
+    /// Stops; the ids acknowledged and how many publishes were refused.
+    async fn stop(self) -> (BTreeSet<u64>, usize) {
+        self.done.cancel();
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let acked = self
+            .acked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let failed = *self.failed.lock().unwrap();
+        (acked, failed)
+    }
+}
+
+/// After a failover: every follower saw every acknowledged event once and in order without
+/// reconnecting, every acknowledged event is in the new primary's history, and the ids
+/// after the failover start past the gap.
+async fn audit_failover(
+    servers: &[Instance],
+    followers: &[(Kind, Arc<Mutex<Seen>>)],
+    stop: CancellationToken,
+    acked: &BTreeSet<u64>,
+    failures: usize,
+) {
+    settle(followers, *acked.last().unwrap(), stop).await;
+    for (kind, seen) in followers {
+        let seen = seen.lock().unwrap();
+        let (lost, dup, extra) = audit(&seen, acked);
+        assert_eq!(
+            (lost, dup),
+            (0, 0),
+            "{kind:?}: lost {lost}, duplicated {dup}"
+        );
+        // Seen but never acknowledged: a publish the old primary stored and a server
+        // delivered before its answer failed. Only refused publishes can be that.
+        assert!(extra <= failures, "{kind:?}: {extra} unacknowledged events");
+        assert_eq!(
+            seen.connects, 1,
+            "{kind:?} stayed connected through the failover"
+        );
+    }
+    let history = history_ids(&servers[0].url("")).await;
+    let missing: Vec<u64> = acked.difference(&history).copied().collect();
+    assert!(missing.is_empty(), "acknowledged but gone: {missing:?}");
+    let ids: Vec<u64> = acked.iter().copied().collect();
+    assert!(
+        ids.windows(2).any(|w| w[1] - w[0] > 1_000_000),
+        "a failover gap in {ids:?}"
+    );
+}
+
+/// A manual `SENTINEL FAILOVER` under continuous publishing, with two replicas. The old
+/// primary keeps taking writes (and the replica not promoted keeps confirming them) until
+/// the sentinels reconfigure it, seconds later; those writes are lost when that replica
+/// follows the new primary. None of them may have been acknowledged (found by the
+/// adversarial review: 510 acknowledged events lost, before the check after WAIT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_sentinel_failover_loses_no_acknowledged_event() {
+    if cluster_tools_missing() {
+        return;
+    }
+    let redis = Sentinels::start(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let servers = sentinel_servers(&redis, tmp.path());
+    let stop = CancellationToken::new();
+    let followers = follow_each(&servers, &stop).await;
+    let load = Publishing::start(&servers).await;
+    let (started, acked) = (load.started, load.acked.clone());
+    let asked_at = started.elapsed();
+    let answer = redis.sentinels[0].cli(&["SENTINEL", "FAILOVER", "mymaster"]);
+    assert!(answer.contains("OK"), "{answer}");
+    // Done when the old primary is a replica again and publishing has resumed.
+    let old = redis.primary.as_ref().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !old.cli(&["ROLE"]).starts_with("slave") {
+        assert!(
+            Instant::now() < deadline,
+            "the old primary was not reconfigured"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = loop {
+        let first = acked
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(id, sent)| *sent > asked_at && *id > EPOCH_IDS)
+            .map(|(_, sent)| *sent);
+        if let Some(sent) = first {
+            break sent - asked_at;
+        }
+        assert!(Instant::now() < deadline, "publishing did not resume");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (acked_ids, failures) = load.stop().await;
+    audit_failover(&servers, &followers, stop, &acked_ids, failures).await;
+    println!(
+        "manual sentinel failover (2 replicas): publishing on the new primary {} ms after it was asked; {} acknowledged, {} refused with 503 meanwhile; {} followers: 0 lost, 0 duplicated, 0 reconnects; all acknowledged in the new primary's history",
+        resumed.as_millis(),
+        acked_ids.len(),
+        failures,
+        followers.len()
+    );
+}
+
+/// The first id of the first failover epoch (`engine::cluster::EPOCH_IDS`).
+const EPOCH_IDS: u64 = 10_000_000_000;
 
 /// `--redis-wait-replicas`: with no replica to confirm it, a publish is not acknowledged:
 /// a 503 that says why, within `--redis-wait-ms`.

@@ -36,7 +36,8 @@ macro_rules! append_lua {
     () => {
         r#"
 local function append(seq, log, history, ts, stream, data, log_max, history_max)
-  local id = redis.call('INCR', seq)
+  -- As digits: Lua's own conversion writes numbers past 10^14 as 1e+14.
+  local id = string.format('%d', redis.call('INCR', seq))
   local json = '{"id":' .. id .. ',"ts":' .. ts .. ',"stream":"' .. stream .. '","data":' .. data .. '}'
   redis.call('XADD', log, 'MAXLEN', '~', log_max, id .. '-0', 's', stream, 'e', json)
   redis.call('XADD', history, 'MAXLEN', '~', history_max, id .. '-0', 'e', json)
@@ -198,11 +199,16 @@ return 1
 /// exact integers (2^53) last nine hundred million failovers.
 pub const FAILOVER_GAP: u64 = 10_000_000;
 
+/// And at least to `epoch x EPOCH_IDS`: each failover epoch starts in an id range of its own,
+/// so a primary promoted after another failed before passing on its jump (two failovers
+/// in a row) still starts above every id that one handed out (unless an epoch handed out
+/// more than this many: days at the measured publish rates). 2^53 / 10^10: 900,000 epochs.
+pub const EPOCH_IDS: u64 = 10_000_000_000;
 /// KEYS: seq, log, epoch. ARGV: Sentinel's epoch for the primary this runs on, the gap,
-/// log max. Run by each server on each primary it finds, before anything else: the first
+/// log max, [`EPOCH_IDS`]. Run by each server on each primary it finds, before anything else: the first
 /// to arrive after a failover (a newer epoch than the one recorded) moves the sequence on
-/// by the gap and writes a gap entry in the log (field `gap`: the sequence it skipped
-/// from), so servers tailing the log move their cursor past it instead of seeing a hole.
+/// by the gap (to the epoch's own range at least) and writes a gap entry in the log (field
+/// `gap`: the sequence it skipped from), so servers tailing the log move their cursor past it instead of seeing a hole.
 /// The epoch only ever rises, so servers arriving later (or with an older view) do nothing.
 const FAILOVER: &str = r#"
 local known = redis.call('GET', KEYS[3])
@@ -212,11 +218,15 @@ if not known then
   return 0
 end
 if epoch <= tonumber(known) then return 0 end
-redis.call('SET', KEYS[3], epoch)
 local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
-local to = seq + tonumber(ARGV[2])
-redis.call('SET', KEYS[1], to)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], to .. '-0', 'gap', seq)
+local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if newest then seq = math.max(seq, tonumber(string.match(newest[1], '^(%d+)'))) end
+local to = math.max(seq + tonumber(ARGV[2]), epoch * tonumber(ARGV[4]))
+local id = string.format('%d', to)
+-- The entry first: if it fails, nothing has changed and the next server tries again.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], id .. '-0', 'gap', string.format('%d', seq))
+redis.call('SET', KEYS[1], id)
+redis.call('SET', KEYS[3], epoch)
 return to
 "#;
 
@@ -379,6 +389,7 @@ impl Cluster {
                         .arg(epoch)
                         .arg(FAILOVER_GAP)
                         .arg(log_maxlen)
+                        .arg(EPOCH_IDS)
                         .invoke_async(&mut conn)
                         .await?;
                     if skipped_to > 0 {
@@ -989,6 +1000,8 @@ async fn committer(
             pipe.add_command(p.cmd.clone());
         }
         pipe.cmd("WAIT").arg(replicas).arg(wait.as_millis() as u64);
+        // The primary these writes go to, to check it is still the one afterwards.
+        let generation = conn.generation().await;
         let answers: Vec<redis::RedisResult<redis::Value>> = match pipe.query_async(&mut conn).await
         {
             Ok(answers) => answers,
@@ -1001,12 +1014,31 @@ async fn committer(
             }
         };
         let mut answers = answers.into_iter();
-        let confirmed = answers
+        let mut confirmed = answers
             .next_back()
             .and_then(|r| r.ok())
             .and_then(|v| redis::from_redis_value::<u32>(v).ok())
             .unwrap_or(0);
-        if confirmed < replicas {
+        // A write refused with READONLY or MASTERDOWN comes back inside the pipeline's
+        // answer (kept per write): the primary moved.
+        if let Ok(generation) = generation {
+            if let Some(Err(err)) = answers.clone().find(|a| a.is_err()) {
+                conn.failed(generation, &err);
+            }
+        }
+        // Replicas confirming is not enough while a failover is under way: see
+        // `Primary::unchanged`.
+        let current = match generation {
+            Ok(generation) => confirmed >= replicas && conn.unchanged(generation).await,
+            Err(_) => false,
+        };
+        if confirmed >= replicas && !current {
+            tracing::warn!(
+                writes = batch.len(),
+                "a Redis failover is under way: the writes are not acknowledged"
+            );
+            confirmed = 0;
+        } else if confirmed < replicas {
             tracing::warn!(
                 confirmed,
                 wanted = replicas,

@@ -67,6 +67,9 @@ impl std::fmt::Display for Source {
 struct Current {
     conn: ConnectionManager,
     client: Client,
+    /// Sentinel's configuration epoch and address for it (0 and "" with a fixed address).
+    epoch: u64,
+    address: String,
     /// Counts the primaries found, so an error seen on an old one does not drop a newer one.
     generation: u64,
 }
@@ -85,6 +88,8 @@ struct Inner {
     /// One search at a time; the others wait for its result.
     search: tokio::sync::Mutex<Search>,
     on_found: OnFound,
+    /// A connection per sentinel, kept between questions (see [`Primary::unchanged`]).
+    sentinels: tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,
 }
 
 #[derive(Default)]
@@ -108,6 +113,7 @@ impl Primary {
             current: RwLock::new(None),
             search: tokio::sync::Mutex::new(Search::default()),
             on_found,
+            sentinels: tokio::sync::Mutex::new(Vec::new()),
         }));
         primary.current().await?;
         Ok(primary)
@@ -138,6 +144,118 @@ impl Primary {
         }
     }
 
+    /// The generation of the primary in use (see [`Primary::failed`]), found first if
+    /// there is none.
+    pub async fn generation(&self) -> Result<u64, RedisError> {
+        Ok(self.current().await?.generation)
+    }
+
+    /// Whether the primary of `generation` is still the one the sentinels name, with no
+    /// failover under way. Asked after `WAIT` and before acknowledging: a primary being
+    /// replaced keeps taking writes, and its replicas keep confirming them, until the
+    /// sentinels reconfigure it (seconds, in a manual `SENTINEL FAILOVER`), and every such
+    /// write is lost when its replicas follow the new primary (found by the adversarial
+    /// review: 510 acknowledged events lost in one run). Every sentinel is asked; one that
+    /// sees a failover, or names another primary or a newer epoch, is enough to refuse, and
+    /// so is no sentinel answering. Always true with a fixed address.
+    pub async fn unchanged(&self, generation: u64) -> bool {
+        let Source::Sentinel { sentinels, service } = &self.0.source else {
+            return true;
+        };
+        let Some((epoch, address)) = self
+            .0
+            .current
+            .read()
+            .expect("primary lock poisoned")
+            .as_ref()
+            .filter(|c| c.generation == generation)
+            .map(|c| (c.epoch, c.address.clone()))
+        else {
+            return false;
+        };
+        let answers = futures_util::future::join_all(
+            (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, true)),
+        )
+        .await;
+        let mut heard = false;
+        for answer in answers.into_iter().flatten() {
+            heard = true;
+            match answer {
+                Some((e, ip, port)) if e == epoch && format!("{ip}:{port}") == address => {}
+                _ => {
+                    self.failed_now(generation);
+                    return false;
+                }
+            }
+        }
+        heard
+    }
+
+    /// Drops the primary of `generation` (the sentinels are asked again before the next
+    /// command), whatever the error.
+    fn failed_now(&self, generation: u64) {
+        let mut current = self.0.current.write().expect("primary lock poisoned");
+        if current.as_ref().is_some_and(|c| c.generation == generation) {
+            tracing::warn!("the sentinels see a failover; asking them again");
+            *current = None;
+        }
+    }
+
+    /// What sentinel `i` says of `service`: its epoch, address and whether it is up
+    /// (`None` when it reports it down or failing over; with `strict`, also when a failover
+    /// of it is under way). The connection is kept for the next question.
+    async fn ask_sentinel(
+        &self,
+        i: usize,
+        service: &str,
+        strict: bool,
+    ) -> Result<Option<(u64, String, u16)>, RedisError> {
+        let Source::Sentinel { sentinels, .. } = &self.0.source else {
+            return Ok(None);
+        };
+        let sentinel = &sentinels[i];
+        let cached = {
+            let mut conns = self.0.sentinels.lock().await;
+            conns.resize(sentinels.len(), None);
+            conns[i].clone()
+        };
+        let ask = async {
+            let mut conn = match cached {
+                Some(c) => c,
+                None => {
+                    Client::open(format!("redis://{sentinel}/"))?
+                        .get_multiplexed_async_connection()
+                        .await?
+                }
+            };
+            let info = redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(service)
+                .query_async::<HashMap<String, String>>(&mut conn)
+                .await?;
+            Ok::<_, RedisError>((conn, info))
+        };
+        let answer = tokio::time::timeout(SENTINEL_TIMEOUT, ask).await;
+        let info = {
+            let mut conns = self.0.sentinels.lock().await;
+            match answer {
+                Ok(Ok((conn, info))) => {
+                    conns[i] = Some(conn);
+                    info
+                }
+                Ok(Err(err)) => {
+                    conns[i] = None;
+                    return Err(err);
+                }
+                Err(_) => {
+                    conns[i] = None;
+                    return Err(unavailable(format!("sentinel {sentinel} does not answer")));
+                }
+            }
+        };
+        Ok(master_of(&info, strict))
+    }
+
     async fn current(&self) -> Result<Current, RedisError> {
         if let Some(c) = self
             .0
@@ -165,37 +283,40 @@ impl Primary {
             }
         }
         let found = async {
-            let (client, epoch) = self.find().await?;
+            let (client, epoch, address) = self.find().await?;
             let conn = manager(&client).await?;
             (self.0.on_found)(conn.clone(), epoch).await?;
-            Ok::<_, RedisError>((client, conn))
+            Ok::<_, RedisError>((client, conn, epoch, address))
         };
         match found.await {
-            Ok((client, conn)) => {
+            Ok((client, conn, epoch, address)) => {
                 search.generation += 1;
                 search.failed = None;
                 let c = Current {
                     conn,
                     client,
+                    epoch,
+                    address,
                     generation: search.generation,
                 };
                 *self.0.current.write().expect("primary lock poisoned") = Some(c.clone());
                 Ok(c)
             }
             Err(err) => {
-                search.failed = Some((Instant::now(), err.to_string()));
+                let why = err.detail().map_or_else(|| err.to_string(), str::to_owned);
+                search.failed = Some((Instant::now(), why));
                 Err(err)
             }
         }
     }
 
-    /// The primary's client and Sentinel's epoch for it.
-    async fn find(&self) -> Result<(Client, u64), RedisError> {
+    /// The primary's client, and Sentinel's epoch and address for it.
+    async fn find(&self) -> Result<(Client, u64, String), RedisError> {
         match &self.0.source {
-            Source::Fixed(url) => Ok((Client::open(url.as_str())?, 0)),
+            Source::Fixed(url) => Ok((Client::open(url.as_str())?, 0, String::new())),
             Source::Sentinel { sentinels, service } => {
                 let answers = futures_util::future::join_all(
-                    sentinels.iter().map(|s| ask_sentinel(s, service)),
+                    (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, false)),
                 )
                 .await;
                 // The primary of the newest epoch any sentinel reports as up: a sentinel cut
@@ -233,49 +354,27 @@ impl Primary {
                     )));
                 }
                 tracing::info!(%ip, port, epoch, "Redis primary found through Sentinel");
-                Ok((client, epoch))
+                Ok((client, epoch, format!("{ip}:{port}")))
             }
         }
     }
 }
 
-/// What one sentinel says of `service`: its epoch, address and whether it is up
-/// (`None` when it reports it down or failing over).
-async fn ask_sentinel(
-    sentinel: &str,
-    service: &str,
-) -> Result<Option<(u64, String, u16)>, RedisError> {
-    let client = Client::open(format!("redis://{sentinel}/"))?;
-    let ask = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("SENTINEL")
-            .arg("MASTER")
-            .arg(service)
-            .query_async::<HashMap<String, String>>(&mut conn)
-            .await
-    };
-    let info = tokio::time::timeout(SENTINEL_TIMEOUT, ask)
-        .await
-        .map_err(|_| unavailable(format!("sentinel {sentinel} does not answer")))??;
+/// The primary a `SENTINEL MASTER` answer names, with its epoch, if it is up (and, with
+/// `strict`, no failover of it is under way).
+fn master_of(info: &HashMap<String, String>, strict: bool) -> Option<(u64, String, u16)> {
     let flags = info.get("flags").map_or("", String::as_str);
     // As the redis crate's own check: a primary flagged down (subjectively or objectively)
     // or disconnected is not one to write to.
     if flags.split(',').any(|f| {
-        matches!(
-            f,
-            "s_down" | "o_down" | "disconnected" | "failover_in_progress"
-        )
+        matches!(f, "s_down" | "o_down" | "disconnected") || (strict && f == "failover_in_progress")
     }) {
-        return Ok(None);
+        return None;
     }
-    let (Some(ip), Some(port), Some(epoch)) = (
-        info.get("ip"),
-        info.get("port").and_then(|p| p.parse().ok()),
-        info.get("config-epoch").and_then(|e| e.parse().ok()),
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some((epoch, ip.clone(), port)))
+    let ip = info.get("ip")?;
+    let port = info.get("port")?.parse().ok()?;
+    let epoch = info.get("config-epoch")?.parse().ok()?;
+    Some((epoch, ip.clone(), port))
 }
 
 async fn manager(client: &Client) -> Result<ConnectionManager, RedisError> {
