@@ -7,7 +7,9 @@
 //! - publish throughput: publishes/s accepted from 32 concurrent publishers, embedded, one
 //!   cluster server, and N cluster servers with the publishers spread over them; then one
 //!   cluster server on a Redis with a replica, without and with `--redis-wait-replicas 1`
-//!   (what Sentinel mode does by default: the cost of an ack that survives a failover);
+//!   (the cost of an ack that survives a failover), and through three sentinels
+//!   (Sentinel mode's default: `WAIT 1`, and the sentinels asked before each batch's ack);
+//!   those three over TCP;
 //! - per-server fan-out: 1,000 WebSocket subscribers on one server, events as fast as
 //!   accepted, embedded against one cluster server (the cluster path's own cost);
 //! - latency: 1,000 WebSocket subscribers x 100 events/s, embedded against N cluster servers
@@ -48,6 +50,10 @@ struct Report {
 struct Redis {
     child: Child,
     replica: Option<Child>,
+    /// Sentinels monitoring it (as service `bench`), and their ports.
+    sentinels: Vec<(Child, u16)>,
+    /// Its TCP port (0: unix socket only).
+    port: u16,
     dir: PathBuf,
 }
 
@@ -118,6 +124,8 @@ impl Redis {
         let mut r = Redis {
             child,
             replica: None,
+            sentinels: Vec::new(),
+            port,
             dir,
         };
         let socket = r.socket().display().to_string();
@@ -153,6 +161,40 @@ impl Redis {
         Ok(r)
     }
 
+    /// Adds three sentinels (quorum 2) watching it, and waits until each knows it.
+    fn watch(&mut self) -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for i in 0..3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let dir = self.dir.join(format!("sentinel{i}"));
+            std::fs::create_dir_all(&dir)?;
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nsentinel monitor bench 127.0.0.1 {} 2\n",
+                    self.port
+                ),
+            )?;
+            let child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .spawn()?;
+            self.sentinels.push((child, port));
+            let port = port.to_string();
+            while !redis_cli(&["-p", &port], &["SENTINEL", "MASTER", "bench"]).contains("master") {
+                if Instant::now() > deadline {
+                    return Err(std::io::Error::other("a sentinel did not start"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
     fn socket(&self) -> PathBuf {
         self.dir.join("r.sock")
     }
@@ -160,7 +202,11 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        for c in std::iter::once(&mut self.child).chain(&mut self.replica) {
+        let sentinels = self.sentinels.iter_mut().map(|(c, _)| c);
+        for c in std::iter::once(&mut self.child)
+            .chain(&mut self.replica)
+            .chain(sentinels)
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -196,6 +242,9 @@ enum Replica {
     NoWait,
     /// A replica, and `--redis-wait-replicas 1`.
     Wait,
+    /// A replica and three sentinels; the servers find the primary through them
+    /// (`--redis-sentinel`: `WAIT 1`, then the sentinels asked before each ack).
+    Sentinel,
 }
 
 fn cluster_with(
@@ -203,12 +252,28 @@ fn cluster_with(
     n: usize,
     replica: Replica,
 ) -> std::io::Result<(Redis, Vec<Server>)> {
-    let redis = Redis::start(replica != Replica::None)?;
-    let url = format!("redis+unix://{}", redis.socket().display());
+    let mut redis = Redis::start(replica != Replica::None)?;
+    // With a replica, over TCP for every row (Sentinel names the primary by address), so
+    // the rows differ only in what they wait for.
+    let url = match replica {
+        Replica::None => format!("redis+unix://{}", redis.socket().display()),
+        _ => format!("redis://127.0.0.1:{}", redis.port),
+    };
     let mut flags: Vec<&str> = FLAGS.to_vec();
-    flags.extend(["--redis", &url]);
-    if replica == Replica::Wait {
-        flags.extend(["--redis-wait-replicas", "1"]);
+    let sentinels;
+    match replica {
+        Replica::Sentinel => {
+            redis.watch()?;
+            sentinels = redis
+                .sentinels
+                .iter()
+                .map(|(_, p)| format!("127.0.0.1:{p}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            flags.extend(["--redis-sentinel", &sentinels, "--redis-service", "bench"]);
+        }
+        Replica::Wait => flags.extend(["--redis", &url, "--redis-wait-replicas", "1"]),
+        _ => flags.extend(["--redis", &url]),
     }
     let servers = (0..n)
         .map(|i| crate::tidings_server(Command::new(tidings), &format!("cluster{i}"), &flags))
@@ -279,7 +344,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (1000, 1000, 1000, 32, 5.0)
     };
-    let mut publish: [Vec<f64>; 5] = Default::default();
+    let mut publish: [Vec<f64>; 6] = Default::default();
     let (mut fan, mut lat): ([Vec<FanoutResult>; 2], [Vec<FanoutResult>; 2]) = Default::default();
     let labels_publish = [
         "embedded".to_string(),
@@ -287,6 +352,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         format!("cluster x{n}"),
         "x1 +replica".into(),
         "x1 +replica, WAIT 1".into(),
+        "x1 Sentinel".into(),
     ];
     for round in 1..=rounds {
         eprintln!("[{round}/{rounds}] publish throughput: {conc} publishers, {secs} s each");
@@ -303,7 +369,11 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             let bases: Vec<String> = s.iter().map(|s| s.base.clone()).collect();
             publish[2].push(publish_rate(&bases, conc, secs).await);
         }
-        for (i, replica) in [(3, Replica::NoWait), (4, Replica::Wait)] {
+        for (i, replica) in [
+            (3, Replica::NoWait),
+            (4, Replica::Wait),
+            (5, Replica::Sentinel),
+        ] {
             let (_redis, s) = cluster_with(&o.tidings, 1, replica)?;
             publish[i].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
         }
