@@ -32,6 +32,8 @@ pub struct Options {
     pub smoke: bool,
     pub rounds: usize,
     pub servers: usize,
+    pub subscribers: usize,
+    pub no_publish: bool,
     pub json: Option<PathBuf>,
 }
 
@@ -342,7 +344,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
     let (subs, events, lat_events, conc, secs) = if o.smoke {
         (20, 50, 50, 4, 1.0)
     } else {
-        (1000, 1000, 1000, 32, 5.0)
+        (o.subscribers.max(1), 1000, 1000, 32, 5.0)
     };
     let mut publish: [Vec<f64>; 6] = Default::default();
     let (mut fan, mut lat): ([Vec<FanoutResult>; 2], [Vec<FanoutResult>; 2]) = Default::default();
@@ -355,35 +357,37 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         "x1 Sentinel".into(),
     ];
     for round in 1..=rounds {
-        eprintln!("[{round}/{rounds}] publish throughput: {conc} publishers, {secs} s each");
-        {
-            let s = embedded(&o.tidings)?;
-            publish[0].push(publish_rate(&[s.base.clone()], conc, secs).await);
+        if !o.no_publish {
+            eprintln!("[{round}/{rounds}] publish throughput: {conc} publishers, {secs} s each");
+            {
+                let s = embedded(&o.tidings)?;
+                publish[0].push(publish_rate(&[s.base.clone()], conc, secs).await);
+            }
+            {
+                let (_redis, s) = cluster(&o.tidings, 1)?;
+                publish[1].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
+            }
+            {
+                let (_redis, s) = cluster(&o.tidings, n)?;
+                let bases: Vec<String> = s.iter().map(|s| s.base.clone()).collect();
+                publish[2].push(publish_rate(&bases, conc, secs).await);
+            }
+            for (i, replica) in [
+                (3, Replica::NoWait),
+                (4, Replica::Wait),
+                (5, Replica::Sentinel),
+            ] {
+                let (_redis, s) = cluster_with(&o.tidings, 1, replica)?;
+                publish[i].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
+            }
+            eprintln!(
+                "  {}",
+                (0..publish.len())
+                    .map(|i| format!("{} {:.0}/s", labels_publish[i], publish[i].last().unwrap()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
-        {
-            let (_redis, s) = cluster(&o.tidings, 1)?;
-            publish[1].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
-        }
-        {
-            let (_redis, s) = cluster(&o.tidings, n)?;
-            let bases: Vec<String> = s.iter().map(|s| s.base.clone()).collect();
-            publish[2].push(publish_rate(&bases, conc, secs).await);
-        }
-        for (i, replica) in [
-            (3, Replica::NoWait),
-            (4, Replica::Wait),
-            (5, Replica::Sentinel),
-        ] {
-            let (_redis, s) = cluster_with(&o.tidings, 1, replica)?;
-            publish[i].push(publish_rate(&[s[0].base.clone()], conc, secs).await);
-        }
-        eprintln!(
-            "  {}",
-            (0..publish.len())
-                .map(|i| format!("{} {:.0}/s", labels_publish[i], publish[i].last().unwrap()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
 
         eprintln!("[{round}/{rounds}] per-server fan-out: {subs} WS subscribers, {events} events as fast as accepted");
         {
@@ -426,7 +430,9 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     for (label, runs) in labels_publish.iter().zip(publish) {
-        report.publish.push((label.clone(), med(runs)));
+        if !runs.is_empty() {
+            report.publish.push((label.clone(), med(runs)));
+        }
     }
     let [fe, fc] = fan;
     report.fanout.push((
@@ -454,7 +460,7 @@ pub async fn run(o: Options) -> Result<(), Box<dyn std::error::Error>> {
             "CLUSTER MODE AGAINST EMBEDDED (medians of interleaved rounds; Redis AOF appendfsync always)"
         }
     );
-    let e = report.publish[0].1;
+    let e = report.publish.first().map_or(0.0, |p| p.1);
     for (label, v) in &report.publish {
         // With `conc` publishers always waiting, the mean time to an answer is conc / rate.
         println!(

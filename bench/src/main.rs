@@ -182,6 +182,12 @@ enum Cmd {
         /// Cluster-mode servers.
         #[arg(long, default_value_t = 3)]
         servers: usize,
+        /// WebSocket subscribers in the fan-out and latency runs.
+        #[arg(long, default_value_t = 1000)]
+        subscribers: usize,
+        /// Only the fan-out and latency runs (no publish throughput).
+        #[arg(long)]
+        no_publish: bool,
         #[arg(long)]
         json: Option<PathBuf>,
     },
@@ -336,6 +342,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             smoke,
             rounds,
             servers,
+            subscribers,
+            no_publish,
             json,
         } => {
             cluster::run(cluster::Options {
@@ -343,6 +351,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 smoke,
                 rounds,
                 servers,
+                subscribers,
+                no_publish,
                 json,
             })
             .await?

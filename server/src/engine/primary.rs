@@ -88,9 +88,22 @@ struct Inner {
     /// One search at a time; the others wait for its result.
     search: tokio::sync::Mutex<Search>,
     on_found: OnFound,
-    /// A connection per sentinel, kept between questions (see [`Primary::unchanged`]).
-    sentinels: tokio::sync::Mutex<Vec<Option<redis::aio::MultiplexedConnection>>>,
+    /// Per sentinel: a connection kept between questions (see [`Primary::unchanged`]), and
+    /// until when it is passed over after failing to answer.
+    sentinels: tokio::sync::Mutex<Vec<SentinelLink>>,
 }
+
+#[derive(Clone, Default)]
+struct SentinelLink {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    quiet_until: Option<Instant>,
+}
+
+/// How long the check before an ack waits for a sentinel, and how long one that did not
+/// answer is then passed over: a sentinel down (or a host gone, where a connection attempt
+/// hangs) holds up at most one batch a second, by this much.
+const FENCE_TIMEOUT: Duration = Duration::from_millis(100);
+const FENCE_QUIET: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Search {
@@ -155,9 +168,11 @@ impl Primary {
     /// replaced keeps taking writes, and its replicas keep confirming them, until the
     /// sentinels reconfigure it (seconds, in a manual `SENTINEL FAILOVER`), and every such
     /// write is lost when its replicas follow the new primary (found by the adversarial
-    /// review: 510 acknowledged events lost in one run). Every sentinel is asked; one that
-    /// sees a failover, or names another primary or a newer epoch, is enough to refuse, and
-    /// so is no sentinel answering. Always true with a fixed address.
+    /// review: 510 acknowledged events lost in one run). Every sentinel is asked (those
+    /// that answered lately, within [`FENCE_TIMEOUT`]); one that sees a failover, or names
+    /// another primary or a newer epoch, is enough to refuse, and so is no sentinel
+    /// answering: without a sentinel to ask, nothing is acknowledged. Always true with a
+    /// fixed address.
     pub async fn unchanged(&self, generation: u64) -> bool {
         let Source::Sentinel { sentinels, service } = &self.0.source else {
             return true;
@@ -174,7 +189,7 @@ impl Primary {
             return false;
         };
         let answers = futures_util::future::join_all(
-            (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, true)),
+            (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, Some(FENCE_TIMEOUT))),
         )
         .await;
         let mut heard = false;
@@ -202,22 +217,29 @@ impl Primary {
     }
 
     /// What sentinel `i` says of `service`: its epoch, address and whether it is up
-    /// (`None` when it reports it down or failing over; with `strict`, also when a failover
-    /// of it is under way). The connection is kept for the next question.
+    /// (`None` when it reports it down; for a `fence` (the check before an ack, with its
+    /// timeout), also when a failover of it is under way). The connection is kept for the
+    /// next question. A fence passes over a sentinel that recently failed to answer.
     async fn ask_sentinel(
         &self,
         i: usize,
         service: &str,
-        strict: bool,
+        fence: Option<Duration>,
     ) -> Result<Option<(u64, String, u16)>, RedisError> {
         let Source::Sentinel { sentinels, .. } = &self.0.source else {
             return Ok(None);
         };
         let sentinel = &sentinels[i];
         let cached = {
-            let mut conns = self.0.sentinels.lock().await;
-            conns.resize(sentinels.len(), None);
-            conns[i].clone()
+            let mut links = self.0.sentinels.lock().await;
+            links.resize(sentinels.len(), SentinelLink::default());
+            let quiet = links[i].quiet_until.is_some_and(|t| t > Instant::now());
+            if fence.is_some() && quiet {
+                return Err(unavailable(format!(
+                    "sentinel {sentinel} did not answer lately"
+                )));
+            }
+            links[i].conn.clone()
         };
         let ask = async {
             let mut conn = match cached {
@@ -235,25 +257,31 @@ impl Primary {
                 .await?;
             Ok::<_, RedisError>((conn, info))
         };
-        let answer = tokio::time::timeout(SENTINEL_TIMEOUT, ask).await;
+        let answer = tokio::time::timeout(fence.unwrap_or(SENTINEL_TIMEOUT), ask).await;
         let info = {
-            let mut conns = self.0.sentinels.lock().await;
+            let mut links = self.0.sentinels.lock().await;
+            let link = &mut links[i];
             match answer {
                 Ok(Ok((conn, info))) => {
-                    conns[i] = Some(conn);
+                    *link = SentinelLink {
+                        conn: Some(conn),
+                        quiet_until: None,
+                    };
                     info
                 }
-                Ok(Err(err)) => {
-                    conns[i] = None;
-                    return Err(err);
-                }
-                Err(_) => {
-                    conns[i] = None;
-                    return Err(unavailable(format!("sentinel {sentinel} does not answer")));
+                failed => {
+                    *link = SentinelLink {
+                        conn: None,
+                        quiet_until: Some(Instant::now() + FENCE_QUIET),
+                    };
+                    return Err(match failed {
+                        Ok(Err(err)) => err,
+                        _ => unavailable(format!("sentinel {sentinel} does not answer")),
+                    });
                 }
             }
         };
-        Ok(master_of(&info, strict))
+        Ok(master_of(&info, fence.is_some()))
     }
 
     async fn current(&self) -> Result<Current, RedisError> {
@@ -316,7 +344,7 @@ impl Primary {
             Source::Fixed(url) => Ok((Client::open(url.as_str())?, 0, String::new())),
             Source::Sentinel { sentinels, service } => {
                 let answers = futures_util::future::join_all(
-                    (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, false)),
+                    (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, None)),
                 )
                 .await;
                 // The primary of the newest epoch any sentinel reports as up: a sentinel cut
