@@ -278,7 +278,16 @@ fn cluster_with(
         _ => flags.extend(["--redis", &url]),
     }
     let servers = (0..n)
-        .map(|i| crate::tidings_server(Command::new(tidings), &format!("cluster{i}"), &flags))
+        .map(|i| {
+            let mut c = Command::new(tidings);
+            // Several servers on one box: one runtime thread each, as one would run them on
+            // a machine with a core per server (tokio reads this variable), rather than
+            // 2 x N threads fighting over two cores.
+            if n > 1 {
+                c.env("TOKIO_WORKER_THREADS", "1");
+            }
+            crate::tidings_server(c, &format!("cluster{i}"), &flags)
+        })
         .collect::<std::io::Result<Vec<_>>>()?;
     Ok((redis, servers))
 }
