@@ -646,7 +646,10 @@ async fn compare(
     // Tidings and the ceiling at 10,000: 1M deliveries/s, near what this box does at all
     // with the load generator on the same cores; the ceiling says how much of the tail is
     // the box's.
-    for (name, start) in [("tidings", &start_tidings as &dyn Fn() -> _), ("ceiling", &start_raw)] {
+    for (name, start) in [
+        ("tidings", &start_tidings as &dyn Fn() -> _),
+        ("ceiling", &start_raw),
+    ] {
         let s = start()?;
         eprintln!("{name} latency: {large_n} WS subscribers x 100 events/s");
         let r = load::fanout(fan(
