@@ -1883,6 +1883,17 @@ async fn a_publish_no_replica_confirmed_is_refused_with_a_clear_503() {
         "{:?}",
         t.elapsed()
     );
+    // Counted for operators.
+    let metrics = reqwest::get(server.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tidings_redis_unconfirmed_writes_total 1"),
+        "{metrics}"
+    );
     // Turned off (the default with --redis), the same Redis acknowledges at once.
     let off = Instance::spawn(&["--redis", &redis.url()], &tmp.path().join("data2"));
     publish(&off.url("/api/publish"), "plain").await.unwrap();

@@ -1064,7 +1064,10 @@ async fn committer(
                     tracing::warn!(%err, "{} in Redis failed", p.what);
                     Err(EngineError::Unavailable)
                 }
-                Ok(_) if confirmed < replicas => Err(EngineError::NotReplicated),
+                Ok(_) if confirmed < replicas => {
+                    metrics::counter!("tidings_redis_unconfirmed_writes_total").increment(1);
+                    Err(EngineError::NotReplicated)
+                }
                 Ok(value) => Ok(value),
             };
             let _ = p.answer.send(answer);

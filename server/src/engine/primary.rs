@@ -320,6 +320,9 @@ impl Primary {
             Ok((client, conn, epoch, address)) => {
                 search.generation += 1;
                 search.failed = None;
+                if search.generation > 1 {
+                    metrics::counter!("tidings_redis_primary_changes_total").increment(1);
+                }
                 let c = Current {
                     conn,
                     client,
