@@ -104,25 +104,20 @@ impl Redis {
             0
         };
         let port_arg = port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port_arg, "--bind", "127.0.0.1", "--unixsocket"])
-            .arg(dir.join("r.sock"))
-            .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&dir)
-            .args(["--repl-diskless-sync-delay", "0"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::other(format!("redis-server: {e} (apt-get install redis-server)"))
-            })?;
+        let socket = dir.join("r.sock").display().to_string();
+        let child = redis_server(
+            &dir,
+            &[
+                "--port",
+                &port_arg,
+                "--bind",
+                "127.0.0.1",
+                "--unixsocket",
+                &socket,
+                "--unixsocketperm",
+                "700",
+            ],
+        )?;
         let mut r = Redis {
             child,
             replica: None,

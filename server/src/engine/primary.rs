@@ -284,25 +284,21 @@ impl Primary {
         Ok(master_of(&info, fence.is_some()))
     }
 
-    async fn current(&self) -> Result<Current, RedisError> {
-        if let Some(c) = self
-            .0
+    fn cached(&self) -> Option<Current> {
+        self.0
             .current
             .read()
             .expect("primary lock poisoned")
             .clone()
-        {
+    }
+
+    async fn current(&self) -> Result<Current, RedisError> {
+        if let Some(c) = self.cached() {
             return Ok(c);
         }
         let mut search = self.0.search.lock().await;
         // Someone else may have found it while this one waited.
-        if let Some(c) = self
-            .0
-            .current
-            .read()
-            .expect("primary lock poisoned")
-            .clone()
-        {
+        if let Some(c) = self.cached() {
             return Ok(c);
         }
         if let Some((at, why)) = &search.failed {
