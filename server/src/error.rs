@@ -131,8 +131,9 @@ impl From<crate::engine::EngineError> for ApiError {
                     .into()
             }
             EngineError::NotReplicated => {
-                "no Redis replica confirmed this in time (or a Redis failover is under way), so \
-                 it may be lost; retry with the same Idempotency-Key (a retry of a publish that \
+                "no Redis replica confirmed this in time, or the Redis sentinels did not vouch \
+                 for the primary (a failover under way, or too few sentinels reachable), so it \
+                 may be lost; retry with the same Idempotency-Key (a retry of a publish that \
                  was kept is answered with its event)"
                     .into()
             }

@@ -254,6 +254,14 @@ impl EventLog {
         }
     }
 
+    /// Remembers a skip that happened before this log was loaded (see [`EventLog::skip_to`]):
+    /// ids after `from` up to `to` were never used.
+    pub fn note_gap(&self, from: u64, to: u64) {
+        let _w = self.window.write().expect("log lock poisoned");
+        self.gap_from.store(from, Ordering::Relaxed);
+        self.gap_to.store(to, Ordering::Relaxed);
+    }
+
     /// The event `id`, if the window still holds it.
     pub fn get(&self, id: u64) -> Option<Arc<StoredEvent>> {
         let w = self.window.read().expect("log lock poisoned");
@@ -751,6 +759,21 @@ mod tests {
             small.read(4, &StreamSet::ALL.into(), 100),
             Read::Reset { cursor: 1_008 }
         ));
+        // The same for a log loaded after the skip (a server started after a failover).
+        let loaded = EventLog::new(
+            3,
+            (1_006..=1_008).map(|i| ev(i, Stream::Chat)).collect(),
+            1_008,
+        );
+        assert!(matches!(
+            loaded.read(5, &StreamSet::ALL.into(), 100),
+            Read::Reset { .. }
+        ));
+        loaded.note_gap(5, 1_005);
+        assert_eq!(
+            ids(&loaded.read(5, &StreamSet::ALL.into(), 100)).0,
+            vec![1_006, 1_007, 1_008]
+        );
     }
 
     #[test]

@@ -336,8 +336,11 @@ struct StoredAlert {
 /// What a `{p}:log` entry holds.
 enum LogEntry {
     Event(StoredEvent),
-    /// Ids up to this one are skipped (a failover: see [`FAILOVER`]).
-    Gap(u64),
+    /// Ids after `from` up to `to` are skipped (a failover: see [`FAILOVER`]).
+    Gap {
+        from: u64,
+        to: u64,
+    },
 }
 
 /// Parses a `{p}:log` entry (`<id>-0`, fields `s` stream, `e` event JSON; or `gap`).
@@ -349,7 +352,12 @@ fn parse_entry((id, fields): Entry) -> Option<LogEntry> {
         match pair {
             [k, v] if k == "s" => stream = Stream::parse(v),
             [k, v] if k == "e" => json = Some(v.clone()),
-            [k, _] if k == "gap" => return Some(LogEntry::Gap(id)),
+            [k, v] if k == "gap" => {
+                return Some(LogEntry::Gap {
+                    from: v.parse().ok()?,
+                    to: id,
+                })
+            }
             _ => {}
         }
     }
@@ -418,12 +426,16 @@ impl Cluster {
             .arg(retention)
             .query_async(&mut conn)
             .await?;
+        let mut gap = None;
         let recent: Vec<Arc<StoredEvent>> = entries
             .into_iter()
             .rev()
             .filter_map(|e| match parse_entry(e)? {
                 LogEntry::Event(e) => Some(Arc::new(e)),
-                LogEntry::Gap(_) => None,
+                LogEntry::Gap { from, to } => {
+                    gap = Some((from, to));
+                    None
+                }
             })
             .collect();
         let seq: Option<u64> = redis::cmd("GET")
@@ -437,6 +449,11 @@ impl Cluster {
             "cluster log loaded from Redis"
         );
         let log = Arc::new(EventLog::new(retention, recent, latest));
+        // A server started after a failover knows its gap too (found by the second
+        // adversarial review: such a server reset readers the others carried across it).
+        if let Some((from, to)) = gap {
+            log.note_gap(from, to);
+        }
 
         let tailing = Arc::new(AtomicBool::new(false));
         tokio::spawn(tail(
@@ -1028,8 +1045,10 @@ async fn committer(
         }
         // Replicas confirming is not enough while a failover is under way: see
         // `Primary::unchanged`.
+        // Asked also when replicas fell short: a primary being replaced (its replicas
+        // re-pointed) is dropped at once rather than after its connections break.
         let current = match generation {
-            Ok(generation) => confirmed >= replicas && conn.unchanged(generation).await,
+            Ok(generation) => conn.unchanged(generation).await,
             Err(_) => false,
         };
         if confirmed >= replicas && !current {
@@ -1177,7 +1196,7 @@ async fn tail(
                         read += 1;
                         match entry {
                             LogEntry::Event(e) => events.push(Arc::new(e)),
-                            LogEntry::Gap(to) => {
+                            LogEntry::Gap { to, .. } => {
                                 log.append(&events);
                                 events.clear();
                                 log.skip_to(to);
@@ -1249,7 +1268,7 @@ mod tests {
         assert_eq!((e.id, e.stream), (12, Stream::Chat));
         assert!(matches!(
             parse_entry(("40-0".into(), vec!["gap".into(), "30".into()])),
-            Some(LogEntry::Gap(40))
+            Some(LogEntry::Gap { from: 30, to: 40 })
         ));
         assert!(parse_entry(("x".into(), vec![])).is_none());
     }

@@ -170,9 +170,11 @@ impl Primary {
     /// write is lost when its replicas follow the new primary (found by the adversarial
     /// review: 510 acknowledged events lost in one run). Every sentinel is asked (those
     /// that answered lately, within [`FENCE_TIMEOUT`]); one that sees a failover, or names
-    /// another primary or a newer epoch, is enough to refuse, and so is no sentinel
-    /// answering: without a sentinel to ask, nothing is acknowledged. Always true with a
-    /// fixed address.
+    /// another primary or a newer epoch, is enough to refuse, and a majority of them must
+    /// name this one. What it cannot see: a manual `SENTINEL FAILOVER` run by a sentinel the
+    /// servers cannot reach (only that one knows until it is over); there, only
+    /// `--redis-wait-replicas` equal to the number of replicas keeps acks safe (the promoted
+    /// replica stops confirming the old primary's writes). Always true with a fixed address.
     pub async fn unchanged(&self, generation: u64) -> bool {
         let Source::Sentinel { sentinels, service } = &self.0.source else {
             return true;
@@ -192,18 +194,28 @@ impl Primary {
             (0..sentinels.len()).map(|i| self.ask_sentinel(i, service, Some(FENCE_TIMEOUT))),
         )
         .await;
-        let mut heard = false;
+        let mut agree = 0;
         for answer in answers.into_iter().flatten() {
-            heard = true;
             match answer {
-                Some((e, ip, port)) if e == epoch && format!("{ip}:{port}") == address => {}
-                _ => {
+                View::Up {
+                    epoch: e,
+                    address: a,
+                } if e == epoch && a == address => agree += 1,
+                // No opinion: this sentinel alone cannot reach the primary, or its view of a
+                // failover is older than the primary in use (a stale sentinel).
+                View::Suspect => {}
+                View::Failing { epoch: e } if e < epoch => {}
+                // Being replaced, or already replaced.
+                View::Failing { .. } | View::Up { .. } => {
                     self.failed_now(generation);
                     return false;
                 }
             }
         }
-        heard
+        // A majority of the sentinels must vouch for it: a server cut off with the old
+        // primary and a sentinel or two (the minority side of a partition, where the
+        // majority may be electing another) acknowledges nothing.
+        agree * 2 > sentinels.len()
     }
 
     /// Drops the primary of `generation` (the sentinels are asked again before the next
@@ -216,18 +228,17 @@ impl Primary {
         }
     }
 
-    /// What sentinel `i` says of `service`: its epoch, address and whether it is up
-    /// (`None` when it reports it down; for a `fence` (the check before an ack, with its
-    /// timeout), also when a failover of it is under way). The connection is kept for the
-    /// next question. A fence passes over a sentinel that recently failed to answer.
+    /// What sentinel `i` says of `service`. The connection is kept for the next question.
+    /// A `fence` (the check before an ack, with its timeout) passes over a sentinel that
+    /// recently failed to answer.
     async fn ask_sentinel(
         &self,
         i: usize,
         service: &str,
         fence: Option<Duration>,
-    ) -> Result<Option<(u64, String, u16)>, RedisError> {
+    ) -> Result<View, RedisError> {
         let Source::Sentinel { sentinels, .. } = &self.0.source else {
-            return Ok(None);
+            return Ok(View::Suspect);
         };
         let sentinel = &sentinels[i];
         let cached = {
@@ -281,7 +292,7 @@ impl Primary {
                 }
             }
         };
-        Ok(master_of(&info, fence.is_some()))
+        Ok(view_of(&info))
     }
 
     fn cached(&self) -> Option<Current> {
@@ -348,60 +359,96 @@ impl Primary {
                 .await;
                 // The primary of the newest epoch any sentinel reports as up: a sentinel cut
                 // off from the others may still name the old one.
-                let mut best: Option<(u64, String, u16)> = None;
+                // Never during a failover (see `View::Failing`): its end is awaited. A
+                // sentinel's failing view older than another's up view is stale.
+                let mut best: Option<(u64, String)> = None;
+                let mut failing: Option<(u64, &String)> = None;
                 let mut why = String::from("(all of them answered)");
                 for (sentinel, answer) in sentinels.iter().zip(answers) {
                     match answer {
-                        Ok(Some(found)) if best.as_ref().is_none_or(|b| found.0 > b.0) => {
-                            best = Some(found)
+                        Ok(View::Up { epoch, address })
+                            if best.as_ref().is_none_or(|b| epoch > b.0) =>
+                        {
+                            best = Some((epoch, address))
                         }
+                        Ok(View::Failing { epoch }) => failing = Some((epoch, sentinel)),
                         Ok(_) => {}
                         Err(err) => why = format!("(sentinel {sentinel}: {err})"),
                     }
                 }
-                let Some((epoch, ip, port)) = best else {
+                if let Some((epoch, sentinel)) = failing {
+                    if best.as_ref().is_none_or(|b| epoch >= b.0) {
+                        return Err(unavailable(format!(
+                            "sentinel {sentinel} sees a failover of {service:?} under way"
+                        )));
+                    }
+                }
+                let Some((epoch, address)) = best else {
                     return Err(unavailable(format!(
                         "no sentinel names an available primary for {service:?} {why}"
                     )));
                 };
-                let client = Client::open(format!("redis://{ip}:{port}/"))?;
+                let client = Client::open(format!("redis://{address}/"))?;
                 // The guidelines' check: a sentinel's view may lag a failover.
                 let mut conn = tokio::time::timeout(
                     SENTINEL_TIMEOUT,
                     client.get_multiplexed_async_connection(),
                 )
                 .await
-                .map_err(|_| {
-                    unavailable(format!("the primary at {ip}:{port} does not answer"))
-                })??;
+                .map_err(|_| unavailable(format!("the primary at {address} does not answer")))??;
                 let role: Vec<Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
                 if !matches!(role.first(), Some(Value::BulkString(r)) if r == b"master") {
                     return Err(unavailable(format!(
-                        "{ip}:{port}, named primary by the sentinels, is not one (yet)"
+                        "{address}, named primary by the sentinels, is not one (yet)"
                     )));
                 }
-                tracing::info!(%ip, port, epoch, "Redis primary found through Sentinel");
-                Ok((client, epoch, format!("{ip}:{port}")))
+                tracing::info!(%address, epoch, "Redis primary found through Sentinel");
+                Ok((client, epoch, address))
             }
         }
     }
 }
 
-/// The primary a `SENTINEL MASTER` answer names, with its epoch, if it is up (and, with
-/// `strict`, no failover of it is under way).
-fn master_of(info: &HashMap<String, String>, strict: bool) -> Option<(u64, String, u16)> {
+/// What one sentinel says of the primary it watches (`SENTINEL MASTER`).
+#[derive(Debug, PartialEq)]
+enum View {
+    /// Up, at this epoch and address.
+    Up { epoch: u64, address: String },
+    /// This sentinel alone cannot reach it (`s_down`, `disconnected`): no opinion yet.
+    Suspect,
+    /// Being replaced: the sentinels agree it is down (`o_down`), or a failover is under
+    /// way (`failover_in_progress`, set on the sentinel that runs it). While it lasts, the
+    /// address a sentinel gives may be the old primary's with the new epoch (found by the
+    /// second adversarial review: writing a gap there handed ids out twice). With the epoch
+    /// the sentinel gives: one older than another sentinel's view is a stale sentinel's.
+    Failing { epoch: u64 },
+}
+
+fn view_of(info: &HashMap<String, String>) -> View {
     let flags = info.get("flags").map_or("", String::as_str);
-    // As the redis crate's own check: a primary flagged down (subjectively or objectively)
-    // or disconnected is not one to write to.
-    if flags.split(',').any(|f| {
-        matches!(f, "s_down" | "o_down" | "disconnected") || (strict && f == "failover_in_progress")
-    }) {
-        return None;
+    let flags: Vec<&str> = flags.split(',').collect();
+    let epoch = info.get("config-epoch").and_then(|e| e.parse().ok());
+    if flags
+        .iter()
+        .any(|f| matches!(*f, "o_down" | "failover_in_progress"))
+    {
+        return View::Failing {
+            epoch: epoch.unwrap_or(u64::MAX),
+        };
     }
-    let ip = info.get("ip")?;
-    let port = info.get("port")?.parse().ok()?;
-    let epoch = info.get("config-epoch")?.parse().ok()?;
-    Some((epoch, ip.clone(), port))
+    if flags
+        .iter()
+        .any(|f| matches!(*f, "s_down" | "disconnected"))
+    {
+        return View::Suspect;
+    }
+    let (Some(ip), Some(port), Some(epoch)) = (info.get("ip"), info.get("port"), epoch) else {
+        return View::Suspect;
+    };
+    View::Up {
+        epoch,
+        address: format!("{ip}:{port}"),
+    }
 }
 
 async fn manager(client: &Client) -> Result<ConnectionManager, RedisError> {
@@ -460,5 +507,44 @@ impl ConnectionLike for Primary {
 
     fn get_db(&self) -> i64 {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(flags: &str, epoch: &str) -> HashMap<String, String> {
+        [
+            ("flags", flags),
+            ("ip", "10.0.0.1"),
+            ("port", "6379"),
+            ("config-epoch", epoch),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn a_sentinel_answer_reads_as_up_suspect_or_failing() {
+        let up = View::Up {
+            epoch: 3,
+            address: "10.0.0.1:6379".into(),
+        };
+        assert_eq!(view_of(&info("master", "3")), up);
+        assert_eq!(view_of(&info("master,s_down", "3")), View::Suspect);
+        assert_eq!(view_of(&info("master,disconnected", "3")), View::Suspect);
+        // During a manual failover the sentinel running it may give the old address with
+        // the new epoch: never a primary to use.
+        assert_eq!(
+            view_of(&info("master,failover_in_progress", "4")),
+            View::Failing { epoch: 4 }
+        );
+        assert_eq!(
+            view_of(&info("master,s_down,o_down", "3")),
+            View::Failing { epoch: 3 }
+        );
+        assert_eq!(view_of(&info("master", "x")), View::Suspect);
     }
 }
