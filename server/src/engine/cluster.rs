@@ -418,12 +418,14 @@ impl Cluster {
         };
         let mut conn = Primary::connect(source, on_found).await?;
 
+        // One entry more than the window holds: a failover's gap entry right before the
+        // window still counts (the window trims the extra event, if it is one).
         let entries: Vec<Entry> = redis::cmd("XREVRANGE")
             .arg(&keys.log)
             .arg("+")
             .arg("-")
             .arg("COUNT")
-            .arg(retention)
+            .arg(retention.saturating_add(1))
             .query_async(&mut conn)
             .await?;
         let mut gap = None;

@@ -371,7 +371,9 @@ impl Primary {
                         {
                             best = Some((epoch, address))
                         }
-                        Ok(View::Failing { epoch }) => failing = Some((epoch, sentinel)),
+                        Ok(View::Failing { epoch }) if failing.is_none_or(|(e, _)| epoch > e) => {
+                            failing = Some((epoch, sentinel))
+                        }
                         Ok(_) => {}
                         Err(err) => why = format!("(sentinel {sentinel}: {err})"),
                     }
