@@ -323,7 +323,7 @@ impl EventLog {
         // gap, once the window holds only events after it, missed nothing (found by the
         // adversarial review: such readers were reset).
         let in_gap = after >= self.gap_from.load(Ordering::Relaxed)
-            && oldest <= self.gap_to.load(Ordering::Relaxed) + 1;
+            && oldest <= self.gap_to.load(Ordering::Relaxed).saturating_add(1);
         if after + 1 < oldest && !in_gap {
             return Read::Reset { cursor: latest };
         }
@@ -770,6 +770,12 @@ mod tests {
             Read::Reset { .. }
         ));
         loaded.note_gap(5, 1_005);
+        assert_eq!(
+            ids(&loaded.read(5, &StreamSet::ALL.into(), 100)).0,
+            vec![1_006, 1_007, 1_008]
+        );
+        // A gap entry as large as an id can be (a damaged log) is no overflow.
+        loaded.note_gap(5, u64::MAX);
         assert_eq!(
             ids(&loaded.read(5, &StreamSet::ALL.into(), 100)).0,
             vec![1_006, 1_007, 1_008]
